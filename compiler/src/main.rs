@@ -1,0 +1,302 @@
+//! The `resnetc` command line. Every failure exits non-zero with one line on stderr.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use resnetc::{from_spec, graph::Graph, inspect, reference, spec, weights};
+use resnetc_runtime::{classes, image, npy, preprocess, safetensors, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Instant;
+
+#[derive(Parser)]
+#[command(
+    name = "resnetc",
+    version,
+    about = "Compiles residual networks (ResNet-18 to 152 and custom specs) into specialized native code."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Per-layer table of output shapes, parameters and multiply-adds, with totals.
+    Inspect {
+        /// A preset name (resnet18, resnet50, resnet20, ...) or a path to a .toml spec.
+        #[arg(required_unless_present = "compare_blocks")]
+        model: Option<String>,
+        /// Print JSON: {"params", "macs", "layers": [...]}.
+        #[arg(long)]
+        json: bool,
+        /// Compare a basic block and a bottleneck block with C input and output channels.
+        #[arg(long, value_name = "C", conflicts_with = "model")]
+        compare_blocks: Option<usize>,
+    },
+    /// Runs a model on an .npy batch or on an image.
+    Run {
+        /// A preset name or a path to a .toml spec.
+        model: String,
+        /// Weights in safetensors format with torchvision names.
+        #[arg(long, value_name = "W.safetensors")]
+        weights: PathBuf,
+        /// Input batch, float32 .npy of shape [N, C, H, W].
+        #[arg(
+            long,
+            value_name = "X.npy",
+            required_unless_present = "image",
+            conflicts_with = "image",
+            requires = "output"
+        )]
+        input: Option<PathBuf>,
+        /// Where to write the logits, float32 .npy of shape [N, classes].
+        #[arg(long, value_name = "Y.npy", requires = "input")]
+        output: Option<PathBuf>,
+        /// A PNG or JPEG image: prints the top-5 classes.
+        #[arg(long, value_name = "photo.jpg")]
+        image: Option<PathBuf>,
+        /// Which executor runs the model.
+        #[arg(long, value_enum, default_value_t = Backend::Reference)]
+        backend: Backend,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: u32,
+    },
+    /// Prints a stage of compilation.
+    Emit {
+        /// A preset name or a path to a .toml spec.
+        model: String,
+        /// Which stage to print.
+        #[arg(value_enum)]
+        stage: Stage,
+        /// Print JSON where the stage supports it.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Writes seeded weights or a seeded input batch (the generator tests and goldens use).
+    Seed {
+        /// A preset name or a path to a .toml spec.
+        model: String,
+        /// What to generate.
+        #[arg(value_enum)]
+        what: SeedWhat,
+        /// Output file (.safetensors for weights, .npy for an input).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// Generator seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Images in the input batch.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        batch: u64,
+    },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Backend {
+    /// Native code through Cranelift (JIT).
+    Cranelift,
+    /// The reference executor: plain loops, the oracle.
+    Reference,
+    /// Rust with SIMD intrinsics, compiled by rustc.
+    Rust,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Stage {
+    /// The graph built from the spec, one line per operator.
+    Graph,
+    /// The graph as Graphviz DOT.
+    Dot,
+    /// The graph after folding and fusion.
+    Fused,
+    /// The memory plan.
+    Memory,
+    /// The kernel IR.
+    Kernels,
+    /// Cranelift IR.
+    Clif,
+    /// Disassembled machine code.
+    Asm,
+    /// Generated Rust.
+    Rust,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SeedWhat {
+    Weights,
+    Input,
+}
+
+fn model(name: &str) -> Result<(spec::Spec, Graph)> {
+    let spec = spec::resolve(name)?;
+    let graph = from_spec::build(&spec).with_context(|| format!("model `{name}`"))?;
+    Ok((spec, graph))
+}
+
+fn main() -> ExitCode {
+    // A panic is a bug, but even then the user gets one line, not a backtrace.
+    std::panic::set_hook(Box::new(|info| {
+        let msg = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_default();
+        let at = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        eprintln!("error: internal error (please report): {msg}{at}");
+    }));
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) if !e.use_stderr() => {
+            let _ = e.print();
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            let text = e.render().to_string();
+            eprintln!(
+                "{}",
+                text.lines().next().unwrap_or("error: bad command line")
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match execute(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {}", format!("{e:#}").replace('\n', " "));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn execute(command: Command) -> Result<()> {
+    match command {
+        Command::Inspect {
+            model: name,
+            json,
+            compare_blocks,
+        } => {
+            if let Some(c) = compare_blocks {
+                if c < 4 {
+                    bail!("--compare-blocks: need at least 4 channels (the bottleneck width is C/4), got {c}");
+                }
+                print!("{}", inspect::compare_blocks(c));
+                return Ok(());
+            }
+            let name = name.expect("clap requires a model");
+            let (spec, graph) = model(&name)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))?
+                );
+            } else {
+                print!("{}", inspect::table(&spec.name, &graph));
+            }
+        }
+        Command::Run {
+            model: name,
+            weights: wpath,
+            input,
+            output,
+            image: img,
+            backend,
+            threads: _,
+        } => {
+            let (spec, graph) = model(&name)?;
+            if backend != Backend::Reference {
+                bail!(
+                    "--backend {}: not available in this build yet; use --backend reference",
+                    backend_name(backend)
+                );
+            }
+            let tensors = weights::load(&graph, &wpath)?;
+            let x = match (&input, &img) {
+                (Some(path), _) => npy::read(path)?,
+                (None, Some(path)) => preprocess::image_to_input(&image::decode(path)?, spec.input)
+                    .with_context(|| path.display().to_string())?,
+                (None, None) => unreachable!("clap requires --input or --image"),
+            };
+            let input_name = input
+                .as_deref()
+                .or(img.as_deref())
+                .map(Path::display)
+                .unwrap();
+            let start = Instant::now();
+            let y = reference::run(&graph, &tensors, &x).with_context(|| input_name.to_string())?;
+            let elapsed = start.elapsed();
+            match output {
+                Some(out) => {
+                    npy::write(&out, &y)?;
+                    eprintln!(
+                        "{name}: {} image(s) in {:.1} ms -> {}",
+                        x.shape()[0],
+                        elapsed.as_secs_f64() * 1e3,
+                        out.display()
+                    );
+                }
+                None => print_top5(&y, spec.num_classes),
+            }
+        }
+        Command::Emit {
+            model: name,
+            stage,
+            json,
+        } => {
+            let (spec, graph) = model(&name)?;
+            match stage {
+                Stage::Graph if !json => print!("{}", graph.to_text()),
+                Stage::Dot if !json => print!("{}", graph.to_dot(&spec.name)),
+                Stage::Graph | Stage::Dot => bail!("--json is not available for this stage"),
+                _ => bail!("this stage is not available in this build yet"),
+            }
+        }
+        Command::Seed {
+            model: name,
+            what,
+            output,
+            seed,
+            batch,
+        } => {
+            let (spec, graph) = model(&name)?;
+            match what {
+                SeedWhat::Weights => safetensors::write(&output, &weights::seeded(&graph, seed))?,
+                SeedWhat::Input => npy::write(
+                    &output,
+                    &weights::seeded_input(spec.input, batch as usize, seed),
+                )?,
+            }
+        }
+    }
+    Ok(())
+}
+
+fn backend_name(b: Backend) -> &'static str {
+    match b {
+        Backend::Cranelift => "cranelift",
+        Backend::Reference => "reference",
+        Backend::Rust => "rust",
+    }
+}
+
+/// Softmax over the first row's logits; prints the five most likely classes.
+fn print_top5(y: &Tensor, classes: usize) {
+    let row = &y.data()[..classes];
+    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+    let exp: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
+    let sum: f64 = exp.iter().sum();
+    let mut order: Vec<usize> = (0..classes).collect();
+    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
+    for &i in order.iter().take(5) {
+        let name = if classes == 1000 {
+            classes::imagenet_name(i)
+        } else {
+            format!("class {i}")
+        };
+        println!("{:>6.2}%  {i:>4}  {name}", 100.0 * exp[i] / sum);
+    }
+}

@@ -1,0 +1,47 @@
+//! Runtime of resnetc: everything a compiled model needs at run time and that every
+//! backend shares: tensors, `.npy`, safetensors and image I/O, the seeded weight
+//! generator, and (in later modules) weight transforms, the arena and the thread pool.
+
+pub mod classes;
+pub mod image;
+pub mod npy;
+pub mod preprocess;
+pub mod safetensors;
+pub mod seeded;
+pub mod tensor;
+
+pub use tensor::Tensor;
+
+use anyhow::{bail, Context, Result};
+use std::path::Path;
+
+/// Reads a whole file, with errors that name it and refuse directories up front.
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    if path.is_dir() {
+        bail!("{}: is a directory, expected a file", path.display());
+    }
+    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
+/// so that a failure never leaves a partial output file behind.
+pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .with_context(|| format!("{}: not a file path", path.display()))?;
+    let tmp = dir.join(format!(
+        ".{}.tmp{}",
+        name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+    }
+    Ok(())
+}
