@@ -8,8 +8,7 @@ use resnetc_runtime::seeded::{self, Role};
 
 #[test]
 fn generator_matches_python() {
-    let text = std::fs::read_to_string(support::root().join("tests/goldens/generator_check.json"))
-        .unwrap();
+    let text = std::fs::read_to_string(support::root().join("tests/goldens/generator_check.json")).unwrap();
     let check: serde_json::Value = serde_json::from_str(&text).unwrap();
     let tensors = check["tensors"].as_array().unwrap();
     assert!(tensors.len() >= 4);
@@ -29,33 +28,18 @@ fn generator_matches_python() {
         };
         let count = t["count"].as_u64().unwrap() as usize;
         let values = seeded::values(name, t["seed"].as_u64().unwrap(), role, count);
-        let first: Vec<f32> = t["first8"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|v| v.as_f64().unwrap() as f32)
-            .collect();
-        assert_eq!(
-            &values[..first.len()],
-            &first[..],
-            "{name}: first values differ from Python"
-        );
+        let first: Vec<f32> = t["first8"].as_array().unwrap().iter().map(|v| v.as_f64().unwrap() as f32).collect();
+        assert_eq!(&values[..first.len()], &first[..], "{name}: first values differ from Python");
         let sum: f64 = values.iter().map(|&v| v as f64).sum();
         let want = t["sum"].as_f64().unwrap();
-        assert!(
-            (sum - want).abs() <= 1e-9 * want.abs().max(1.0),
-            "{name}: sum {sum} vs Python {want}"
-        );
+        assert!((sum - want).abs() <= 1e-9 * want.abs().max(1.0), "{name}: sum {sum} vs Python {want}");
     }
 }
 
 #[test]
 fn reference_matches_every_golden() {
     let goldens = support::goldens();
-    assert!(
-        goldens.len() >= 13,
-        "expected the five presets and at least eight custom specs"
-    );
+    assert!(goldens.len() >= 13, "expected the five presets and at least eight custom specs");
     let mut failures = Vec::new();
     for g in &goldens {
         let graph = g.graph();

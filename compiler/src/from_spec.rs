@@ -13,13 +13,7 @@ use petgraph::stable_graph::NodeIndex;
 pub const MAX_ACTIVATION_BYTES: usize = 8 << 30;
 
 /// Output size of a sliding window over `size` with PyTorch's formula (floor or ceil mode).
-fn window_out(
-    size: usize,
-    kernel: usize,
-    stride: usize,
-    pad: usize,
-    ceil_mode: bool,
-) -> Option<usize> {
+fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, ceil_mode: bool) -> Option<usize> {
     let s = stride as i64;
     let span = (size + 2 * pad) as i64 - kernel as i64 + if ceil_mode { s - 1 } else { 0 };
     let mut out = span.div_euclid(s) + 1;
@@ -54,14 +48,10 @@ impl Builder<'_> {
         groups: usize,
     ) -> Result<NodeIndex> {
         let s = self.shape(x);
-        let (Some(h), Some(w)) = (
-            window_out(s.h, kernel, stride, pad, false),
-            window_out(s.w, kernel, stride, pad, false),
-        ) else {
-            bail!(
-                "input {:?} is too small: {at} ({name}) would get an empty output from {s}",
-                self.spec.input
-            );
+        let (Some(h), Some(w)) =
+            (window_out(s.h, kernel, stride, pad, false), window_out(s.w, kernel, stride, pad, false))
+        else {
+            bail!("input {:?} is too small: {at} ({name}) would get an empty output from {s}", self.spec.input);
         };
         let shape = Shape { c: cout, h, w };
         self.check_size(at, name, shape)?;
@@ -81,10 +71,7 @@ impl Builder<'_> {
     }
 
     fn check_size(&self, at: &str, name: &str, shape: Shape) -> Result<()> {
-        let bytes = shape
-            .numel()
-            .checked_mul(4)
-            .filter(|&b| b <= MAX_ACTIVATION_BYTES);
+        let bytes = shape.numel().checked_mul(4).filter(|&b| b <= MAX_ACTIVATION_BYTES);
         if bytes.is_none() {
             bail!(
                 "input {:?} is too large: {at} ({name}) output {shape} needs more than {} GiB per image",
@@ -97,14 +84,7 @@ impl Builder<'_> {
 
     fn bn(&mut self, name: &str, x: NodeIndex) -> NodeIndex {
         let shape = self.shape(x);
-        self.graph.add(
-            name,
-            Op::BatchNorm {
-                param: name.to_string(),
-            },
-            shape,
-            &[x],
-        )
+        self.graph.add(name, Op::BatchNorm { param: name.to_string() }, shape, &[x])
     }
 
     fn relu(&mut self, name: &str, x: NodeIndex) -> NodeIndex {
@@ -126,22 +106,9 @@ impl Builder<'_> {
         groups: usize,
         relu: bool,
     ) -> Result<NodeIndex> {
-        let c = self.conv(
-            at,
-            &format!("{prefix}conv{k}"),
-            x,
-            cout,
-            kernel,
-            stride,
-            kernel / 2,
-            groups,
-        )?;
+        let c = self.conv(at, &format!("{prefix}conv{k}"), x, cout, kernel, stride, kernel / 2, groups)?;
         let b = self.bn(&format!("{prefix}bn{k}"), c);
-        Ok(if relu {
-            self.relu(&format!("{prefix}relu{k}"), b)
-        } else {
-            b
-        })
+        Ok(if relu { self.relu(&format!("{prefix}relu{k}"), b) } else { b })
     }
 
     fn stem(&mut self, x: NodeIndex) -> Result<NodeIndex> {
@@ -150,73 +117,33 @@ impl Builder<'_> {
             Stem::Imagenet => (7, 2),
             Stem::Cifar => (3, 1),
         };
-        let c = self.conv(
-            "the stem",
-            "conv1",
-            x,
-            spec.stem_width,
-            kernel,
-            stride,
-            kernel / 2,
-            1,
-        )?;
+        let c = self.conv("the stem", "conv1", x, spec.stem_width, kernel, stride, kernel / 2, 1)?;
         let b = self.bn("bn1", c);
         let r = self.relu("relu", b);
         if spec.stem == Stem::Cifar {
             return Ok(r);
         }
         let pool = match spec.stem_pool {
-            StemPool::Torchvision => MaxPool {
-                kernel: 3,
-                stride: 2,
-                pad: 1,
-                ceil_mode: false,
-            },
-            StemPool::Caffe => MaxPool {
-                kernel: 3,
-                stride: 2,
-                pad: 0,
-                ceil_mode: true,
-            },
+            StemPool::Torchvision => MaxPool { kernel: 3, stride: 2, pad: 1, ceil_mode: false },
+            StemPool::Caffe => MaxPool { kernel: 3, stride: 2, pad: 0, ceil_mode: true },
         };
         let s = self.shape(r);
         let (Some(h), Some(w)) = (
             window_out(s.h, pool.kernel, pool.stride, pool.pad, pool.ceil_mode),
             window_out(s.w, pool.kernel, pool.stride, pool.pad, pool.ceil_mode),
         ) else {
-            bail!(
-                "input {:?} is too small: the stem (maxpool) would get an empty output from {s}",
-                spec.input
-            );
+            bail!("input {:?} is too small: the stem (maxpool) would get an empty output from {s}", spec.input);
         };
-        Ok(self
-            .graph
-            .add("maxpool", Op::MaxPool(pool), Shape { c: s.c, h, w }, &[r]))
+        Ok(self.graph.add("maxpool", Op::MaxPool(pool), Shape { c: s.c, h, w }, &[r]))
     }
 
-    fn block(
-        &mut self,
-        stage: usize,
-        index: usize,
-        x: NodeIndex,
-        planes: usize,
-        stride: usize,
-    ) -> Result<NodeIndex> {
+    fn block(&mut self, stage: usize, index: usize, x: NodeIndex, planes: usize, stride: usize) -> Result<NodeIndex> {
         let spec = self.spec;
         let at = format!("stage {stage} (layer{})", stage + 1);
         let prefix = format!("layer{}.{index}.", stage + 1);
         let cout = planes * spec.block.expansion();
         let shortcut = if stride != 1 || self.shape(x).c != cout {
-            let c = self.conv(
-                &at,
-                &format!("{prefix}downsample.0"),
-                x,
-                cout,
-                1,
-                stride,
-                0,
-                1,
-            )?;
+            let c = self.conv(&at, &format!("{prefix}downsample.0"), x, cout, 1, stride, 0, 1)?;
             self.bn(&format!("{prefix}downsample.1"), c)
         } else {
             x
@@ -242,9 +169,7 @@ impl Builder<'_> {
             BlockKind::Basic => 2,
             BlockKind::Bottleneck => 3,
         };
-        let sum = self
-            .graph
-            .add(format!("{prefix}add"), Op::Add, shape, &[main, shortcut]);
+        let sum = self.graph.add(format!("{prefix}add"), Op::Add, shape, &[main, shortcut]);
         Ok(self.relu(&format!("{prefix}relu{}", last + 1), sum))
     }
 }
@@ -252,10 +177,7 @@ impl Builder<'_> {
 /// Builds the graph of `spec`; fails, naming the stage, when the input is too small or
 /// an activation too large.
 pub fn build(spec: &Spec) -> Result<Graph> {
-    let mut b = Builder {
-        spec,
-        graph: Graph::default(),
-    };
+    let mut b = Builder { spec, graph: Graph::default() };
     let [c, h, w] = spec.input;
     let input = Shape { c, h, w };
     b.check_size("the input", "input", input)?;
@@ -268,28 +190,10 @@ pub fn build(spec: &Spec) -> Result<Graph> {
         }
     }
     let s = b.shape(x);
-    let pooled = b.graph.add(
-        "avgpool",
-        Op::GlobalAvgPool,
-        Shape { c: s.c, h: 1, w: 1 },
-        &[x],
-    );
+    let pooled = b.graph.add("avgpool", Op::GlobalAvgPool, Shape { c: s.c, h: 1, w: 1 }, &[x]);
     let classes = spec.num_classes;
-    let linear = Op::Linear {
-        param: "fc".into(),
-        cin: s.c,
-        cout: classes,
-    };
-    b.graph.add(
-        "fc",
-        linear,
-        Shape {
-            c: classes,
-            h: 1,
-            w: 1,
-        },
-        &[pooled],
-    );
+    let linear = Op::Linear { param: "fc".into(), cin: s.c, cout: classes };
+    b.graph.add("fc", linear, Shape { c: classes, h: 1, w: 1 }, &[pooled]);
     Ok(b.graph)
 }
 

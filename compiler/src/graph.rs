@@ -125,18 +125,8 @@ pub struct Graph {
 }
 
 impl Graph {
-    pub fn add(
-        &mut self,
-        name: impl Into<String>,
-        op: Op,
-        shape: Shape,
-        inputs: &[NodeIndex],
-    ) -> NodeIndex {
-        let n = self.g.add_node(Node {
-            name: name.into(),
-            op,
-            shape,
-        });
+    pub fn add(&mut self, name: impl Into<String>, op: Op, shape: Shape, inputs: &[NodeIndex]) -> NodeIndex {
+        let n = self.g.add_node(Node { name: name.into(), op, shape });
         for (i, &src) in inputs.iter().enumerate() {
             debug_assert!(src < n, "graph invariant: inputs precede their consumer");
             self.g.add_edge(src, n, i as Operand);
@@ -155,11 +145,7 @@ impl Graph {
 
     /// The operands of `n`, in operand order.
     pub fn inputs(&self, n: NodeIndex) -> Vec<NodeIndex> {
-        let mut e: Vec<_> = self
-            .g
-            .edges_directed(n, Direction::Incoming)
-            .map(|e| (*e.weight(), e.source()))
-            .collect();
+        let mut e: Vec<_> = self.g.edges_directed(n, Direction::Incoming).map(|e| (*e.weight(), e.source())).collect();
         e.sort();
         e.into_iter().map(|(_, s)| s).collect()
     }
@@ -174,18 +160,12 @@ impl Graph {
 
     /// The node that produces the model's logits (the one without users).
     pub fn output(&self) -> NodeIndex {
-        self.g
-            .externals(Direction::Outgoing)
-            .max()
-            .expect("graph has nodes")
+        self.g.externals(Direction::Outgoing).max().expect("graph has nodes")
     }
 
     /// The input node.
     pub fn input(&self) -> NodeIndex {
-        self.g
-            .externals(Direction::Incoming)
-            .min()
-            .expect("graph has nodes")
+        self.g.externals(Direction::Incoming).min().expect("graph has nodes")
     }
 
     pub fn len(&self) -> usize {
@@ -198,20 +178,12 @@ impl Graph {
 
     /// One line per node: `%id = op name(operands) attributes -> shape`.
     pub fn to_text(&self) -> String {
-        let ids: std::collections::HashMap<NodeIndex, usize> = self
-            .schedule()
-            .into_iter()
-            .enumerate()
-            .map(|(i, n)| (n, i))
-            .collect();
+        let ids: std::collections::HashMap<NodeIndex, usize> =
+            self.schedule().into_iter().enumerate().map(|(i, n)| (n, i)).collect();
         let mut out = String::new();
         for n in self.schedule() {
             let node = &self.g[n];
-            let args: Vec<String> = self
-                .inputs(n)
-                .iter()
-                .map(|i| format!("%{}", ids[i]))
-                .collect();
+            let args: Vec<String> = self.inputs(n).iter().map(|i| format!("%{}", ids[i])).collect();
             let _ = writeln!(
                 out,
                 "%{:<3} = {:<13} {:<24} ({}){} -> {}",
@@ -228,9 +200,7 @@ impl Graph {
 
     /// Graphviz DOT, one box per node labelled with its op, name and shape.
     pub fn to_dot(&self, title: &str) -> String {
-        let mut out = format!(
-            "digraph \"{title}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n"
-        );
+        let mut out = format!("digraph \"{title}\" {{\n  rankdir=TB;\n  node [shape=box, fontname=\"monospace\"];\n");
         for n in self.schedule() {
             let node = &self.g[n];
             let fill = match node.op {
@@ -250,13 +220,7 @@ impl Graph {
             );
         }
         for e in (&self.g).edge_references() {
-            let _ = writeln!(
-                out,
-                "  n{} -> n{} [label=\"{}\"];",
-                e.source().index(),
-                e.target().index(),
-                e.weight()
-            );
+            let _ = writeln!(out, "  n{} -> n{} [label=\"{}\"];", e.source().index(), e.target().index(), e.weight());
         }
         out.push_str("}\n");
         out
@@ -267,14 +231,7 @@ impl Graph {
 pub fn attributes(op: &Op) -> String {
     match op {
         Op::Conv(c) => {
-            let mut s = format!(
-                " {k}x{k}/{} pad {} {}->{}",
-                c.stride,
-                c.pad,
-                c.cin,
-                c.cout,
-                k = c.kernel
-            );
+            let mut s = format!(" {k}x{k}/{} pad {} {}->{}", c.stride, c.pad, c.cin, c.cout, k = c.kernel);
             if c.groups > 1 {
                 let _ = write!(s, " groups {}", c.groups);
             }
@@ -289,13 +246,9 @@ pub fn attributes(op: &Op) -> String {
             }
             s
         }
-        Op::MaxPool(p) => format!(
-            " {k}x{k}/{} pad {}{}",
-            p.stride,
-            p.pad,
-            if p.ceil_mode { " ceil" } else { "" },
-            k = p.kernel
-        ),
+        Op::MaxPool(p) => {
+            format!(" {k}x{k}/{} pad {}{}", p.stride, p.pad, if p.ceil_mode { " ceil" } else { "" }, k = p.kernel)
+        }
         Op::Linear { cin, cout, .. } => format!(" {cin}->{cout}"),
         _ => String::new(),
     }

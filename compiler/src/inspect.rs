@@ -31,13 +31,7 @@ pub fn layers(graph: &Graph) -> Vec<Layer> {
                 Op::Linear { cin, cout, .. } => (cin * cout + cout, cin * cout),
                 _ => (0, 0),
             };
-            Some(Layer {
-                name: node.name.clone(),
-                op: node.op.kind(),
-                shape: [s.c, s.h, s.w],
-                params,
-                macs,
-            })
+            Some(Layer { name: node.name.clone(), op: node.op.kind(), shape: [s.c, s.h, s.w], params, macs })
         })
         .collect()
 }
@@ -57,10 +51,7 @@ fn thousands(n: usize) -> String {
 /// The per-layer table with totals.
 pub fn table(model: &str, graph: &Graph) -> String {
     let rows = layers(graph);
-    let mut out = format!(
-        "{:<28} {:<14} {:<18} {:>12} {:>16}\n",
-        "layer", "op", "output", "params", "MACs"
-    );
+    let mut out = format!("{:<28} {:<14} {:<18} {:>12} {:>16}\n", "layer", "op", "output", "params", "MACs");
     for r in &rows {
         let shape = format!("{:?}", r.shape);
         let _ = writeln!(
@@ -104,11 +95,7 @@ pub fn json(model: &str, graph: &Graph) -> serde_json::Value {
 pub fn compare_blocks(c: usize) -> String {
     let w = c / 4;
     let basic = [("conv 3x3", c, c, 3), ("conv 3x3", c, c, 3)];
-    let bottleneck = [
-        ("conv 1x1 (reduce)", c, w, 1),
-        ("conv 3x3", w, w, 3),
-        ("conv 1x1 (expand)", w, c, 1),
-    ];
+    let bottleneck = [("conv 1x1 (reduce)", c, w, 1), ("conv 3x3", w, w, 3), ("conv 1x1 (expand)", w, c, 1)];
     let mut out = String::new();
     let mut section = |title: String, convs: &[(&str, usize, usize, usize)]| -> usize {
         let _ = writeln!(out, "{title}");
@@ -116,11 +103,7 @@ pub fn compare_blocks(c: usize) -> String {
         for &(name, i, o, k) in convs {
             let n = i * o * k * k;
             total += n;
-            let _ = writeln!(
-                out,
-                "  {name:<18} {i:>6} x {o:>6} x {k} x {k} = {:>12}",
-                thousands(n)
-            );
+            let _ = writeln!(out, "  {name:<18} {i:>6} x {o:>6} x {k} x {k} = {:>12}", thousands(n));
         }
         let _ = writeln!(
             out,
@@ -132,15 +115,8 @@ pub fn compare_blocks(c: usize) -> String {
         total
     };
     let b = section(format!("basic block ({c} -> {c}, two 3x3 convs):"), &basic);
-    let n = section(
-        format!("bottleneck block ({c} -> {w} -> {w} -> {c}, 1x1-3x3-1x1):"),
-        &bottleneck,
-    );
-    let _ = writeln!(
-        out,
-        "the bottleneck needs {:.1}x fewer weights and multiply-adds",
-        b as f64 / n.max(1) as f64
-    );
+    let n = section(format!("bottleneck block ({c} -> {w} -> {w} -> {c}, 1x1-3x3-1x1):"), &bottleneck);
+    let _ = writeln!(out, "the bottleneck needs {:.1}x fewer weights and multiply-adds", b as f64 / n.max(1) as f64);
     out
 }
 

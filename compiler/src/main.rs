@@ -41,16 +41,10 @@ enum Command {
         #[arg(long, value_name = "W.safetensors")]
         weights: PathBuf,
         /// Input batch, float32 .npy of shape [N, C, H, W].
-        #[arg(
-            long,
-            value_name = "X.npy",
-            required_unless_present = "image",
-            conflicts_with = "image",
-            requires = "output"
-        )]
+        #[arg(long, value_name = "X.npy", required_unless_present = "image", conflicts_with = "image")]
         input: Option<PathBuf>,
         /// Where to write the logits, float32 .npy of shape [N, classes].
-        #[arg(long, value_name = "Y.npy", requires = "input")]
+        #[arg(long, value_name = "Y.npy", conflicts_with = "image")]
         output: Option<PathBuf>,
         /// A PNG or JPEG image: prints the top-5 classes.
         #[arg(long, value_name = "photo.jpg")]
@@ -143,10 +137,7 @@ fn main() -> ExitCode {
             .map(|s| s.to_string())
             .or_else(|| info.payload().downcast_ref::<String>().cloned())
             .unwrap_or_default();
-        let at = info
-            .location()
-            .map(|l| format!(" at {}:{}", l.file(), l.line()))
-            .unwrap_or_default();
+        let at = info.location().map(|l| format!(" at {}:{}", l.file(), l.line())).unwrap_or_default();
         eprintln!("error: internal error (please report): {msg}{at}");
     }));
     let cli = match Cli::try_parse() {
@@ -157,10 +148,14 @@ fn main() -> ExitCode {
         }
         Err(e) => {
             let text = e.render().to_string();
-            eprintln!(
-                "{}",
-                text.lines().next().unwrap_or("error: bad command line")
-            );
+            // clap's message without its usage block, on one line.
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .take_while(|l| !l.starts_with("Usage:"))
+                .filter(|l| !l.is_empty())
+                .collect();
+            eprintln!("{}", lines.join(" "));
             return ExitCode::from(2);
         }
     };
@@ -175,11 +170,7 @@ fn main() -> ExitCode {
 
 fn execute(command: Command) -> Result<()> {
     match command {
-        Command::Inspect {
-            model: name,
-            json,
-            compare_blocks,
-        } => {
+        Command::Inspect { model: name, json, compare_blocks } => {
             if let Some(c) = compare_blocks {
                 if c < 4 {
                     bail!("--compare-blocks: need at least 4 channels (the bottleneck width is C/4), got {c}");
@@ -190,29 +181,18 @@ fn execute(command: Command) -> Result<()> {
             let name = name.expect("clap requires a model");
             let (spec, graph) = model(&name)?;
             if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))?
-                );
+                println!("{}", serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))?);
             } else {
                 print!("{}", inspect::table(&spec.name, &graph));
             }
         }
-        Command::Run {
-            model: name,
-            weights: wpath,
-            input,
-            output,
-            image: img,
-            backend,
-            threads: _,
-        } => {
+        Command::Run { model: name, weights: wpath, input, output, image: img, backend, threads: _ } => {
             let (spec, graph) = model(&name)?;
             if backend != Backend::Reference {
-                bail!(
-                    "--backend {}: not available in this build yet; use --backend reference",
-                    backend_name(backend)
-                );
+                bail!("--backend {}: not available in this build yet; use --backend reference", backend_name(backend));
+            }
+            if input.is_some() && output.is_none() {
+                bail!("--input needs --output Y.npy: where to write the logits");
             }
             let tensors = weights::load(&graph, &wpath)?;
             let x = match (&input, &img) {
@@ -221,11 +201,7 @@ fn execute(command: Command) -> Result<()> {
                     .with_context(|| path.display().to_string())?,
                 (None, None) => unreachable!("clap requires --input or --image"),
             };
-            let input_name = input
-                .as_deref()
-                .or(img.as_deref())
-                .map(Path::display)
-                .unwrap();
+            let input_name = input.as_deref().or(img.as_deref()).map(Path::display).unwrap();
             let start = Instant::now();
             let y = reference::run(&graph, &tensors, &x).with_context(|| input_name.to_string())?;
             let elapsed = start.elapsed();
@@ -242,11 +218,7 @@ fn execute(command: Command) -> Result<()> {
                 None => print_top5(&y, spec.num_classes),
             }
         }
-        Command::Emit {
-            model: name,
-            stage,
-            json,
-        } => {
+        Command::Emit { model: name, stage, json } => {
             let (spec, graph) = model(&name)?;
             match stage {
                 Stage::Graph if !json => print!("{}", graph.to_text()),
@@ -255,20 +227,11 @@ fn execute(command: Command) -> Result<()> {
                 _ => bail!("this stage is not available in this build yet"),
             }
         }
-        Command::Seed {
-            model: name,
-            what,
-            output,
-            seed,
-            batch,
-        } => {
+        Command::Seed { model: name, what, output, seed, batch } => {
             let (spec, graph) = model(&name)?;
             match what {
                 SeedWhat::Weights => safetensors::write(&output, &weights::seeded(&graph, seed))?,
-                SeedWhat::Input => npy::write(
-                    &output,
-                    &weights::seeded_input(spec.input, batch as usize, seed),
-                )?,
+                SeedWhat::Input => npy::write(&output, &weights::seeded_input(spec.input, batch as usize, seed))?,
             }
         }
     }
@@ -292,11 +255,7 @@ fn print_top5(y: &Tensor, classes: usize) {
     let mut order: Vec<usize> = (0..classes).collect();
     order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
     for &i in order.iter().take(5) {
-        let name = if classes == 1000 {
-            classes::imagenet_name(i)
-        } else {
-            format!("class {i}")
-        };
+        let name = if classes == 1000 { classes::imagenet_name(i) } else { format!("class {i}") };
         println!("{:>6.2}%  {i:>4}  {name}", 100.0 * exp[i] / sum);
     }
 }

@@ -31,17 +31,8 @@ pub fn run(graph: &Graph, weights: &Tensors, input: &Tensor) -> Result<Tensor> {
         ),
     }
     let n = input.shape()[0];
-    let get = |name: &str| {
-        weights
-            .get(name)
-            .map(|t| t.data())
-            .with_context(|| format!("missing tensor `{name}`"))
-    };
-    let mut uses: HashMap<NodeIndex, usize> = graph
-        .schedule()
-        .into_iter()
-        .map(|v| (v, graph.users(v).len()))
-        .collect();
+    let get = |name: &str| weights.get(name).map(|t| t.data()).with_context(|| format!("missing tensor `{name}`"));
+    let mut uses: HashMap<NodeIndex, usize> = graph.schedule().into_iter().map(|v| (v, graph.users(v).len())).collect();
     let mut values: HashMap<NodeIndex, Vec<f32>> = HashMap::new();
     for v in graph.schedule() {
         let node = graph.node(v);
@@ -56,37 +47,20 @@ pub fn run(graph: &Graph, weights: &Tensors, input: &Tensor) -> Result<Tensor> {
                     Some(_) => Some(get(&format!("{}.bias", c.weight))?),
                     None => None,
                 };
-                let residual = if c.residual {
-                    Some(arg(1).as_slice())
-                } else {
-                    None
-                };
+                let residual = if c.residual { Some(arg(1).as_slice()) } else { None };
                 conv(c, in_shape(0), node.shape, n, arg(0), w, b, residual)
             }
             Op::BatchNorm { param } => {
                 let p = |s: &str| get(&format!("{param}.{s}"));
-                batch_norm(
-                    node.shape,
-                    n,
-                    arg(0),
-                    p("weight")?,
-                    p("bias")?,
-                    p("running_mean")?,
-                    p("running_var")?,
-                )
+                batch_norm(node.shape, n, arg(0), p("weight")?, p("bias")?, p("running_mean")?, p("running_var")?)
             }
             Op::Relu => arg(0).iter().map(|&x| x.max(0.0)).collect(),
             Op::Add => arg(0).iter().zip(arg(1)).map(|(a, b)| a + b).collect(),
             Op::MaxPool(p) => max_pool(p, in_shape(0), node.shape, n, arg(0)),
             Op::GlobalAvgPool => global_avg_pool(in_shape(0), n, arg(0)),
-            Op::Linear { param, cin, cout } => linear(
-                *cin,
-                *cout,
-                n,
-                arg(0),
-                get(&format!("{param}.weight"))?,
-                get(&format!("{param}.bias"))?,
-            ),
+            Op::Linear { param, cin, cout } => {
+                linear(*cin, *cout, n, arg(0), get(&format!("{param}.weight"))?, get(&format!("{param}.bias"))?)
+            }
         };
         for a in &args {
             let left = uses.get_mut(a).expect("operand is a node");
@@ -99,17 +73,12 @@ pub fn run(graph: &Graph, weights: &Tensors, input: &Tensor) -> Result<Tensor> {
     }
     let out = graph.output();
     let classes = graph.node(out).shape.c;
-    Ok(Tensor::new(
-        vec![n, classes],
-        values.remove(&out).expect("output computed"),
-    ))
+    Ok(Tensor::new(vec![n, classes], values.remove(&out).expect("output computed")))
 }
 
 /// Splits `out` into chunks of `chunk` floats and fills them on up to two threads.
 fn par_chunks(out: &mut [f32], chunk: usize, fill: impl Fn(usize, &mut [f32]) + Sync) {
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(8);
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
     let chunks: Vec<(usize, &mut [f32])> = out.chunks_mut(chunk).enumerate().collect();
     if threads <= 1 || chunks.len() < 2 {
         chunks.into_iter().for_each(|(i, c)| fill(i, c));
@@ -154,6 +123,12 @@ fn conv(
             for kh in 0..k {
                 for kw in 0..k {
                     let wv = w[((oc * cin_g + icg) * k + kh) * k + kw];
+                    // Output columns whose input column `ow * s + kw - p` lies inside the row.
+                    let lo = p.saturating_sub(kw).div_ceil(s);
+                    let hi = ((si.w + p).saturating_sub(kw + 1) / s + 1).min(so.w);
+                    if si.w + p <= kw || lo >= hi {
+                        continue;
+                    }
                     for oh in 0..so.h {
                         let ih = (oh * s + kh) as isize - p as isize;
                         if ih < 0 || ih >= si.h as isize {
@@ -161,11 +136,8 @@ fn conv(
                         }
                         let xrow = &xp[ih as usize * si.w..][..si.w];
                         let yrow = &mut y[oh * so.w..][..so.w];
-                        for (ow, yv) in yrow.iter_mut().enumerate() {
-                            let iw = (ow * s + kw) as isize - p as isize;
-                            if iw >= 0 && iw < si.w as isize {
-                                *yv += wv * xrow[iw as usize];
-                            }
+                        for ow in lo..hi {
+                            yrow[ow] += wv * xrow[ow * s + kw - p];
                         }
                     }
                 }
@@ -182,15 +154,7 @@ fn conv(
     out
 }
 
-fn batch_norm(
-    s: Shape,
-    n: usize,
-    x: &[f32],
-    gamma: &[f32],
-    beta: &[f32],
-    mean: &[f32],
-    var: &[f32],
-) -> Vec<f32> {
+fn batch_norm(s: Shape, n: usize, x: &[f32], gamma: &[f32], beta: &[f32], mean: &[f32], var: &[f32]) -> Vec<f32> {
     let plane = s.h * s.w;
     x.chunks(plane)
         .enumerate()
@@ -227,9 +191,7 @@ fn max_pool(p: &MaxPool, si: Shape, so: Shape, n: usize, x: &[f32]) -> Vec<f32> 
 
 fn global_avg_pool(si: Shape, _n: usize, x: &[f32]) -> Vec<f32> {
     let plane = si.h * si.w;
-    x.chunks(plane)
-        .map(|xp| (xp.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32)
-        .collect()
+    x.chunks(plane).map(|xp| (xp.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32).collect()
 }
 
 fn linear(cin: usize, cout: usize, _n: usize, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
@@ -237,11 +199,7 @@ fn linear(cin: usize, cout: usize, _n: usize, x: &[f32], w: &[f32], b: &[f32]) -
         .flat_map(|xi| {
             (0..cout).map(move |o| {
                 let row = &w[o * cin..][..cin];
-                (row.iter()
-                    .zip(xi)
-                    .map(|(a, b)| *a as f64 * *b as f64)
-                    .sum::<f64>()
-                    + b[o] as f64) as f32
+                (row.iter().zip(xi).map(|(a, b)| *a as f64 * *b as f64).sum::<f64>() + b[o] as f64) as f32
             })
         })
         .collect()

@@ -163,20 +163,14 @@ pub fn resolve(model: &str) -> Result<Spec> {
     if model.ends_with(".toml") || path.exists() {
         return load(path);
     }
-    bail!(
-        "unknown model `{model}`: not a preset ({}) nor a .toml spec file",
-        PRESETS.join(", ")
-    )
+    bail!("unknown model `{model}`: not a preset ({}) nor a .toml spec file", PRESETS.join(", "))
 }
 
 /// Loads and validates a TOML spec file.
 pub fn load(path: &Path) -> Result<Spec> {
     let bytes = resnetc_runtime::read_file(path)?;
-    let text = String::from_utf8(bytes)
-        .map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
-    let name = path
-        .file_stem()
-        .map_or("model".into(), |s| s.to_string_lossy().into_owned());
+    let text = String::from_utf8(bytes).map_err(|_| anyhow::anyhow!("{}: not UTF-8 text", path.display()))?;
+    let name = path.file_stem().map_or("model".into(), |s| s.to_string_lossy().into_owned());
     parse(&text, &name).with_context(|| path.display().to_string())
 }
 
@@ -208,10 +202,7 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
         Ok(t) => t,
         Err(e) => {
             let e: toml::de::Error = e;
-            let at = e
-                .span()
-                .map(|s| format!(" at {}", line_col(text, s.start)))
-                .unwrap_or_default();
+            let at = e.span().map(|s| format!(" at {}", line_col(text, s.start))).unwrap_or_default();
             bail!("invalid TOML{at}: {}", e.message().trim());
         }
     };
@@ -224,14 +215,10 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
     let block = match field.string("block")?.as_deref() {
         Some("basic") => BlockKind::Basic,
         Some("bottleneck") => BlockKind::Bottleneck,
-        Some(other) => bail!(
-            "key `block`: unknown block kind \"{other}\" (expected \"basic\" or \"bottleneck\")"
-        ),
+        Some(other) => bail!("key `block`: unknown block kind \"{other}\" (expected \"basic\" or \"bottleneck\")"),
         None => bail!("missing key `block` (\"basic\" or \"bottleneck\")"),
     };
-    let layers = field
-        .sizes("layers")?
-        .context("missing key `layers` (blocks per stage, e.g. [2, 2, 2, 2])")?;
+    let layers = field.sizes("layers")?.context("missing key `layers` (blocks per stage, e.g. [2, 2, 2, 2])")?;
     if layers.is_empty() {
         bail!("key `layers`: empty; a network needs at least one stage");
     }
@@ -274,9 +261,7 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
         }
         None | Some("torchvision") => StemPool::Torchvision,
         Some("caffe") => StemPool::Caffe,
-        Some(other) => bail!(
-            "key `stem_pool`: unknown pool \"{other}\" (expected \"torchvision\" or \"caffe\")"
-        ),
+        Some(other) => bail!("key `stem_pool`: unknown pool \"{other}\" (expected \"torchvision\" or \"caffe\")"),
     };
     let groups = field.size("groups")?;
     let width_per_group = field.size("width_per_group")?;
@@ -286,9 +271,7 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
             bail!("key `groups`: basic blocks support only groups = 1 (grouped convs need block = \"bottleneck\")");
         }
         if width_per_group.is_some_and(|w| w != 64) {
-            bail!(
-                "key `width_per_group`: basic blocks support only 64 (use block = \"bottleneck\")"
-            );
+            bail!("key `width_per_group`: basic blocks support only 64 (use block = \"bottleneck\")");
         }
         if stride_in.as_deref().is_some_and(|s| s != "3x3") {
             bail!("key `stride_in`: basic blocks always stride in their first 3x3 conv");
@@ -319,10 +302,7 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
         Some(v) => match v[..] {
             [c, h, w] if c > 0 && h > 0 && w > 0 => [c, h, w],
             [_, _, _] => bail!("key `input`: every size must be at least 1, got {v:?}"),
-            _ => bail!(
-                "key `input`: expected [C, H, W] (3 sizes), got {} entries",
-                v.len()
-            ),
+            _ => bail!("key `input`: expected [C, H, W] (3 sizes), got {} entries", v.len()),
         },
     };
     let spec = Spec {
@@ -377,10 +357,7 @@ fn to_size(key: &str, v: &Value) -> Result<usize> {
             bail!("key `{key}`: {i} is too large (limit {MAX_SIZE})")
         }
         Value::Integer(i) => Ok(*i as usize),
-        other => bail!(
-            "key `{key}`: expected an integer, found {}",
-            type_name(other)
-        ),
+        other => bail!("key `{key}`: expected an integer, found {}", type_name(other)),
     }
 }
 
@@ -400,15 +377,8 @@ impl Fields<'_> {
     fn sizes(&self, key: &str) -> Result<Option<Vec<usize>>> {
         match self.0.get(key) {
             None => Ok(None),
-            Some(Value::Array(items)) => items
-                .iter()
-                .map(|v| to_size(key, v))
-                .collect::<Result<_>>()
-                .map(Some),
-            Some(other) => bail!(
-                "key `{key}`: expected an array of integers, found {}",
-                type_name(other)
-            ),
+            Some(Value::Array(items)) => items.iter().map(|v| to_size(key, v)).collect::<Result<_>>().map(Some),
+            Some(other) => bail!("key `{key}`: expected an array of integers, found {}", type_name(other)),
         }
     }
 }
@@ -483,50 +453,29 @@ mod tests {
     fn defaults_follow_torchvision() {
         let s = parse("block = \"bottleneck\"\nlayers = [3, 4, 6, 3]", "r50").unwrap();
         assert_eq!(s, preset("resnet50").unwrap().clone_named("r50"));
-        let c = parse(
-            "block = \"basic\"\nlayers = [1]\nwidths = [8]\nstem = \"cifar\"",
-            "c",
-        )
-        .unwrap();
-        assert_eq!(
-            (c.stem_width, c.input, c.num_classes),
-            (8, [3, 32, 32], 1000)
-        );
+        let c = parse("block = \"basic\"\nlayers = [1]\nwidths = [8]\nstem = \"cifar\"", "c").unwrap();
+        assert_eq!((c.stem_width, c.input, c.num_classes), (8, [3, 32, 32], 1000));
     }
 
     #[test]
     fn errors_name_the_key() {
         assert!(err("block = \"basic\"\nlayers = [2]\ncolour = 3").contains("unknown key `colour`"));
-        assert!(err("block = \"triple\"\nlayers = [2]")
-            .contains("key `block`: unknown block kind \"triple\""));
+        assert!(err("block = \"triple\"\nlayers = [2]").contains("key `block`: unknown block kind \"triple\""));
         assert!(err("block = \"basic\"\nlayers = []").contains("key `layers`: empty"));
-        assert!(
-            err("block = \"basic\"\nlayers = \"2\"").contains("key `layers`: expected an array")
-        );
-        assert!(err("block = \"basic\"\nlayers = [2, -1]")
-            .contains("key `layers`: must not be negative"));
+        assert!(err("block = \"basic\"\nlayers = \"2\"").contains("key `layers`: expected an array"));
+        assert!(err("block = \"basic\"\nlayers = [2, -1]").contains("key `layers`: must not be negative"));
         assert!(err("block = \"basic\"\nlayers = [2]\ngroups = 2").contains("key `groups`"));
-        assert!(err("block = \"basic\"\nlayers = [2]\nwidths = [1, 2]")
-            .contains("key `widths`: 2 entries"));
+        assert!(err("block = \"basic\"\nlayers = [2]\nwidths = [1, 2]").contains("key `widths`: 2 entries"));
         assert!(err("layers = [2]").contains("missing key `block`"));
         assert!(err("block = \"basic\"\nlayers = [2]\ninput = [3, 0, 4]").contains("key `input`"));
-        assert!(
-            err("block = \"bottleneck\"\nlayers = [1]\nwidths = [8]\nwidth_per_group = 4")
-                .contains("inner width")
-        );
+        assert!(err("block = \"bottleneck\"\nlayers = [1]\nwidths = [8]\nwidth_per_group = 4").contains("inner width"));
         assert!(err("block = \"basic\"\nlayers = [2\n").contains("invalid TOML at line"));
-        assert!(
-            err("block = \"basic\"\nlayers = [2]\nstem = \"cifar\"\nstem_pool = \"caffe\"")
-                .contains("stem_pool")
-        );
+        assert!(err("block = \"basic\"\nlayers = [2]\nstem = \"cifar\"\nstem_pool = \"caffe\"").contains("stem_pool"));
     }
 
     impl Spec {
         fn clone_named(&self, name: &str) -> Spec {
-            Spec {
-                name: name.to_string(),
-                ..self.clone()
-            }
+            Spec { name: name.to_string(), ..self.clone() }
         }
     }
 }

@@ -24,11 +24,7 @@ pub fn manifest(graph: &Graph) -> Vec<Expected> {
         match &graph.node(n).op {
             Op::Conv(c) => {
                 let fan_in = c.weight_shape()[1..].iter().product();
-                push(
-                    format!("{}.weight", c.weight),
-                    c.weight_shape().to_vec(),
-                    Role::ConvWeight { fan_in },
-                );
+                push(format!("{}.weight", c.weight), c.weight_shape().to_vec(), Role::ConvWeight { fan_in });
             }
             Op::BatchNorm { param } => {
                 let c = graph.node(n).shape.c;
@@ -38,16 +34,8 @@ pub fn manifest(graph: &Graph) -> Vec<Expected> {
                 push(format!("{param}.running_var"), vec![c], Role::BnVar);
             }
             Op::Linear { param, cin, cout } => {
-                push(
-                    format!("{param}.weight"),
-                    vec![*cout, *cin],
-                    Role::FcWeight { fan_in: *cin },
-                );
-                push(
-                    format!("{param}.bias"),
-                    vec![*cout],
-                    Role::FcBias { fan_in: *cin },
-                );
+                push(format!("{param}.weight"), vec![*cout, *cin], Role::FcWeight { fan_in: *cin });
+                push(format!("{param}.bias"), vec![*cout], Role::FcBias { fan_in: *cin });
             }
             _ => {}
         }
@@ -80,11 +68,7 @@ pub fn check(graph: &Graph, tensors: &Tensors) -> Result<()> {
     let expected = manifest(graph);
     for e in &expected {
         let Some(t) = tensors.get(&e.name) else {
-            bail!(
-                "missing tensor `{}` (expected shape {})",
-                e.name,
-                shape_str(&e.shape)
-            );
+            bail!("missing tensor `{}` (expected shape {})", e.name, shape_str(&e.shape));
         };
         if t.shape() != e.shape.as_slice() {
             bail!(
@@ -95,22 +79,13 @@ pub fn check(graph: &Graph, tensors: &Tensors) -> Result<()> {
             );
         }
         if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
-            bail!(
-                "tensor `{}` holds a non-finite value ({}) at index {i}",
-                e.name,
-                t.data()[i]
-            );
+            bail!("tensor `{}` holds a non-finite value ({}) at index {i}", e.name, t.data()[i]);
         }
     }
     if tensors.len() > expected.len() {
-        let extra = tensors
-            .iter()
-            .find(|(name, _)| !expected.iter().any(|e| &e.name == *name));
+        let extra = tensors.iter().find(|(name, _)| !expected.iter().any(|e| &e.name == *name));
         if let Some((name, t)) = extra {
-            bail!(
-                "unexpected tensor `{name}` with shape {}: the model has no such parameter",
-                shape_str(t.shape())
-            );
+            bail!("unexpected tensor `{name}` with shape {}: the model has no such parameter", shape_str(t.shape()));
         }
     }
     Ok(())

@@ -52,16 +52,8 @@ pub struct Rgb8 {
 impl Rgb8 {
     /// An image from interleaved RGB bytes; panics if `pixels` has the wrong length.
     pub fn new(width: usize, height: usize, pixels: Vec<u8>) -> Rgb8 {
-        assert_eq!(
-            pixels.len(),
-            width * height * 3,
-            "RGB buffer does not match {width}x{height}"
-        );
-        Rgb8 {
-            width,
-            height,
-            pixels,
-        }
+        assert_eq!(pixels.len(), width * height * 3, "RGB buffer does not match {width}x{height}");
+        Rgb8 { width, height, pixels }
     }
 
     /// The RGB value at column `x`, row `y`.
@@ -157,10 +149,7 @@ fn decode_png(bytes: &[u8]) -> Result<Rgb8, String> {
     let (width, height) = (frame.width as usize, frame.height as usize);
     check_size(width, height)?;
     if frame.bit_depth != BitDepth::Eight {
-        return Err(format!(
-            "unsupported PNG: {:?} output after expansion",
-            frame.bit_depth
-        ));
+        return Err(format!("unsupported PNG: {:?} output after expansion", frame.bit_depth));
     }
     let channels = match frame.color_type {
         ColorType::Grayscale => 1,
@@ -183,11 +172,7 @@ fn decode_png(bytes: &[u8]) -> Result<Rgb8, String> {
             }
         }
     }
-    Ok(Rgb8 {
-        width,
-        height,
-        pixels,
-    })
+    Ok(Rgb8 { width, height, pixels })
 }
 
 fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, String> {
@@ -195,9 +180,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, String> {
     let err = |e: Error| match e {
         Error::Format(msg) => format!("corrupt JPEG: {msg}"),
         Error::Unsupported(feature) => format!("unsupported JPEG: {feature:?}"),
-        Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            "corrupt JPEG: file is truncated".to_string()
-        }
+        Error::Io(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => "corrupt JPEG: file is truncated".to_string(),
         e => format!("corrupt JPEG: {e}"),
     };
     let mut decoder = jpeg_decoder::Decoder::new(bytes);
@@ -239,11 +222,7 @@ fn decode_jpeg(bytes: &[u8]) -> Result<Rgb8, String> {
             }
         }
     }
-    Ok(Rgb8 {
-        width,
-        height,
-        pixels,
-    })
+    Ok(Rgb8 { width, height, pixels })
 }
 
 /// `round(a * b / 255)` for bytes, as Pillow computes it.
@@ -314,9 +293,7 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         let center = 0.0 + (xx as f64 + 0.5) * scale;
         // C's `(int)` truncates toward zero; negative values clamp to 0 either way.
         let xmin = ((center - support + 0.5) as i64).max(0) as usize;
-        let xmax = ((center + support + 0.5) as i64)
-            .min(in_size as i64)
-            .max(xmin as i64) as usize;
+        let xmax = ((center + support + 0.5) as i64).min(in_size as i64).max(xmin as i64) as usize;
         let taps = (xmax - xmin).min(ksize);
         let mut ww = 0.0;
         for (x, kx) in k.iter_mut().enumerate().take(taps) {
@@ -328,19 +305,11 @@ fn precompute_coeffs(in_size: usize, out_size: usize) -> Coeffs {
         for (x, out) in row.iter_mut().enumerate().take(taps) {
             let w = if ww != 0.0 { k[x] / ww } else { k[x] };
             let fixed = w * (1u32 << PRECISION_BITS) as f64;
-            *out = if w < 0.0 {
-                (fixed - 0.5) as i32
-            } else {
-                (fixed + 0.5) as i32
-            };
+            *out = if w < 0.0 { (fixed - 0.5) as i32 } else { (fixed + 0.5) as i32 };
         }
         bounds.push((xmin, taps));
     }
-    Coeffs {
-        bounds,
-        weights,
-        ksize,
-    }
+    Coeffs { bounds, weights, ksize }
 }
 
 fn clip8(acc: i64) -> u8 {
@@ -348,12 +317,7 @@ fn clip8(acc: i64) -> u8 {
 }
 
 /// Resamples `rows` of `src` (width `in_w`) horizontally to `out_w` columns.
-fn resample_horizontal(
-    src: &[u8],
-    in_w: usize,
-    rows: std::ops::Range<usize>,
-    c: &Coeffs,
-) -> Vec<u8> {
+fn resample_horizontal(src: &[u8], in_w: usize, rows: std::ops::Range<usize>, c: &Coeffs) -> Vec<u8> {
     let out_w = c.bounds.len();
     let mut out = Vec::with_capacity(rows.len() * out_w * 3);
     for y in rows {
@@ -394,10 +358,7 @@ fn resample_vertical(src: &[u8], w: usize, first_row: usize, c: &Coeffs) -> Vec<
 /// (antialiased when downscaling). Panics on an empty image or a zero target size.
 pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
     img.check();
-    assert!(
-        img.width > 0 && img.height > 0,
-        "cannot resize an empty image"
-    );
+    assert!(img.width > 0 && img.height > 0, "cannot resize an empty image");
     assert!(width > 0 && height > 0, "cannot resize to an empty image");
     let need_h = width != img.width;
     let need_v = height != img.height;
@@ -412,33 +373,18 @@ pub fn resize_bilinear(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
     };
     let (tmp, tmp_first) = if need_h {
         let coeffs_h = precompute_coeffs(img.width, width);
-        (
-            resample_horizontal(&img.pixels, img.width, first..last, &coeffs_h),
-            first,
-        )
+        (resample_horizontal(&img.pixels, img.width, first..last, &coeffs_h), first)
     } else {
         (img.pixels.clone(), 0)
     };
-    let pixels = if need_v {
-        resample_vertical(&tmp, width, tmp_first, &coeffs_v)
-    } else {
-        tmp
-    };
-    Rgb8 {
-        width,
-        height,
-        pixels,
-    }
+    let pixels = if need_v { resample_vertical(&tmp, width, tmp_first, &coeffs_v) } else { tmp };
+    Rgb8 { width, height, pixels }
 }
 
 /// The `(width, height)` torchvision's `Resize(size)` (an int) gives an image: the shorter side
 /// becomes `size`, the longer `int(size * long / short)`.
 pub fn shorter_side_size(width: usize, height: usize, size: usize) -> (usize, usize) {
-    let (short, long) = if width <= height {
-        (width, height)
-    } else {
-        (height, width)
-    };
+    let (short, long) = if width <= height { (width, height) } else { (height, width) };
     // Python's `size * long / short`: exact integer product, then a correctly rounded division.
     let new_long = ((size * long) as f64 / short as f64) as usize;
     if width <= height {
@@ -498,11 +444,7 @@ pub fn center_crop(img: &Rgb8, width: usize, height: usize) -> Rgb8 {
             pixels[(y * width + x) * 3..][..3].copy_from_slice(&img.pixels[s..s + 3]);
         }
     }
-    Rgb8 {
-        width,
-        height,
-        pixels,
-    }
+    Rgb8 { width, height, pixels }
 }
 
 /// torchvision's `Resize(resize)` followed by `CenterCrop(crop)`.
@@ -525,10 +467,7 @@ pub fn luma(rgb: [u8; 3]) -> u8 {
 /// single value for all. Panics on other channel counts or mismatched `mean`/`std` lengths.
 pub fn to_tensor(img: &Rgb8, channels: usize, mean: &[f32], std: &[f32]) -> Tensor {
     img.check();
-    assert!(
-        channels == 1 || channels == 3,
-        "to_tensor: channels must be 1 or 3, not {channels}"
-    );
+    assert!(channels == 1 || channels == 3, "to_tensor: channels must be 1 or 3, not {channels}");
     for (what, v) in [("mean", mean), ("std", std)] {
         assert!(
             v.len() == channels || v.len() == 1,
@@ -543,11 +482,7 @@ pub fn to_tensor(img: &Rgb8, channels: usize, mean: &[f32], std: &[f32]) -> Tens
         let s = std[c.min(std.len() - 1)];
         let out = &mut data[c * plane..(c + 1) * plane];
         for (i, px) in img.pixels.chunks_exact(3).enumerate() {
-            let byte = if channels == 1 {
-                luma([px[0], px[1], px[2]])
-            } else {
-                px[c]
-            };
+            let byte = if channels == 1 { luma([px[0], px[1], px[2]]) } else { px[c] };
             out[i] = (byte as f32 / 255.0 - m) / s;
         }
     }
@@ -578,12 +513,7 @@ pub fn to_tensor_sized(
 /// torchvision's ImageNet evaluation preprocessing: `Resize(256)`, `CenterCrop(224)`,
 /// `ToTensor()`, `Normalize(IMAGENET_MEAN, IMAGENET_STD)`; shape `[1, 3, 224, 224]`.
 pub fn imagenet_tensor(img: &Rgb8) -> Tensor {
-    to_tensor(
-        &resize_center_crop(img, 256, 224),
-        3,
-        &IMAGENET_MEAN,
-        &IMAGENET_STD,
-    )
+    to_tensor(&resize_center_crop(img, 256, 224), 3, &IMAGENET_MEAN, &IMAGENET_STD)
 }
 
 #[cfg(test)]
@@ -631,42 +561,15 @@ mod tests {
     #[test]
     fn decodes_gray_png() {
         use png::{BitDepth, ColorType};
-        let bytes = encode_png(
-            2,
-            2,
-            ColorType::Grayscale,
-            BitDepth::Eight,
-            &[0, 50, 200, 255],
-            None,
-        );
+        let bytes = encode_png(2, 2, ColorType::Grayscale, BitDepth::Eight, &[0, 50, 200, 255], None);
         let img = decode_bytes("g.png", &bytes).unwrap();
         assert_eq!((img.width, img.height), (2, 2));
-        assert_eq!(
-            img.pixels,
-            [0, 0, 0, 50, 50, 50, 200, 200, 200, 255, 255, 255]
-        );
+        assert_eq!(img.pixels, [0, 0, 0, 50, 50, 50, 200, 200, 200, 255, 255, 255]);
         // 1-bit gray expands to 0 / 255.
-        let bytes = encode_png(
-            3,
-            1,
-            ColorType::Grayscale,
-            BitDepth::One,
-            &[0b1010_0000],
-            None,
-        );
-        assert_eq!(
-            decode_bytes("g1.png", &bytes).unwrap().pixels,
-            [255, 255, 255, 0, 0, 0, 255, 255, 255]
-        );
+        let bytes = encode_png(3, 1, ColorType::Grayscale, BitDepth::One, &[0b1010_0000], None);
+        assert_eq!(decode_bytes("g1.png", &bytes).unwrap().pixels, [255, 255, 255, 0, 0, 0, 255, 255, 255]);
         // Gray + alpha: alpha dropped.
-        let bytes = encode_png(
-            1,
-            1,
-            ColorType::GrayscaleAlpha,
-            BitDepth::Eight,
-            &[7, 9],
-            None,
-        );
+        let bytes = encode_png(1, 1, ColorType::GrayscaleAlpha, BitDepth::Eight, &[7, 9], None);
         assert_eq!(decode_bytes("ga.png", &bytes).unwrap().pixels, [7, 7, 7]);
     }
 
@@ -676,10 +579,7 @@ mod tests {
         let rgb = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12];
         let bytes = encode_png(2, 2, ColorType::Rgb, BitDepth::Eight, &rgb, None);
         let img = decode_bytes("c.png", &bytes).unwrap();
-        assert_eq!(
-            (img.width, img.height, img.pixels.as_slice()),
-            (2, 2, &rgb[..])
-        );
+        assert_eq!((img.width, img.height, img.pixels.as_slice()), (2, 2, &rgb[..]));
 
         let rgba = [10, 20, 30, 0, 40, 50, 60, 128, 70, 80, 90, 255];
         let bytes = encode_png(3, 1, ColorType::Rgba, BitDepth::Eight, &rgba, None);
@@ -690,10 +590,7 @@ mod tests {
         // 16-bit big-endian samples keep their high byte.
         let rgb16 = [0x12, 0x34, 0xAB, 0xCD, 0xFF, 0xFF];
         let bytes = encode_png(1, 1, ColorType::Rgb, BitDepth::Sixteen, &rgb16, None);
-        assert_eq!(
-            decode_bytes("d.png", &bytes).unwrap().pixels,
-            [0x12, 0xAB, 0xFF]
-        );
+        assert_eq!(decode_bytes("d.png", &bytes).unwrap().pixels, [0x12, 0xAB, 0xFF]);
     }
 
     #[test]
@@ -702,33 +599,16 @@ mod tests {
         let plte = [255, 0, 0, 0, 255, 0, 0, 0, 255];
         let trns = [255, 0, 128]; // transparency is ignored, like convert("RGB")
                                   // 2-bit indices 2, 0, 1, 2 packed into one byte.
-        let bytes = encode_png(
-            4,
-            1,
-            ColorType::Indexed,
-            BitDepth::Two,
-            &[0b10_00_01_10],
-            Some((&plte, &trns)),
-        );
+        let bytes = encode_png(4, 1, ColorType::Indexed, BitDepth::Two, &[0b10_00_01_10], Some((&plte, &trns)));
         let img = decode_bytes("p.png", &bytes).unwrap();
         assert_eq!(img.pixels, [0, 0, 255, 255, 0, 0, 0, 255, 0, 0, 0, 255]);
     }
 
     #[test]
     fn rejects_bad_files_with_one_line_errors() {
-        assert_eq!(
-            err("photo.jpg", b"hello, world"),
-            "photo.jpg: not a PNG or JPEG image"
-        );
+        assert_eq!(err("photo.jpg", b"hello, world"), "photo.jpg: not a PNG or JPEG image");
         assert_eq!(err("e.png", b""), "e.png: empty file, not an image");
-        let good = encode_png(
-            8,
-            8,
-            png::ColorType::Rgb,
-            png::BitDepth::Eight,
-            &[9; 192],
-            None,
-        );
+        let good = encode_png(8, 8, png::ColorType::Rgb, png::BitDepth::Eight, &[9; 192], None);
         assert!(decode_bytes("ok.png", &good).is_ok());
         for cut in [10, 30, good.len() / 2, good.len() - 13] {
             let e = err("x.png", &good[..cut]);
@@ -741,10 +621,7 @@ mod tests {
         let e = err("t.jpg", &[0xFF, 0xD8, 0xFF, 0xE0, 0, 16, b'J', b'F']);
         assert!(e.starts_with("t.jpg: corrupt JPEG: "), "{e}");
         let e = err("u.jpg", &[0xFF, 0xD8, 0xFF, 0x00, 0x12, 0x34, 0x56]);
-        assert!(
-            e.starts_with("u.jpg: corrupt JPEG: ") || e.starts_with("u.jpg: unsupported JPEG"),
-            "{e}"
-        );
+        assert!(e.starts_with("u.jpg: corrupt JPEG: ") || e.starts_with("u.jpg: unsupported JPEG"), "{e}");
     }
 
     #[test]
@@ -757,26 +634,17 @@ mod tests {
             let _ = enc.write_header().unwrap();
         }
         let e = err("big.png", &out);
-        assert!(
-            e.starts_with("big.png: image is 20000x20000 (400.0 megapixels), over the limit"),
-            "{e}"
-        );
+        assert!(e.starts_with("big.png: image is 20000x20000 (400.0 megapixels), over the limit"), "{e}");
     }
 
     #[test]
     fn decode_reports_path_problems() {
         let dir = std::env::temp_dir();
         let e = format!("{:#}", decode(&dir).unwrap_err());
-        assert_eq!(
-            e,
-            format!("{}: is a directory, not an image file", dir.display())
-        );
+        assert_eq!(e, format!("{}: is a directory, not an image file", dir.display()));
         let missing = dir.join("resnetc-no-such-image-4711.png");
         let e = format!("{:#}", decode(&missing).unwrap_err());
-        assert!(
-            e.starts_with(&format!("{}: cannot read: ", missing.display())),
-            "{e}"
-        );
+        assert!(e.starts_with(&format!("{}: cannot read: ", missing.display())), "{e}");
     }
 
     #[test]
@@ -806,14 +674,7 @@ mod tests {
     #[test]
     fn resize_matches_pillow_on_small_cases() {
         // Expected values are what Pillow 13's Image.resize(..., BILINEAR) returns.
-        let img = Rgb8::new(
-            4,
-            1,
-            [0u8, 100, 200, 50]
-                .iter()
-                .flat_map(|&v| [v, v, v])
-                .collect(),
-        );
+        let img = Rgb8::new(4, 1, [0u8, 100, 200, 50].iter().flat_map(|&v| [v, v, v]).collect());
         let out = resize_bilinear(&img, 2, 1);
         assert_eq!(out.pixels, [71, 71, 71, 121, 121, 121]);
 
@@ -829,13 +690,7 @@ mod tests {
         }
         let img = Rgb8::new(7, 5, px);
         let down = resize_bilinear(&img, 3, 2);
-        assert_eq!(
-            down.pixels,
-            [
-                99, 130, 21, 129, 151, 101, 129, 103, 103, 106, 99, 35, 118, 126, 115, 128, 146,
-                117
-            ]
-        );
+        assert_eq!(down.pixels, [99, 130, 21, 129, 151, 101, 129, 103, 103, 106, 99, 35, 118, 126, 115, 128, 146, 117]);
         let up = resize_bilinear(&img, 10, 8);
         assert_eq!(up.pixel(0, 0), [0, 0, 0]);
         assert_eq!(up.pixel(9, 0), [222, 78, 140]);
@@ -859,10 +714,7 @@ mod tests {
         // (341 - 224) / 2 = 58.5 rounds to even (58); (256 - 224) / 2 = 16.
         let out = center_crop(&coords(341, 256), 224, 224);
         assert_eq!(out.pixel(0, 0), [58, 16, ((58 * 7 + 16 * 13) % 256) as u8]);
-        assert_eq!(
-            out.pixel(223, 223)[..2],
-            [(58 + 223) as u8, (16 + 223) as u8]
-        );
+        assert_eq!(out.pixel(223, 223)[..2], [(58 + 223) as u8, (16 + 223) as u8]);
         // 1.5 rounds to 2, 0.5 to 0, 2.5 to 2.
         assert_eq!(center_crop(&coords(7, 6), 4, 5).pixel(0, 0)[..2], [2, 0]);
         assert_eq!(center_crop(&coords(9, 5), 4, 5).pixel(0, 0)[..2], [2, 0]);
@@ -880,40 +732,22 @@ mod tests {
         let t = imagenet_tensor(&img);
         assert_eq!(t.shape(), [1, 3, 224, 224]);
         let plane = 224 * 224;
-        let expect = [
-            (1.0f32 - 0.485) / 0.229,
-            (0.0f32 - 0.456) / 0.224,
-            (128.0f32 / 255.0 - 0.406) / 0.225,
-        ];
+        let expect = [(1.0f32 - 0.485) / 0.229, (0.0f32 - 0.456) / 0.224, (128.0f32 / 255.0 - 0.406) / 0.225];
         for (c, e) in expect.iter().enumerate() {
-            assert!(
-                t.data()[c * plane..(c + 1) * plane].iter().all(|v| v == e),
-                "channel {c}"
-            );
+            assert!(t.data()[c * plane..(c + 1) * plane].iter().all(|v| v == e), "channel {c}");
         }
     }
 
     #[test]
     fn gray_tensor_uses_pillow_luma() {
         // Pillow's convert("L") gives 76, 150, 29, 124, 1, 1, 62 for these pixels.
-        let img = Rgb8::new(
-            7,
-            1,
-            vec![
-                255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 200, 33, 1, 1, 0, 0, 0, 5, 100, 50, 25,
-            ],
-        );
+        let img = Rgb8::new(7, 1, vec![255, 0, 0, 0, 255, 0, 0, 0, 255, 10, 200, 33, 1, 1, 0, 0, 0, 5, 100, 50, 25]);
         let t = to_tensor_sized(&img, 1, 1, 7, &[0.0], &[1.0]).unwrap();
         assert_eq!(t.shape(), [1, 1, 1, 7]);
         let bytes: Vec<u8> = t.data().iter().map(|v| (v * 255.0).round() as u8).collect();
         assert_eq!(bytes, [76, 150, 29, 124, 1, 1, 62]);
 
-        let e = to_tensor_sized(&img, 1, 28, 28, &[0.5], &[0.5])
-            .unwrap_err()
-            .to_string();
-        assert_eq!(
-            e,
-            "image is 7x1 (width x height) but the model expects 28x28, and resizing was not requested"
-        );
+        let e = to_tensor_sized(&img, 1, 28, 28, &[0.5], &[0.5]).unwrap_err().to_string();
+        assert_eq!(e, "image is 7x1 (width x height) but the model expects 28x28, and resizing was not requested");
     }
 }

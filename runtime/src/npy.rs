@@ -30,19 +30,13 @@ pub fn parse(bytes: &[u8]) -> Result<Tensor> {
             if bytes.len() < 12 {
                 bail!("truncated .npy header");
             }
-            (
-                u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize,
-                12,
-            )
+            (u32::from_le_bytes(bytes[8..12].try_into().unwrap()) as usize, 12)
         }
         v => bail!("unsupported .npy format version {v}"),
     };
-    let header_end = header_start
-        .checked_add(header_len)
-        .filter(|&e| e <= bytes.len())
-        .context("truncated .npy header")?;
-    let header =
-        std::str::from_utf8(&bytes[header_start..header_end]).context(".npy header is not text")?;
+    let header_end =
+        header_start.checked_add(header_len).filter(|&e| e <= bytes.len()).context("truncated .npy header")?;
+    let header = std::str::from_utf8(&bytes[header_start..header_end]).context(".npy header is not text")?;
     let descr = dict_value(header, "descr").context(".npy header has no 'descr'")?;
     let descr = descr.trim_matches(|c| c == '\'' || c == '"');
     match descr {
@@ -50,45 +44,28 @@ pub fn parse(bytes: &[u8]) -> Result<Tensor> {
         ">f4" => bail!("big-endian float32 ('>f4') is not supported; save little-endian '<f4'"),
         other => bail!("dtype '{other}' is not float32 ('<f4')"),
     }
-    let fortran =
-        dict_value(header, "fortran_order").context(".npy header has no 'fortran_order'")?;
+    let fortran = dict_value(header, "fortran_order").context(".npy header has no 'fortran_order'")?;
     if fortran.trim() != "False" {
         bail!("Fortran-order arrays are not supported; save a C-order array");
     }
     let shape_text = dict_value(header, "shape").context(".npy header has no 'shape'")?;
     let shape = parse_shape(shape_text)?;
-    let count = shape
-        .iter()
-        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-        .context(".npy shape is too large")?;
+    let count = shape.iter().try_fold(1usize, |acc, &d| acc.checked_mul(d)).context(".npy shape is too large")?;
     let body = &bytes[header_end..];
     let expected = count.checked_mul(4).context(".npy shape is too large")?;
     if body.len() != expected {
-        bail!(
-            "data holds {} bytes but shape {} needs {expected}",
-            body.len(),
-            shape_str(&shape)
-        );
+        bail!("data holds {} bytes but shape {} needs {expected}", body.len(), shape_str(&shape));
     }
-    let data = body
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let data = body.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     Ok(Tensor::new(shape, data))
 }
 
 /// The text of `key`'s value in the header's Python dict literal.
 fn dict_value<'a>(header: &'a str, key: &str) -> Option<&'a str> {
     let quoted = [format!("'{key}'"), format!("\"{key}\"")];
-    let start = quoted
-        .iter()
-        .find_map(|q| header.find(q.as_str()).map(|i| i + q.len()))?;
+    let start = quoted.iter().find_map(|q| header.find(q.as_str()).map(|i| i + q.len()))?;
     let rest = header[start..].trim_start().strip_prefix(':')?.trim_start();
-    let end = if rest.starts_with('(') {
-        rest.find(')')? + 1
-    } else {
-        rest.find([',', '}']).unwrap_or(rest.len())
-    };
+    let end = if rest.starts_with('(') { rest.find(')')? + 1 } else { rest.find([',', '}']).unwrap_or(rest.len()) };
     Some(&rest[..end])
 }
 
@@ -102,10 +79,7 @@ fn parse_shape(text: &str) -> Result<Vec<usize>> {
         .split(',')
         .map(str::trim)
         .filter(|s| !s.is_empty())
-        .map(|s| {
-            s.parse::<usize>()
-                .with_context(|| format!("bad .npy shape {text}"))
-        })
+        .map(|s| s.parse::<usize>().with_context(|| format!("bad .npy shape {text}")))
         .collect()
 }
 
@@ -144,10 +118,7 @@ mod tests {
 
     #[test]
     fn round_trips() {
-        let t = Tensor::new(
-            vec![2, 3],
-            vec![1.0, -2.0, 3.5, 0.0, f32::MIN_POSITIVE, 7.0],
-        );
+        let t = Tensor::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, f32::MIN_POSITIVE, 7.0]);
         let bytes = to_bytes(&t);
         assert_eq!((bytes.len() - t.len() * 4) % 64, 0);
         assert_eq!(parse(&bytes).unwrap(), t);

@@ -35,10 +35,7 @@ fn dtype_size(dtype: &str) -> Option<usize> {
 /// Parses the bytes of a safetensors file.
 pub fn parse(bytes: &[u8]) -> Result<Tensors> {
     if bytes.len() < 8 {
-        bail!(
-            "not a safetensors file: {} bytes, shorter than the 8-byte header length",
-            bytes.len()
-        );
+        bail!("not a safetensors file: {} bytes, shorter than the 8-byte header length", bytes.len());
     }
     let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
     if header_len > MAX_HEADER {
@@ -46,10 +43,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tensors> {
     }
     let body_start = 8 + header_len as usize;
     if body_start > bytes.len() {
-        bail!(
-            "safetensors header length {header_len} runs past the end of the file ({} bytes)",
-            bytes.len()
-        );
+        bail!("safetensors header length {header_len} runs past the end of the file ({} bytes)", bytes.len());
     }
     let header: Map<String, Value> = serde_json::from_slice(&bytes[8..body_start])
         .map_err(|e| anyhow::anyhow!("safetensors header is not a JSON object: {e}"))?;
@@ -59,15 +53,9 @@ pub fn parse(bytes: &[u8]) -> Result<Tensors> {
         if name == "__metadata__" {
             continue;
         }
-        let field = |k: &str| {
-            info.get(k)
-                .with_context(|| format!("tensor `{name}`: header entry has no `{k}`"))
-        };
-        let dtype = field("dtype")?
-            .as_str()
-            .with_context(|| format!("tensor `{name}`: dtype is not a string"))?;
-        let size =
-            dtype_size(dtype).with_context(|| format!("tensor `{name}`: unknown dtype {dtype}"))?;
+        let field = |k: &str| info.get(k).with_context(|| format!("tensor `{name}`: header entry has no `{k}`"));
+        let dtype = field("dtype")?.as_str().with_context(|| format!("tensor `{name}`: dtype is not a string"))?;
+        let size = dtype_size(dtype).with_context(|| format!("tensor `{name}`: unknown dtype {dtype}"))?;
         let shape: Vec<usize> = field("shape")?
             .as_array()
             .and_then(|a| a.iter().map(|d| d.as_u64().map(|d| d as usize)).collect())
@@ -79,10 +67,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tensors> {
             .with_context(|| format!("tensor `{name}`: data_offsets is not [begin, end]"))?;
         let (begin, end) = (offsets[0], offsets[1]);
         if begin > end || end > body.len() as u64 {
-            bail!(
-                "tensor `{name}`: data_offsets [{begin}, {end}] lie outside the {}-byte data section",
-                body.len()
-            );
+            bail!("tensor `{name}`: data_offsets [{begin}, {end}] lie outside the {}-byte data section", body.len());
         }
         let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let want = count.and_then(|c| c.checked_mul(size));
@@ -100,10 +85,7 @@ pub fn parse(bytes: &[u8]) -> Result<Tensors> {
             bail!("tensor `{name}` has dtype {dtype}; resnetc loads float32 (F32) weights only");
         }
         let raw = &body[begin as usize..end as usize];
-        let data = raw
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-            .collect();
+        let data = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
         out.insert(name.clone(), Tensor::new(shape, data));
     }
     Ok(out)
@@ -146,10 +128,7 @@ mod tests {
 
     fn sample() -> Tensors {
         let mut t = Tensors::new();
-        t.insert(
-            "a.weight".into(),
-            Tensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]),
-        );
+        t.insert("a.weight".into(), Tensor::new(vec![2, 2], vec![1.0, 2.0, 3.0, 4.0]));
         t.insert("b".into(), Tensor::new(vec![3], vec![-1.0, 0.5, 9.0]));
         t
     }
@@ -180,8 +159,7 @@ mod tests {
         assert!(err(&1000u64.to_le_bytes()).contains("past the end"));
         assert!(err(&with_header("{nope", &[])).contains("not a JSON object"));
         let past = r#"{"w":{"dtype":"F32","shape":[4],"data_offsets":[0,16]}}"#;
-        assert!(err(&with_header(past, &[0; 8]))
-            .contains("tensor `w`: data_offsets [0, 16] lie outside"));
+        assert!(err(&with_header(past, &[0; 8])).contains("tensor `w`: data_offsets [0, 16] lie outside"));
         let f16 = r#"{"w":{"dtype":"F16","shape":[2],"data_offsets":[0,4]}}"#;
         assert!(err(&with_header(f16, &[0; 4])).contains("dtype F16"));
         let wrong = r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;

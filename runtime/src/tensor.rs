@@ -11,20 +11,13 @@ impl Tensor {
     /// A tensor of `shape` holding `data`; panics if the lengths disagree (a programming
     /// error, never a user-input error: loaders check sizes before building tensors).
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Tensor {
-        assert_eq!(
-            shape.iter().product::<usize>(),
-            data.len(),
-            "tensor data length does not match shape {shape:?}"
-        );
+        assert_eq!(shape.iter().product::<usize>(), data.len(), "tensor data length does not match shape {shape:?}");
         Tensor { shape, data }
     }
 
     pub fn zeros(shape: Vec<usize>) -> Tensor {
         let n = shape.iter().product();
-        Tensor {
-            shape,
-            data: vec![0.0; n],
-        }
+        Tensor { shape, data: vec![0.0; n] }
     }
 
     pub fn shape(&self) -> &[usize] {

@@ -8,10 +8,7 @@ use std::path::PathBuf;
 
 /// The repository root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
 
 /// One entry of `tests/goldens/manifest.toml`.
@@ -44,11 +41,8 @@ impl Golden {
 
     /// PyTorch's logits. Panics (failing the test) if the file is missing.
     pub fn logits(&self) -> Tensor {
-        let path = root()
-            .join("tests/goldens")
-            .join(format!("{}.npy", self.name));
-        npy::read(&path)
-            .unwrap_or_else(|e| panic!("golden {} is missing or unreadable: {e:#}", self.name))
+        let path = root().join("tests/goldens").join(format!("{}.npy", self.name));
+        npy::read(&path).unwrap_or_else(|e| panic!("golden {} is missing or unreadable: {e:#}", self.name))
     }
 }
 
@@ -76,47 +70,19 @@ pub fn goldens() -> Vec<Golden> {
 /// Returns the relative error, or a description of the failure.
 pub fn agree(y: &Tensor, y_ref: &Tensor) -> Result<f64, String> {
     if y.shape() != y_ref.shape() {
-        return Err(format!(
-            "shape {:?} vs reference {:?}",
-            y.shape(),
-            y_ref.shape()
-        ));
+        return Err(format!("shape {:?} vs reference {:?}", y.shape(), y_ref.shape()));
     }
-    let scale = y_ref
-        .data()
-        .iter()
-        .fold(1.0f64, |m, v| m.max(v.abs() as f64));
-    let diff = y
-        .data()
-        .iter()
-        .zip(y_ref.data())
-        .fold(0.0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
-    let rel = if diff.is_nan() || y.data().iter().any(|v| !v.is_finite()) {
-        f64::INFINITY
-    } else {
-        diff / scale
-    };
+    let scale = y_ref.data().iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
+    let diff = y.data().iter().zip(y_ref.data()).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    let rel = if diff.is_nan() || y.data().iter().any(|v| !v.is_finite()) { f64::INFINITY } else { diff / scale };
     if rel > 1e-4 {
         return Err(format!("relative error {rel:.3e} > 1e-4"));
     }
     let classes = *y.shape().last().unwrap();
-    let argmax = |row: &[f32]| {
-        row.iter()
-            .enumerate()
-            .fold(0, |b, (i, v)| if *v > row[b] { i } else { b })
-    };
-    for (r, (a, b)) in y
-        .data()
-        .chunks(classes)
-        .zip(y_ref.data().chunks(classes))
-        .enumerate()
-    {
+    let argmax = |row: &[f32]| row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b });
+    for (r, (a, b)) in y.data().chunks(classes).zip(y_ref.data().chunks(classes)).enumerate() {
         if argmax(a) != argmax(b) {
-            return Err(format!(
-                "row {r}: argmax {} vs reference {}",
-                argmax(a),
-                argmax(b)
-            ));
+            return Err(format!("row {r}: argmax {} vs reference {}", argmax(a), argmax(b)));
         }
     }
     Ok(rel)
