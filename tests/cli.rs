@@ -49,7 +49,8 @@ fn write_spec(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
-const TINY: &str = "block = \"basic\"\nlayers = [1, 1]\nwidths = [4, 8]\nstem = \"cifar\"\nnum_classes = 3\ninput = [2, 9, 7]\n";
+const TINY: &str =
+    "block = \"basic\"\nlayers = [1, 1]\nwidths = [4, 8]\nstem = \"cifar\"\nnum_classes = 3\ninput = [2, 9, 7]\n";
 
 #[test]
 fn inspect_reports_torchvision_counts() {
@@ -123,12 +124,18 @@ fn bad_specs_name_the_key() {
         ("block = \"basic\"\nlayers = \"1\"\n", &["key `layers`", "expected an array"]),
         ("block = \"basic\"\nlayers = []\n", &["key `layers`", "empty"]),
         ("block = \"basic\"\nlayers = [1]\ngroups = 32\n", &["key `groups`", "basic"]),
-        ("block = \"bottleneck\"\nlayers = [1]\nwidths = [8]\nwidth_per_group = 4\n", &["width_per_group", "inner width"]),
+        (
+            "block = \"bottleneck\"\nlayers = [1]\nwidths = [8]\nwidth_per_group = 4\n",
+            &["width_per_group", "inner width"],
+        ),
         ("block = \"tiny\"\nlayers = [1]\n", &["key `block`", "\"tiny\""]),
         ("block = \"basic\"\nlayers = [1, 1]\nwidths = [8]\n", &["key `widths`"]),
         ("block = \"basic\"\nlayers = [1]\ninput = [3, -4, 4]\n", &["key `input`", "negative"]),
         ("block = \"basic\"\nlayers = [1\n", &["invalid TOML", "line"]),
-        ("block = \"basic\"\nlayers = [1]\nstem_pool = \"caffe\"\ninput = [3, 1, 1]\n", &["too small", "stem (maxpool)"]),
+        (
+            "block = \"basic\"\nlayers = [1]\nstem_pool = \"caffe\"\ninput = [3, 1, 1]\n",
+            &["too small", "stem (maxpool)"],
+        ),
         ("block = \"basic\"\nlayers = [1]\ninput = [3, 100000, 100000]\n", &["too large", "GiB"]),
     ];
     for (i, (text, needles)) in cases.iter().enumerate() {
@@ -176,7 +183,10 @@ fn bad_weights_name_the_tensor() {
     std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
     let y = dir.join("y.npy");
     let run = |w: &Path, needles: &[&str]| {
-        fails(&["run", s(&spec), "--weights", s(w), "--input", s(&x), "--output", s(&y), "--backend", "reference"], needles);
+        fails(
+            &["run", s(&spec), "--weights", s(w), "--input", s(&x), "--output", s(&y), "--backend", "reference"],
+            needles,
+        );
         assert!(!y.exists(), "a failed run left {}", y.display());
     };
     run(&missing, &["missing.safetensors", "missing tensor `layer2.0.bn1.running_var`", "[8]"]);
@@ -198,7 +208,10 @@ fn bad_tensors_and_images_name_the_file() {
     ok(&["seed", s(&spec), "weights", "-o", s(&w)]);
     let y = dir.join("y.npy");
     let run_input = |x: &Path, needles: &[&str]| {
-        fails(&["run", s(&spec), "--weights", s(&w), "--input", s(x), "--output", s(&y), "--backend", "reference"], needles);
+        fails(
+            &["run", s(&spec), "--weights", s(&w), "--input", s(x), "--output", s(&y), "--backend", "reference"],
+            needles,
+        );
         assert!(!y.exists(), "a failed run left {}", y.display());
     };
     let wrong_shape = dir.join("wrong_shape.npy");
@@ -221,10 +234,16 @@ fn bad_tensors_and_images_name_the_file() {
     fails(&["run", "resnet18", "--weights", s(&w), "--image", s(&bad_png)], &[]);
     let r18 = dir.join("r18.safetensors");
     ok(&["seed", "resnet18", "weights", "-o", s(&r18)]);
-    fails(&["run", "resnet18", "--weights", s(&r18), "--image", s(&bad_png), "--backend", "reference"], &["broken.png", "PNG"]);
+    fails(
+        &["run", "resnet18", "--weights", s(&r18), "--image", s(&bad_png), "--backend", "reference"],
+        &["broken.png", "PNG"],
+    );
     let text = dir.join("photo.jpg");
     std::fs::write(&text, b"just text").unwrap();
-    fails(&["run", "resnet18", "--weights", s(&r18), "--image", s(&text), "--backend", "reference"], &["photo.jpg", "not a PNG or JPEG"]);
+    fails(
+        &["run", "resnet18", "--weights", s(&r18), "--image", s(&text), "--backend", "reference"],
+        &["photo.jpg", "not a PNG or JPEG"],
+    );
 }
 
 #[test]
@@ -232,7 +251,10 @@ fn cli_misuse_is_one_line() {
     fails(&["frobnicate"], &["frobnicate"]);
     fails(&["run", "resnet18", "--input", "x.npy", "--output", "y.npy"], &["--weights"]);
     fails(&["run", "resnet18", "--weights", "w.safetensors", "--input", "x.npy"], &["--output"]);
-    fails(&["run", "resnet18", "--weights", "w", "--input", "x.npy", "--output", "y.npy", "--threads", "0"], &["--threads"]);
+    fails(
+        &["run", "resnet18", "--weights", "w", "--input", "x.npy", "--output", "y.npy", "--threads", "0"],
+        &["--threads"],
+    );
     fails(&["run", "resnet18", "--weights", "w", "--image", "a.jpg", "--input", "x.npy"], &["--image"]);
     fails(&["inspect"], &["MODEL"]);
     fails(&["emit", "resnet18", "bytecode"], &["bytecode"]);

@@ -4,9 +4,16 @@
 //! [`graph`] -> passes -> plan -> kernel IR -> backends. [`reference`] executes the graph
 //! directly and is the oracle for every backend.
 
+pub mod emit;
+pub mod folded;
 pub mod from_spec;
 pub mod graph;
 pub mod inspect;
+pub mod memory;
+pub mod passes;
+pub mod plan;
+pub mod plan_exec;
 pub mod reference;
 pub mod spec;
+pub mod target;
 pub mod weights;

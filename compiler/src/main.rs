@@ -2,7 +2,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use resnetc::{from_spec, graph::Graph, inspect, reference, spec, weights};
+use resnetc::{emit, from_spec, graph::Graph, inspect, passes, plan, reference, spec, target::Target, weights};
 use resnetc_runtime::{classes, image, npy, preprocess, safetensors, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -63,9 +63,12 @@ enum Command {
         /// Which stage to print.
         #[arg(value_enum)]
         stage: Stage,
-        /// Print JSON where the stage supports it.
+        /// Print JSON where the stage supports it (fused, memory).
         #[arg(long)]
         json: bool,
+        /// The backend whose layouts and kernels to show.
+        #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
+        backend: Backend,
     },
     /// Writes seeded weights or a seeded input batch (the generator tests and goldens use).
     Seed {
@@ -218,14 +221,20 @@ fn execute(command: Command) -> Result<()> {
                 None => print_top5(&y, spec.num_classes),
             }
         }
-        Command::Emit { model: name, stage, json } => {
+        Command::Emit { model: name, stage, json, backend } => {
             let (spec, graph) = model(&name)?;
-            match stage {
-                Stage::Graph if !json => print!("{}", graph.to_text()),
-                Stage::Dot if !json => print!("{}", graph.to_dot(&spec.name)),
-                Stage::Graph | Stage::Dot => bail!("--json is not available for this stage"),
+            let plan = || -> Result<plan::Plan> { plan::build(&passes::fuse(&graph).0, target_of(backend)) };
+            let text = match (stage, json) {
+                (Stage::Graph, false) => graph.to_text(),
+                (Stage::Dot, false) => graph.to_dot(&spec.name),
+                (Stage::Fused, false) => emit::fused_text(&plan()?),
+                (Stage::Fused, true) => serde_json::to_string_pretty(&emit::fused_json(&plan()?))? + "\n",
+                (Stage::Memory, false) => emit::memory_text(&plan()?),
+                (Stage::Memory, true) => serde_json::to_string_pretty(&emit::memory_json(&plan()?))? + "\n",
+                (Stage::Graph | Stage::Dot, true) => bail!("--json is not available for this stage"),
                 _ => bail!("this stage is not available in this build yet"),
-            }
+            };
+            print!("{text}");
         }
         Command::Seed { model: name, what, output, seed, batch } => {
             let (spec, graph) = model(&name)?;
@@ -236,6 +245,14 @@ fn execute(command: Command) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The code-generation target of a backend on this machine.
+fn target_of(backend: Backend) -> Target {
+    match backend {
+        Backend::Rust => Target::AVX512,
+        Backend::Cranelift | Backend::Reference => Target::CRANELIFT_X64,
+    }
 }
 
 fn backend_name(b: Backend) -> &'static str {

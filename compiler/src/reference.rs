@@ -98,7 +98,7 @@ fn par_chunks(out: &mut [f32], chunk: usize, fill: impl Fn(usize, &mut [f32]) + 
 
 /// Direct convolution, one output plane at a time, with the optional fused epilogue.
 #[allow(clippy::too_many_arguments)]
-fn conv(
+pub(crate) fn conv(
     c: &Conv,
     si: Shape,
     so: Shape,
@@ -189,12 +189,12 @@ fn max_pool(p: &MaxPool, si: Shape, so: Shape, n: usize, x: &[f32]) -> Vec<f32> 
     out
 }
 
-fn global_avg_pool(si: Shape, _n: usize, x: &[f32]) -> Vec<f32> {
+pub(crate) fn global_avg_pool(si: Shape, _n: usize, x: &[f32]) -> Vec<f32> {
     let plane = si.h * si.w;
     x.chunks(plane).map(|xp| (xp.iter().map(|&v| v as f64).sum::<f64>() / plane as f64) as f32).collect()
 }
 
-fn linear(cin: usize, cout: usize, _n: usize, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
+pub(crate) fn linear(cin: usize, cout: usize, _n: usize, x: &[f32], w: &[f32], b: &[f32]) -> Vec<f32> {
     x.chunks(cin)
         .flat_map(|xi| {
             (0..cout).map(move |o| {

@@ -3,6 +3,7 @@
 //! generator, and (in later modules) weight transforms, the arena and the thread pool.
 
 pub mod classes;
+pub mod fold;
 pub mod image;
 pub mod npy;
 pub mod preprocess;

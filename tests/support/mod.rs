@@ -1,6 +1,8 @@
 //! Shared by the integration tests: the golden manifest, the contract's tolerance, paths.
 #![allow(dead_code)]
 
+pub mod random_spec;
+
 use resnetc::graph::Graph;
 use resnetc::spec::Spec;
 use resnetc_runtime::{npy, Tensor};

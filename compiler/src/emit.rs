@@ -1,0 +1,138 @@
+//! Text and JSON renderings of the middle-end's results: the fused kernel list and the
+//! memory plan. These are snapshot-tested, so keep them deterministic.
+
+use crate::plan::{Plan, Step, StepOp};
+use serde_json::{json, Value};
+use std::fmt::Write;
+
+/// The operator of a step as printed (`conv3x3/2`, `maxpool3x3/2`, ...).
+pub fn op_name(step: &Step) -> String {
+    match &step.op {
+        StepOp::PackInput => "pack_input".into(),
+        StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
+        StepOp::Conv(c) => format!("conv{k}x{k}/{}", c.stride, k = c.kernel),
+        StepOp::MaxPool(p) => {
+            format!("maxpool{k}x{k}/{}{}", p.stride, if p.ceil_mode { " ceil" } else { "" }, k = p.kernel)
+        }
+        StepOp::GlobalAvgPool => "global_avg_pool".into(),
+        StepOp::Linear { .. } => "linear".into(),
+    }
+}
+
+/// What the step's epilogue does after the main computation, `+`-separated.
+pub fn epilogue(step: &Step) -> String {
+    match &step.op {
+        StepOp::Conv(c) => {
+            let mut parts = vec![];
+            if c.folded_bn.is_some() {
+                parts.push("bias");
+            }
+            if c.residual {
+                parts.push("residual");
+            }
+            if c.relu {
+                parts.push("relu");
+            }
+            parts.join("+")
+        }
+        StepOp::Linear { .. } => "bias".into(),
+        _ => String::new(),
+    }
+}
+
+/// Multiply-adds of one image in this step.
+pub fn macs(step: &Step) -> usize {
+    match &step.op {
+        StepOp::Conv(c) => c.weight_count() * step.out_shape.h * step.out_shape.w,
+        StepOp::Linear { cin, cout, .. } => cin * cout,
+        _ => 0,
+    }
+}
+
+pub fn fused_text(plan: &Plan) -> String {
+    let mut out = format!(
+        "{:<4} {:<24} {:<18} {:<20} {:<16} {:<16} {:>12}\n",
+        "#", "kernel", "op", "epilogue", "input", "output", "MACs"
+    );
+    for (i, s) in plan.steps.iter().enumerate() {
+        let _ = writeln!(
+            out,
+            "{i:<4} {:<24} {:<18} {:<20} {:<16} {:<16} {:>12}",
+            s.name,
+            op_name(s),
+            epilogue(s),
+            s.in_shape.to_string(),
+            s.out_shape.to_string(),
+            macs(s)
+        );
+    }
+    let convs = plan.steps.iter().filter(|s| matches!(s.op, StepOp::Conv(_))).count();
+    let _ = writeln!(
+        out,
+        "{} kernels ({convs} conv), {} MACs per image",
+        plan.steps.len(),
+        plan.steps.iter().map(macs).sum::<usize>()
+    );
+    out
+}
+
+pub fn fused_json(plan: &Plan) -> Value {
+    json!({
+        "target": plan.target.name,
+        "kernels": plan.steps.iter().map(|s| json!({
+            "name": s.name,
+            "op": op_name(s),
+            "epilogue": epilogue(s),
+            "input": [s.in_shape.c, s.in_shape.h, s.in_shape.w],
+            "output": [s.out_shape.c, s.out_shape.h, s.out_shape.w],
+            "residual": s.residual.map(|b| plan.buffers[b].name.clone()),
+            "macs": macs(s),
+        })).collect::<Vec<_>>(),
+    })
+}
+
+pub fn memory_text(plan: &Plan) -> String {
+    let mut out = format!(
+        "{:<24} {:<26} {:>10} {:>6} {:>6} {:>10}  {}\n",
+        "buffer", "layout", "bytes", "first", "last", "offset", "reuses"
+    );
+    for b in &plan.buffers {
+        let reuses = b.reuses.map(|r| plan.buffers[r].name.as_str()).unwrap_or("");
+        let _ = writeln!(
+            out,
+            "{:<24} {:<26} {:>10} {:>6} {:>6} {:>10}  {reuses}",
+            b.name,
+            b.layout.to_string(),
+            b.bytes(),
+            b.first,
+            b.last,
+            b.offset
+        );
+    }
+    let _ = writeln!(
+        out,
+        "arena {} bytes per image, lower bound {} bytes ({:.3}x), target {}",
+        plan.arena_bytes,
+        plan.lower_bound_bytes,
+        plan.arena_bytes as f64 / plan.lower_bound_bytes.max(1) as f64,
+        plan.target.name
+    );
+    out
+}
+
+pub fn memory_json(plan: &Plan) -> Value {
+    json!({
+        "target": plan.target.name,
+        "arena_bytes": plan.arena_bytes,
+        "lower_bound_bytes": plan.lower_bound_bytes,
+        "buffers": plan.buffers.iter().map(|b| json!({
+            "name": b.name,
+            "bytes": b.bytes(),
+            "first": b.first,
+            "last": b.last,
+            "offset": b.offset,
+            "layout": b.layout.to_string(),
+            "reuses": b.reuses.map(|r| plan.buffers[r].name.clone()),
+        })).collect::<Vec<_>>(),
+    })
+}

@@ -1,0 +1,221 @@
+//! The execution plan: the fused graph's nodes as an ordered list of steps over buffers
+//! with concrete layouts, for one [`Target`]. The memory planner assigns arena offsets.
+//!
+//! **Layout:** every activation is stored NCHW[cb]c (`cb` = the target's lanes; `cb` = 1
+//! for the model input) with a zero halo of `halo` pixels on every side, so that padded
+//! convolutions and pools read their borders without branches. Channels are padded to a
+//! multiple of `cb` with zeros, which stay zero through every kernel (zero weights, zero
+//! bias, and `relu(0 + 0) = 0`).
+//!
+//! **Architecture Invariant:** the producer of a buffer writes all of it, halo included
+//! (the halo with zeros), so a buffer never depends on what the arena held before.
+
+use crate::graph::{Conv, Graph, MaxPool, Op, Shape};
+use crate::target::Target;
+use anyhow::{bail, Result};
+use petgraph::stable_graph::NodeIndex;
+use std::collections::HashMap;
+
+/// How one image's activation is laid out in the arena.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Layout {
+    /// Real channels.
+    pub c: usize,
+    /// Channel block (innermost dimension).
+    pub cb: usize,
+    pub h: usize,
+    pub w: usize,
+    /// Zero border, in pixels, on each side.
+    pub halo: usize,
+}
+
+impl Layout {
+    pub fn cblocks(&self) -> usize {
+        self.c.div_ceil(self.cb)
+    }
+    /// Channels including padding.
+    pub fn cpad(&self) -> usize {
+        self.cblocks() * self.cb
+    }
+    pub fn hp(&self) -> usize {
+        self.h + 2 * self.halo
+    }
+    pub fn wp(&self) -> usize {
+        self.w + 2 * self.halo
+    }
+    pub fn numel(&self) -> usize {
+        self.cblocks() * self.hp() * self.wp() * self.cb
+    }
+    pub fn bytes(&self) -> usize {
+        self.numel() * 4
+    }
+    /// Element index of channel `c`, row `y`, column `x` (unpadded coordinates).
+    pub fn index(&self, c: usize, y: usize, x: usize) -> usize {
+        (((c / self.cb) * self.hp() + y + self.halo) * self.wp() + x + self.halo) * self.cb + c % self.cb
+    }
+}
+
+impl std::fmt::Display for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}x{}x{}", self.cpad(), self.h, self.w)?;
+        if self.cb > 1 {
+            write!(f, " ({}c)", self.cb)?;
+        }
+        if self.halo > 0 {
+            write!(f, " halo {}", self.halo)?;
+        }
+        Ok(())
+    }
+}
+
+pub type BufId = usize;
+
+/// A buffer of one image's activation.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Buffer {
+    pub name: String,
+    pub layout: Layout,
+    /// Step that writes it.
+    pub first: usize,
+    /// Last step that reads it.
+    pub last: usize,
+    /// Byte offset in the arena (set by the memory planner).
+    pub offset: usize,
+    /// The buffer whose storage this one takes over in place (a residual operand that
+    /// dies at the step that writes this buffer).
+    pub reuses: Option<BufId>,
+}
+
+impl Buffer {
+    pub fn bytes(&self) -> usize {
+        self.layout.bytes()
+    }
+}
+
+/// What one step computes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StepOp {
+    /// Copies the external NCHW input into its padded arena buffer.
+    PackInput,
+    Conv(Conv),
+    MaxPool(MaxPool),
+    GlobalAvgPool,
+    /// The classifier, writing the external `[classes]` logits of the image.
+    Linear {
+        param: String,
+        cin: usize,
+        cout: usize,
+    },
+}
+
+/// One kernel instance of the schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Step {
+    /// The fused node's name (`layer1.0.conv2`).
+    pub name: String,
+    pub op: StepOp,
+    /// Buffer read (none for `PackInput`, which reads the external input).
+    pub input: Option<BufId>,
+    /// Residual operand read by the epilogue.
+    pub residual: Option<BufId>,
+    /// Buffer written (none for `Linear`, which writes the external output).
+    pub output: Option<BufId>,
+    /// Shape of the input and output of one image.
+    pub in_shape: Shape,
+    pub out_shape: Shape,
+}
+
+/// Steps over buffers, with the arena laid out.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    pub target: Target,
+    pub steps: Vec<Step>,
+    pub buffers: Vec<Buffer>,
+    /// Arena bytes for one image.
+    pub arena_bytes: usize,
+    /// The largest total of bytes live at any step: no planner can do better.
+    pub lower_bound_bytes: usize,
+    pub num_classes: usize,
+    pub input: Shape,
+}
+
+/// Halo a consumer needs on its input.
+fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
+    match op {
+        Op::Conv(c) => c.pad,
+        Op::MaxPool(p) => {
+            // Ceil mode may let the last window run past the border (Caffe's pool).
+            let over = |i: usize, o: usize| ((o - 1) * p.stride + p.kernel).saturating_sub(i + p.pad);
+            p.pad.max(over(input.h, output.h)).max(over(input.w, output.w))
+        }
+        _ => 0,
+    }
+}
+
+/// Builds the plan of a fused graph for `target` and lays out its arena.
+pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
+    let order = fused.schedule();
+    let mut buf_of: HashMap<NodeIndex, BufId> = HashMap::new();
+    let mut buffers: Vec<Buffer> = Vec::new();
+    let mut steps: Vec<Step> = Vec::new();
+    for &n in &order {
+        let node = fused.node(n);
+        let args = fused.inputs(n);
+        let halo = fused
+            .users(n)
+            .iter()
+            .map(|&u| halo_needed(&fused.node(u).op, node.shape, fused.node(u).shape))
+            .max()
+            .unwrap_or(0);
+        let cb = if node.op == Op::Input { 1 } else { target.lanes };
+        let layout = Layout { c: node.shape.c, cb, h: node.shape.h, w: node.shape.w, halo };
+        let step_index = steps.len();
+        let mut new_buffer = |name: &str| {
+            buffers.push(Buffer {
+                name: name.to_string(),
+                layout,
+                first: step_index,
+                last: step_index,
+                offset: 0,
+                reuses: None,
+            });
+            buffers.len() - 1
+        };
+        let in_shape = args.first().map_or(node.shape, |&a| fused.node(a).shape);
+        let (op, output) = match &node.op {
+            Op::Input => (StepOp::PackInput, Some(new_buffer("input"))),
+            Op::Conv(c) => (StepOp::Conv(c.clone()), Some(new_buffer(&node.name))),
+            Op::MaxPool(p) => {
+                let producer_relu = matches!(&fused.node(args[0]).op, Op::Conv(c) if c.relu);
+                if !producer_relu {
+                    bail!("{}: max-pool over values that may be negative is not supported (its zero halo assumes a ReLU before it)", node.name);
+                }
+                (StepOp::MaxPool(*p), Some(new_buffer(&node.name)))
+            }
+            Op::GlobalAvgPool => (StepOp::GlobalAvgPool, Some(new_buffer(&node.name))),
+            Op::Linear { param, cin, cout } => (StepOp::Linear { param: param.clone(), cin: *cin, cout: *cout }, None),
+            other => bail!("{}: {} must be fused before planning", node.name, other.kind()),
+        };
+        if let Some(b) = output {
+            buf_of.insert(n, b);
+        }
+        let input = args.first().map(|a| buf_of[a]);
+        let residual = args.get(1).map(|a| buf_of[a]);
+        for b in input.iter().chain(residual.iter()) {
+            buffers[*b].last = step_index;
+        }
+        steps.push(Step { name: node.name.clone(), op, input, residual, output, in_shape, out_shape: node.shape });
+    }
+    let input = fused.node(fused.input()).shape;
+    let mut plan = Plan {
+        target,
+        steps,
+        buffers,
+        arena_bytes: 0,
+        lower_bound_bytes: 0,
+        num_classes: fused.node(fused.output()).shape.c,
+        input,
+    };
+    crate::memory::assign(&mut plan);
+    Ok(plan)
+}
