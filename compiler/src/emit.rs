@@ -16,6 +16,7 @@ pub fn op_name(step: &Step) -> String {
         }
         StepOp::GlobalAvgPool => "global_avg_pool".into(),
         StepOp::Linear { .. } => "linear".into(),
+        StepOp::UnpackOutput => "unpack_output".into(),
     }
 }
 

@@ -9,6 +9,8 @@ pub mod folded;
 pub mod from_spec;
 pub mod graph;
 pub mod inspect;
+pub mod kernels;
+pub mod kir;
 pub mod memory;
 pub mod passes;
 pub mod plan;

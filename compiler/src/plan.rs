@@ -100,12 +100,10 @@ pub enum StepOp {
     Conv(Conv),
     MaxPool(MaxPool),
     GlobalAvgPool,
-    /// The classifier, writing the external `[classes]` logits of the image.
-    Linear {
-        param: String,
-        cin: usize,
-        cout: usize,
-    },
+    /// The classifier, writing the logits into a padded buffer.
+    Linear { param: String, cin: usize, cout: usize },
+    /// Copies the logits buffer to the external `[classes]` output of the image.
+    UnpackOutput,
 }
 
 /// One kernel instance of the schedule.
@@ -118,7 +116,7 @@ pub struct Step {
     pub input: Option<BufId>,
     /// Residual operand read by the epilogue.
     pub residual: Option<BufId>,
-    /// Buffer written (none for `Linear`, which writes the external output).
+    /// Buffer written (none for `UnpackOutput`, which writes the external output).
     pub output: Option<BufId>,
     /// Shape of the input and output of one image.
     pub in_shape: Shape,
@@ -193,7 +191,9 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
                 (StepOp::MaxPool(*p), Some(new_buffer(&node.name)))
             }
             Op::GlobalAvgPool => (StepOp::GlobalAvgPool, Some(new_buffer(&node.name))),
-            Op::Linear { param, cin, cout } => (StepOp::Linear { param: param.clone(), cin: *cin, cout: *cout }, None),
+            Op::Linear { param, cin, cout } => {
+                (StepOp::Linear { param: param.clone(), cin: *cin, cout: *cout }, Some(new_buffer(&node.name)))
+            }
             other => bail!("{}: {} must be fused before planning", node.name, other.kind()),
         };
         if let Some(b) = output {
@@ -206,6 +206,19 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         }
         steps.push(Step { name: node.name.clone(), op, input, residual, output, in_shape, out_shape: node.shape });
     }
+    // The logits leave the arena through one conversion step, as the input enters it.
+    let logits = steps.last().and_then(|s| s.output).expect("the graph ends in a classifier");
+    let last = steps.last().unwrap().clone();
+    buffers[logits].last = steps.len();
+    steps.push(Step {
+        name: "output".into(),
+        op: StepOp::UnpackOutput,
+        input: Some(logits),
+        residual: None,
+        output: None,
+        in_shape: last.out_shape,
+        out_shape: last.out_shape,
+    });
     let input = fused.node(fused.input()).shape;
     let mut plan = Plan {
         target,

@@ -112,7 +112,11 @@ pub fn run(plan: &Plan, folded: &Tensors, input: &Tensor) -> Result<Tensor> {
                         get(format!("{param}.weight"))?,
                         get(format!("{param}.bias"))?,
                     );
-                    logits.extend_from_slice(&y);
+                    write(&mut arena, buf(step.output), &y);
+                }
+                StepOp::UnpackOutput => {
+                    let src = buf(step.input);
+                    logits.extend_from_slice(&read_padded(&arena, src, 0)[..src.layout.c]);
                 }
             }
         }

@@ -6,6 +6,7 @@ pub mod classes;
 pub mod fold;
 pub mod image;
 pub mod npy;
+pub mod pack;
 pub mod preprocess;
 pub mod safetensors;
 pub mod seeded;

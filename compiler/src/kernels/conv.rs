@@ -1,0 +1,193 @@
+//! Direct convolution as a register-blocked micro-kernel: a tile of `P` output pixels of
+//! one row times `J` vectors of output channels stays in registers while the reduction
+//! runs over (kh, kw, input channel), each step one broadcast of an input value times one
+//! weight vector per accumulator. Bias initializes the accumulators; the epilogue adds
+//! the residual, applies ReLU and stores, so a fused conv makes one pass over memory.
+//!
+//! Grouped convolutions read only the input channels of the groups a tile covers:
+//! several whole groups per tile, or several tiles per group; anything else falls back
+//! to reading every input channel against zero weights (correct, slower).
+
+use super::simple::zero_halo_of_row;
+use super::WeightAlloc;
+use crate::graph::Conv;
+use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
+use crate::plan::{Buffer, Step};
+use crate::target::Target;
+use anyhow::Result;
+use resnetc_runtime::pack::ConvPacking;
+
+pub struct Generated {
+    pub kernel: Kernel,
+    pub packing: ConvPacking,
+}
+
+/// How output-channel tiles map to input channels.
+struct Tiling {
+    /// Vectors of output channels per tile.
+    j: usize,
+    /// Input channels read per tile.
+    icr: usize,
+    /// Task dimensions (groups, tiles per group): tile = g * per_group + o.
+    groups: usize,
+    per_group: usize,
+    group_stride: usize,
+    tile_stride: usize,
+}
+
+/// Candidate numbers of output vectors per tile, best first.
+fn j_candidates(t: Target) -> Vec<usize> {
+    if t.vregs >= 32 {
+        vec![4, 2, 1]
+    } else {
+        vec![1]
+    }
+}
+
+fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize) -> Tiling {
+    let lanes = t.lanes;
+    let (cin_g, cout_g) = (c.cin / c.groups, c.cout / c.groups);
+    let dense = |j: usize| Tiling { j, icr: cin_pad, groups: 1, per_group: cblocks_out / j, group_stride: 0, tile_stride: 0 };
+    let js: Vec<usize> = j_candidates(t).into_iter().filter(|j| cblocks_out % j == 0).collect();
+    if c.groups == 1 {
+        return dense(js[0]);
+    }
+    for &j in &js {
+        let jl = j * lanes;
+        // Several whole groups per tile: the tile reads their input channels.
+        if jl % cout_g == 0 && c.cout % jl == 0 {
+            let icr = jl / cout_g * cin_g;
+            if icr % cb_in == 0 {
+                return Tiling { j, icr, groups: 1, per_group: c.cout / jl, group_stride: 0, tile_stride: icr };
+            }
+        }
+        // Several tiles per group: the tiles of group g read its channels.
+        if cout_g % jl == 0 && cin_g % cb_in == 0 {
+            return Tiling { j, icr: cin_g, groups: c.groups, per_group: cout_g / jl, group_stride: cin_g, tile_stride: 0 };
+        }
+    }
+    dense(*js.last().unwrap())
+}
+
+/// Output pixels per register tile.
+fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
+    let budget = if t.vregs >= 32 { 24 } else { 12 };
+    (budget / j).clamp(1, width)
+}
+
+pub fn generate(t: Target, c: &Conv, step: &Step, input: &Buffer, out: &Buffer, res: Option<&Buffer>, w: &mut WeightAlloc) -> Result<Generated> {
+    let lanes = t.lanes;
+    let (li, lo) = (input.layout, out.layout);
+    let cb_in = li.cb;
+    let tl = tiling(t, c, lo.cblocks(), li.cpad(), cb_in);
+    let (j, jl, k) = (tl.j, tl.j * lanes, c.kernel);
+    let tiles = tl.groups * tl.per_group;
+    let packing = ConvPacking {
+        weight: c.weight.clone().into(),
+        bn: c.folded_bn.clone().map(Into::into),
+        cout: c.cout,
+        cin: c.cin,
+        kernel: k,
+        groups: c.groups,
+        jl,
+        tiles,
+        icr: tl.icr,
+        per_group: tl.per_group,
+        group_stride: tl.group_stride,
+        tile_stride: tl.tile_stride,
+        offset: w.take(tiles * k * k * tl.icr * jl),
+        bias_offset: w.take(tiles * jl),
+    };
+    // Arguments: 0 out, 1 in, 2 weights, 3 bias, 4 residual.
+    let mut b = Builder::new(3);
+    let (vg, vo, oh) = (Index::var(0, 1), Index::var(1, 1), Index::var(2, 1));
+    let tile = vg.scaled(tl.per_group as i64).plus(&vo);
+    let ic_start = vg.scaled(tl.group_stride as i64).plus(&vo.scaled(tl.tile_stride as i64));
+    let s = c.stride as i64;
+    let shift = (li.halo - c.pad) as i64; // padded input coordinate of output pixel 0, tap 0
+    let (hpi, wpi, cbi) = (li.hp() as i64, li.wp() as i64, cb_in as i64);
+    let ow_total = lo.w;
+    let p_max = tile_pixels(t, j, ow_total);
+    let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
+    let out_at = |jj: usize, ow: &Index, l: &crate::plan::Layout| {
+        out_block(jj).scaled(l.hp() as i64).plus(&oh.offset(l.halo as i64)).scaled(l.wp() as i64).plus(&ow.offset(l.halo as i64)).scaled(lanes as i64)
+    };
+    let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
+    let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
+    // One register tile of `p` pixels starting at output column `ow0`.
+    let emit_tile = |b: &mut Builder, ow0: &Index, p: usize| {
+        for jj in 0..j {
+            let bias = Src::Load(Addr { arg: 3, index: tile.scaled(jl as i64).offset((jj * lanes) as i64) });
+            for a in acc.iter().take(p) {
+                b.set(a[jj], Expr::Src(bias.clone()));
+            }
+        }
+        b.for_loop(k, |b, kh| {
+            b.for_loop(k, |b, kw| {
+                b.for_loop(tl.icr / cb_in, |b, icb| {
+                    b.for_loop(cb_in, |b, icl| {
+                        let icb_abs = ic_start.scaled(1).plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
+                        let row = icb_abs.scaled(hpi).plus(&oh.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
+                        // ((ic_block * hp + ih) * wp + iw) * cb + icl, with ic_block * cb = icb_abs.
+                        let wk = tile
+                            .scaled((k * k * tl.icr * jl) as i64)
+                            .plus(&kh.scaled((k * tl.icr * jl) as i64))
+                            .plus(&kw.scaled((tl.icr * jl) as i64))
+                            .plus(&icb.scaled(cbi * jl as i64))
+                            .plus(&icl.scaled(jl as i64));
+                        for (jj, &wr) in wreg.iter().enumerate() {
+                            b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
+                        }
+                        for (pp, a) in acc.iter().take(p).enumerate() {
+                            let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
+                            let x = row.scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl);
+                            for jj in 0..j {
+                                b.set(a[jj], Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), Src::Reg(wreg[jj])));
+                            }
+                        }
+                    });
+                });
+            });
+        });
+        for (pp, a) in acc.iter().take(p).enumerate() {
+            let ow = ow0.offset(pp as i64);
+            for (jj, &r) in a.iter().enumerate() {
+                if let Some(rb) = res {
+                    b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: out_at(jj, &ow, &rb.layout) })));
+                }
+                if c.relu {
+                    b.set(r, Expr::Relu(r));
+                }
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: out_at(jj, &ow, &lo) }, src: r });
+            }
+        }
+    };
+    let full = ow_total / p_max;
+    b.for_loop(full, |b, tix| emit_tile(b, &tix.scaled(p_max as i64), p_max));
+    if ow_total % p_max > 0 {
+        emit_tile(&mut b, &Index::constant((full * p_max) as i64), ow_total % p_max);
+    }
+    for jj in 0..j {
+        zero_halo_of_row(&mut b, lanes, 0, &lo, &out_block(jj), &oh);
+    }
+    let mut name = format!(
+        "conv{k}x{k}s{}_{}x{}x{}_to{}x{}x{}",
+        c.stride, li.c, li.h, li.w, lo.c, lo.h, lo.w
+    );
+    if c.groups > 1 {
+        name += &format!("_g{}", c.groups);
+    }
+    if c.residual {
+        name += "_res";
+    }
+    if c.relu {
+        name += "_relu";
+    }
+    let mut args = vec!["out", "in", "w", "b"];
+    if res.is_some() {
+        args.push("res");
+    }
+    let kernel = b.finish(name, args, lanes, vec![tl.groups, tl.per_group, lo.h]);
+    let _ = step;
+    Ok(Generated { kernel, packing })
+}

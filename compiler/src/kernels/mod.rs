@@ -1,0 +1,169 @@
+//! Lowers a [`Plan`] to kernel IR: one [`Kernel`] per distinct kernel shape, one [`Call`]
+//! per step with the pointers it runs on, and the weight recipes that pack the blob
+//! those pointers index.
+
+mod conv;
+mod simple;
+
+use crate::kir::Kernel;
+use crate::plan::{Plan, StepOp};
+use anyhow::Result;
+use resnetc_runtime::pack::Recipe;
+use std::collections::HashMap;
+
+/// Where a kernel argument points, for one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ArgRef {
+    /// The image's arena plus a float offset.
+    Arena(usize),
+    /// The weight blob plus a float offset.
+    Weights(usize),
+    /// The image's external input, NCHW.
+    Input,
+    /// The image's external logits.
+    Output,
+}
+
+/// One kernel invocation of the schedule.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Call {
+    /// The step's name (`layer1.0.conv2`).
+    pub name: String,
+    pub kernel: usize,
+    pub args: Vec<ArgRef>,
+    /// Multiply-adds of one image.
+    pub macs: usize,
+}
+
+/// A lowered model: kernels, the calls of one image, and the weight blob's recipe.
+#[derive(Clone, Debug)]
+pub struct Program {
+    pub kernels: Vec<Kernel>,
+    pub calls: Vec<Call>,
+    pub recipes: Vec<Recipe>,
+    pub weight_floats: usize,
+    pub arena_floats: usize,
+    pub input_floats: usize,
+    pub num_classes: usize,
+}
+
+impl Program {
+    pub fn tasks(&self, call: &Call) -> usize {
+        self.kernels[call.kernel].tasks()
+    }
+}
+
+/// Allocates float ranges in the weight blob, 16-float (64-byte) aligned.
+pub(crate) struct WeightAlloc(pub usize);
+
+impl WeightAlloc {
+    pub fn take(&mut self, floats: usize) -> usize {
+        let at = self.0;
+        self.0 = (self.0 + floats).div_ceil(16) * 16;
+        at
+    }
+}
+
+/// Lowers every step of `plan`; identical kernels are generated once.
+pub fn lower(plan: &Plan) -> Result<Program> {
+    let mut kernels: Vec<Kernel> = Vec::new();
+    let mut index: HashMap<Kernel, usize> = HashMap::new();
+    let mut names: HashMap<String, usize> = HashMap::new();
+    let mut calls = Vec::new();
+    let mut recipes = Vec::new();
+    let mut weights = WeightAlloc(0);
+    let t = plan.target;
+    for step in &plan.steps {
+        let buf = |b: Option<usize>| &plan.buffers[b.expect("step operand")];
+        let arena = |b: Option<usize>| ArgRef::Arena(buf(b).offset / 4);
+        let (kernel, args, recipe) = match &step.op {
+            StepOp::PackInput => (simple::pack_input(t, step, buf(step.output)), vec![arena(step.output), ArgRef::Input], None),
+            StepOp::Conv(c) => {
+                let res = step.residual.map(|r| buf(Some(r)));
+                let g = conv::generate(t, c, step, buf(step.input), buf(step.output), res, &mut weights)?;
+                let mut args = vec![arena(step.output), arena(step.input), ArgRef::Weights(g.packing.offset), ArgRef::Weights(g.packing.bias_offset)];
+                if step.residual.is_some() {
+                    args.push(arena(step.residual));
+                }
+                (g.kernel, args, Some(Recipe::Conv(g.packing)))
+            }
+            StepOp::MaxPool(p) => (simple::max_pool(t, p, step, buf(step.input), buf(step.output)), vec![arena(step.output), arena(step.input)], None),
+            StepOp::GlobalAvgPool => (simple::global_avg_pool(t, step, buf(step.input), buf(step.output)), vec![arena(step.output), arena(step.input)], None),
+            StepOp::Linear { param, cin, cout } => {
+                let (k, p) = simple::linear(t, param, *cin, *cout, buf(step.input), &mut weights);
+                let args = vec![arena(step.output), arena(step.input), ArgRef::Weights(p.offset), ArgRef::Weights(p.bias_offset)];
+                (k, args, Some(Recipe::Linear(p)))
+            }
+            StepOp::UnpackOutput => (simple::unpack_output(t, buf(step.input)), vec![ArgRef::Output, arena(step.input)], None),
+        };
+        recipes.extend(recipe);
+        let id = match index.get(&kernel) {
+            Some(&id) => id,
+            None => {
+                let mut k = kernel.clone();
+                // Distinct shapes that print alike (e.g. another halo) get a suffix.
+                let n = names.entry(k.name.clone()).or_insert(0);
+                *n += 1;
+                if *n > 1 {
+                    k.name = format!("{}_v{}", k.name, n);
+                }
+                kernels.push(k);
+                index.insert(kernel, kernels.len() - 1);
+                kernels.len() - 1
+            }
+        };
+        calls.push(Call { name: step.name.clone(), kernel: id, args, macs: crate::emit::macs(step) });
+    }
+    Ok(Program {
+        kernels,
+        calls,
+        recipes,
+        weight_floats: weights.0,
+        arena_floats: plan.arena_bytes / 4,
+        input_floats: plan.input.numel(),
+        num_classes: plan.num_classes,
+    })
+}
+
+/// The kernel IR of a program, every distinct kernel once, then the call list.
+pub fn to_text(p: &Program) -> String {
+    let mut out = String::new();
+    for k in &p.kernels {
+        out.push_str(&k.to_string());
+        out.push_str("\n\n");
+    }
+    out.push_str("calls:\n");
+    for c in &p.calls {
+        let args: Vec<String> = c.args.iter().map(|a| format!("{a:?}")).collect();
+        out.push_str(&format!("  {:<24} {}({})\n", c.name, p.kernels[c.kernel].name, args.join(", ")));
+    }
+    out
+}
+
+/// Runs a program with the kernel IR interpreter: the meaning of the IR, executed
+/// directly. `blob` is the packed weight blob; returns `[N, classes]` logits.
+pub fn interpret(p: &Program, blob: &[f32], input: &[f32], n: usize) -> Vec<f32> {
+    let mut weights = blob.to_vec();
+    let mut logits = vec![0.0f32; n * p.num_classes];
+    // Garbage, not zeros: no kernel may read what it did not write.
+    let mut arena = vec![f32::NAN; p.arena_floats];
+    for (x, y) in input.chunks(p.input_floats).zip(logits.chunks_mut(p.num_classes)) {
+        let mut x = x.to_vec();
+        for call in &p.calls {
+            let args: Vec<(usize, usize)> = call
+                .args
+                .iter()
+                .map(|a| match *a {
+                    ArgRef::Arena(o) => (0, o),
+                    ArgRef::Weights(o) => (1, o),
+                    ArgRef::Input => (2, 0),
+                    ArgRef::Output => (3, 0),
+                })
+                .collect();
+            let k = &p.kernels[call.kernel];
+            let mut mem: [&mut [f32]; 4] = [&mut arena, &mut weights, &mut x, y];
+            crate::kir::interpret(k, &mut mem, &args, 0, k.tasks());
+        }
+    }
+    logits
+}

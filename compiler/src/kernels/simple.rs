@@ -1,0 +1,170 @@
+//! Kernels other than convolution: input packing, max-pool, global average pool, the
+//! classifier and output unpacking. Each writes its whole output buffer, halo included.
+
+use super::WeightAlloc;
+use crate::graph::MaxPool;
+use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt};
+use crate::plan::{Buffer, Layout, Step};
+use crate::target::Target;
+use resnetc_runtime::pack::LinearPacking;
+
+/// Stores `n` zeros at `arg[index..]`: full vectors, then one partial store.
+pub(crate) fn zero_span(b: &mut Builder, lanes: usize, arg: usize, index: &Index, n: usize) {
+    let z = b.vreg();
+    b.set(z, Expr::Zero);
+    let full = n / lanes;
+    b.for_loop(full, |b, i| b.push(Stmt::Store { addr: Addr { arg, index: index.plus(&i.scaled(lanes as i64)) }, src: z }));
+    if n % lanes > 0 {
+        let at = index.offset((full * lanes) as i64);
+        b.push(Stmt::StorePartial { addr: Addr { arg, index: at }, src: z, n: n % lanes });
+    }
+}
+
+/// Copies `n` floats from `src` to `dst`: full vectors, then one partial vector.
+fn copy_span(b: &mut Builder, lanes: usize, dst: (usize, &Index), src: (usize, &Index), n: usize) {
+    let v = b.vreg();
+    let full = n / lanes;
+    b.for_loop(full, |b, i| {
+        let off = i.scaled(lanes as i64);
+        b.set(v, Expr::Src(Src::Load(Addr { arg: src.0, index: src.1.plus(&off) })));
+        b.push(Stmt::Store { addr: Addr { arg: dst.0, index: dst.1.plus(&off) }, src: v });
+    });
+    if n % lanes > 0 {
+        let off = (full * lanes) as i64;
+        b.set(v, Expr::LoadPartial(Addr { arg: src.0, index: src.1.offset(off) }, n % lanes));
+        b.push(Stmt::StorePartial { addr: Addr { arg: dst.0, index: dst.1.offset(off) }, src: v, n: n % lanes });
+    }
+}
+
+/// Zeroes the halo of row `y` (a task variable) of channel block `cblock` in `out`
+/// (argument `arg`): its left and right border, and, for the first and last row, the
+/// border rows above and below.
+pub(crate) fn zero_halo_of_row(b: &mut Builder, lanes: usize, arg: usize, l: &Layout, cblock: &Index, y: &Index) {
+    if l.halo == 0 {
+        return;
+    }
+    let (hp, wp, cb, halo) = (l.hp() as i64, l.wp() as i64, l.cb as i64, l.halo as i64);
+    let plane = cblock.scaled(hp * wp * cb);
+    let row = |r: &Index| plane.plus(&r.scaled(wp * cb));
+    let this_row = row(&y.offset(halo));
+    zero_span(b, lanes, arg, &this_row, (halo * cb) as usize);
+    zero_span(b, lanes, arg, &this_row.offset((halo + l.w as i64) * cb), (halo * cb) as usize);
+    b.when(Cond { index: y.clone(), value: 0 }, |b| {
+        zero_span(b, lanes, arg, &plane, (halo * wp * cb) as usize);
+    });
+    b.when(Cond { index: y.clone(), value: l.h as i64 - 1 }, |b| {
+        zero_span(b, lanes, arg, &row(&Index::constant(halo + l.h as i64)), (halo * wp * cb) as usize);
+    });
+}
+
+/// External NCHW input -> padded arena buffer (channel block 1). Tasks: one per row.
+pub fn pack_input(t: Target, step: &Step, out: &Buffer) -> Kernel {
+    let l = out.layout;
+    assert_eq!(l.cb, 1, "the input buffer is not channel-blocked");
+    let mut b = Builder::new(2);
+    let (c, y) = (Index::var(0, 1), Index::var(1, 1));
+    let dst = c.scaled((l.hp() * l.wp()) as i64).plus(&y.offset(l.halo as i64).scaled(l.wp() as i64)).offset(l.halo as i64);
+    let src = c.scaled((l.h * l.w) as i64).plus(&y.scaled(l.w as i64));
+    copy_span(&mut b, t.lanes, (0, &dst), (1, &src), l.w);
+    zero_halo_of_row(&mut b, t.lanes, 0, &l, &c, &y);
+    let s = step.out_shape;
+    b.finish(format!("pack_input_{}x{}x{}_h{}", s.c, s.h, s.w, l.halo), vec!["out", "x"], t.lanes, vec![l.c, l.h])
+}
+
+/// Max-pool over channel blocks; tasks: (channel block, output row).
+pub fn max_pool(t: Target, p: &MaxPool, step: &Step, input: &Buffer, out: &Buffer) -> Kernel {
+    let (li, lo) = (input.layout, out.layout);
+    let lanes = t.lanes as i64;
+    let mut b = Builder::new(2);
+    let (cb, y) = (Index::var(0, 1), Index::var(1, 1));
+    let acc = b.vreg();
+    b.for_loop(lo.w, |b, x| {
+        let mut first = true;
+        for ky in 0..p.kernel {
+            for kx in 0..p.kernel {
+                // Padded input coordinates of the tap (the halo covers the padding).
+                let iy = y.scaled(p.stride as i64).offset((ky + li.halo - p.pad) as i64);
+                let ix = x.scaled(p.stride as i64).offset((kx + li.halo - p.pad) as i64);
+                let idx = cb.scaled(li.hp() as i64).plus(&iy).scaled(li.wp() as i64).plus(&ix).scaled(lanes);
+                let src = Src::Load(Addr { arg: 1, index: idx });
+                b.set(acc, if first { Expr::Src(src) } else { Expr::Max(acc, src) });
+                first = false;
+            }
+        }
+        let o = cb.scaled(lo.hp() as i64).plus(&y.offset(lo.halo as i64)).scaled(lo.wp() as i64).plus(&x.offset(lo.halo as i64)).scaled(lanes);
+        b.push(Stmt::Store { addr: Addr { arg: 0, index: o }, src: acc });
+    });
+    zero_halo_of_row(&mut b, t.lanes, 0, &lo, &cb, &y);
+    let s = step.in_shape;
+    let name = format!("maxpool{}x{}s{}p{}_{}x{}x{}_h{}", p.kernel, p.kernel, p.stride, p.pad, s.c, s.h, s.w, li.halo);
+    b.finish(name, vec!["out", "in"], t.lanes, vec![lo.cblocks(), lo.h])
+}
+
+/// Mean over the spatial positions; tasks: channel blocks.
+pub fn global_avg_pool(t: Target, step: &Step, input: &Buffer, out: &Buffer) -> Kernel {
+    let li = input.layout;
+    let lanes = t.lanes as i64;
+    let mut b = Builder::new(1);
+    let cb = Index::var(0, 1);
+    let acc = b.vreg();
+    b.set(acc, Expr::Zero);
+    b.for_loop(li.h, |b, y| {
+        b.for_loop(li.w, |b, x| {
+            let idx = cb.scaled(li.hp() as i64).plus(&y.offset(li.halo as i64)).scaled(li.wp() as i64).plus(&x.offset(li.halo as i64)).scaled(lanes);
+            b.set(acc, Expr::Add(acc, Src::Load(Addr { arg: 1, index: idx })));
+        });
+    });
+    let scale = b.vreg();
+    b.set(scale, Expr::Splat((1.0f32 / (li.h * li.w) as f32).to_bits()));
+    b.set(acc, Expr::Mul(acc, Src::Reg(scale)));
+    b.push(Stmt::Store { addr: Addr { arg: 0, index: cb.scaled(lanes) }, src: acc });
+    assert_eq!((out.layout.h, out.layout.w, out.layout.halo), (1, 1, 0));
+    let s = step.in_shape;
+    b.finish(format!("global_avg_pool_{}x{}x{}_h{}", s.c, s.h, s.w, li.halo), vec!["out", "in"], t.lanes, vec![li.cblocks()])
+}
+
+/// The classifier: tasks are blocks of `lanes` outputs; four partial sums over the input
+/// features shorten the dependency chain of the accumulation.
+pub fn linear(t: Target, param: &str, cin: usize, cout: usize, input: &Buffer, w: &mut WeightAlloc) -> (Kernel, LinearPacking) {
+    let lanes = t.lanes;
+    let (cinp, coutp) = (input.layout.cpad(), cout.div_ceil(lanes) * lanes);
+    let packing = LinearPacking {
+        param: param.to_string().into(),
+        cin,
+        cout,
+        cinp,
+        coutp,
+        offset: w.take(cinp * coutp),
+        bias_offset: w.take(coutp),
+    };
+    let mut b = Builder::new(1);
+    let ob = Index::var(0, lanes as i64);
+    let chains = if cinp % 4 == 0 { 4 } else { 1 };
+    let acc: Vec<_> = (0..chains).map(|_| b.vreg()).collect();
+    b.set(acc[0], Expr::Src(Src::Load(Addr { arg: 3, index: ob.clone() })));
+    for &a in &acc[1..] {
+        b.set(a, Expr::Zero);
+    }
+    b.for_loop(cinp / chains, |b, i| {
+        for (u, &a) in acc.iter().enumerate() {
+            let c = i.scaled(chains as i64).offset(u as i64);
+            let x = Src::Bcast(Addr { arg: 1, index: c.clone() });
+            let wv = Src::Load(Addr { arg: 2, index: c.scaled(coutp as i64).plus(&ob) });
+            b.set(a, Expr::Fma(a, x, wv));
+        }
+    });
+    for &a in &acc[1..] {
+        b.set(acc[0], Expr::Add(acc[0], Src::Reg(a)));
+    }
+    b.push(Stmt::Store { addr: Addr { arg: 0, index: ob }, src: acc[0] });
+    let k = b.finish(format!("linear_{cin}x{cout}"), vec!["out", "in", "w", "b"], lanes, vec![coutp / lanes]);
+    (k, packing)
+}
+
+/// The logits buffer -> the external output.
+pub fn unpack_output(t: Target, input: &Buffer) -> Kernel {
+    let mut b = Builder::new(1);
+    let zero = Index::constant(0);
+    copy_span(&mut b, t.lanes, (0, &zero), (1, &zero), input.layout.c);
+    b.finish(format!("unpack_output_{}", input.layout.c), vec!["y", "in"], t.lanes, vec![1])
+}

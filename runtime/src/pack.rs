@@ -1,0 +1,137 @@
+//! Weight recipes: how the compiler wants each layer's weights laid out, and the one
+//! implementation that builds the packed weight blob from torchvision tensors (folding
+//! BatchNorm on the way). The JIT, the AOT build and macro-generated models all call
+//! [`build_blob`], so every backend reads weights packed by the same code.
+
+use crate::fold::{fold, BatchNorm};
+use crate::safetensors::Tensors;
+use anyhow::{Context, Result};
+use std::borrow::Cow;
+
+type Name = Cow<'static, str>;
+
+/// A conv's packed layout: output channels in tiles of `jl`; tile `t` reads input
+/// channels `start(t) .. start(t) + icr`; weights `[tile][kh][kw][icr][jl]`, zero where an
+/// (output, input) channel pair is padding or lies in different groups.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct ConvPacking {
+    /// Tensor name prefix of the weight (`layer1.0.conv1`).
+    pub weight: Name,
+    /// Tensor name prefix of the BatchNorm folded into it, if any.
+    pub bn: Option<Name>,
+    pub cout: usize,
+    pub cin: usize,
+    pub kernel: usize,
+    pub groups: usize,
+    /// Output channels per tile.
+    pub jl: usize,
+    /// Number of tiles (covering the padded output channels).
+    pub tiles: usize,
+    /// Input channels read per tile.
+    pub icr: usize,
+    /// `start(t) = (t / per_group) * group_stride + (t % per_group) * tile_stride`.
+    pub per_group: usize,
+    pub group_stride: usize,
+    pub tile_stride: usize,
+    /// Float offsets of the packed weights and of the bias (`tiles * jl` floats).
+    pub offset: usize,
+    pub bias_offset: usize,
+}
+
+impl ConvPacking {
+    pub fn start(&self, tile: usize) -> usize {
+        (tile / self.per_group) * self.group_stride + (tile % self.per_group) * self.tile_stride
+    }
+    pub fn weight_floats(&self) -> usize {
+        self.tiles * self.kernel * self.kernel * self.icr * self.jl
+    }
+}
+
+/// The classifier: weights `[cinp][coutp]` (transposed, padded with zeros), bias `[coutp]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LinearPacking {
+    pub param: Name,
+    pub cin: usize,
+    pub cout: usize,
+    pub cinp: usize,
+    pub coutp: usize,
+    pub offset: usize,
+    pub bias_offset: usize,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Recipe {
+    Conv(ConvPacking),
+    Linear(LinearPacking),
+}
+
+fn get<'a>(t: &'a Tensors, name: &str) -> Result<&'a [f32]> {
+    t.get(name).map(|t| t.data()).with_context(|| format!("missing tensor `{name}`"))
+}
+
+/// Packs one conv into `blob`.
+pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
+    let raw = get(tensors, &format!("{}.weight", p.weight))?;
+    let (w, bias) = match &p.bn {
+        Some(bn) => {
+            let q = |s: &str| get(tensors, &format!("{bn}.{s}"));
+            let params = BatchNorm { gamma: q("weight")?, beta: q("bias")?, mean: q("running_mean")?, var: q("running_var")? };
+            fold(raw, p.cout, &params)
+        }
+        None => (raw.to_vec(), vec![0.0; p.cout]),
+    };
+    let (cin_g, cout_g, k) = (p.cin / p.groups, p.cout / p.groups, p.kernel);
+    let out = &mut blob[p.offset..p.offset + p.weight_floats()];
+    out.fill(0.0);
+    for t in 0..p.tiles {
+        let start = p.start(t);
+        for kh in 0..k {
+            for kw in 0..k {
+                for i in 0..p.icr {
+                    let ic = start + i;
+                    for lane in 0..p.jl {
+                        let oc = t * p.jl + lane;
+                        if oc >= p.cout || ic >= p.cin || ic / cin_g != oc / cout_g {
+                            continue;
+                        }
+                        let src = ((oc * cin_g + ic % cin_g) * k + kh) * k + kw;
+                        out[(((t * k + kh) * k + kw) * p.icr + i) * p.jl + lane] = w[src];
+                    }
+                }
+            }
+        }
+    }
+    let b = &mut blob[p.bias_offset..p.bias_offset + p.tiles * p.jl];
+    b.fill(0.0);
+    b[..p.cout].copy_from_slice(&bias);
+    Ok(())
+}
+
+/// Packs the classifier into `blob`.
+pub fn pack_linear(p: &LinearPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
+    let w = get(tensors, &format!("{}.weight", p.param))?;
+    let b = get(tensors, &format!("{}.bias", p.param))?;
+    let out = &mut blob[p.offset..p.offset + p.cinp * p.coutp];
+    out.fill(0.0);
+    for o in 0..p.cout {
+        for i in 0..p.cin {
+            out[i * p.coutp + o] = w[o * p.cin + i];
+        }
+    }
+    let bias = &mut blob[p.bias_offset..p.bias_offset + p.coutp];
+    bias.fill(0.0);
+    bias[..p.cout].copy_from_slice(b);
+    Ok(())
+}
+
+/// Builds the weight blob of `floats` floats from torchvision tensors.
+pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Result<Vec<f32>> {
+    let mut blob = vec![0.0f32; floats];
+    for r in recipes {
+        match r {
+            Recipe::Conv(p) => pack_conv(p, tensors, &mut blob)?,
+            Recipe::Linear(p) => pack_linear(p, tensors, &mut blob)?,
+        }
+    }
+    Ok(blob)
+}
