@@ -112,12 +112,29 @@ pub struct Cond {
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Stmt {
     /// `for var in 0..count { body }`.
-    Loop { var: Var, count: usize, body: Vec<Stmt> },
-    If { cond: Cond, body: Vec<Stmt> },
-    Set { dst: VReg, expr: Expr },
-    Store { addr: Addr, src: VReg },
+    Loop {
+        var: Var,
+        count: usize,
+        body: Vec<Stmt>,
+    },
+    If {
+        cond: Cond,
+        body: Vec<Stmt>,
+    },
+    Set {
+        dst: VReg,
+        expr: Expr,
+    },
+    Store {
+        addr: Addr,
+        src: VReg,
+    },
     /// Stores the first `n` lanes.
-    StorePartial { addr: Addr, src: VReg, n: usize },
+    StorePartial {
+        addr: Addr,
+        src: VReg,
+        n: usize,
+    },
 }
 
 /// One kernel shape.
@@ -267,7 +284,14 @@ fn print_body(k: &Kernel, body: &[Stmt], depth: usize, out: &mut String) {
 impl fmt::Display for Kernel {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let dims: Vec<String> = self.task_dims.iter().enumerate().map(|(i, d)| format!("i{i} in 0..{d}")).collect();
-        writeln!(f, "kernel {}({}) lanes {} tasks [{}] {{", self.name, self.args.join(", "), self.lanes, dims.join(", "))?;
+        writeln!(
+            f,
+            "kernel {}({}) lanes {} tasks [{}] {{",
+            self.name,
+            self.args.join(", "),
+            self.lanes,
+            dims.join(", ")
+        )?;
         let mut body = String::new();
         print_body(self, &self.body, 1, &mut body);
         write!(f, "{body}}}")

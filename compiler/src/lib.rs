@@ -4,11 +4,15 @@
 //! [`graph`] -> passes -> plan -> kernel IR -> backends. [`reference`] executes the graph
 //! directly and is the oracle for every backend.
 
+#[cfg(feature = "cranelift")]
+pub mod cranelift;
 pub mod emit;
 pub mod folded;
 pub mod from_spec;
 pub mod graph;
 pub mod inspect;
+#[cfg(feature = "cranelift")]
+pub mod jit_model;
 pub mod kernels;
 pub mod kir;
 pub mod memory;

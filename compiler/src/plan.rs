@@ -101,7 +101,11 @@ pub enum StepOp {
     MaxPool(MaxPool),
     GlobalAvgPool,
     /// The classifier, writing the logits into a padded buffer.
-    Linear { param: String, cin: usize, cout: usize },
+    Linear {
+        param: String,
+        cin: usize,
+        cout: usize,
+    },
     /// Copies the logits buffer to the external `[classes]` output of the image.
     UnpackOutput,
 }

@@ -3,10 +3,12 @@
 //! generator, and (in later modules) weight transforms, the arena and the thread pool.
 
 pub mod classes;
+pub mod exec;
 pub mod fold;
 pub mod image;
 pub mod npy;
 pub mod pack;
+pub mod pool;
 pub mod preprocess;
 pub mod safetensors;
 pub mod seeded;

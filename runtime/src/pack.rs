@@ -75,7 +75,8 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
     let (w, bias) = match &p.bn {
         Some(bn) => {
             let q = |s: &str| get(tensors, &format!("{bn}.{s}"));
-            let params = BatchNorm { gamma: q("weight")?, beta: q("bias")?, mean: q("running_mean")?, var: q("running_var")? };
+            let params =
+                BatchNorm { gamma: q("weight")?, beta: q("bias")?, mean: q("running_mean")?, var: q("running_var")? };
             fold(raw, p.cout, &params)
         }
         None => (raw.to_vec(), vec![0.0; p.cout]),

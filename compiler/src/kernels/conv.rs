@@ -47,7 +47,8 @@ fn j_candidates(t: Target) -> Vec<usize> {
 fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize) -> Tiling {
     let lanes = t.lanes;
     let (cin_g, cout_g) = (c.cin / c.groups, c.cout / c.groups);
-    let dense = |j: usize| Tiling { j, icr: cin_pad, groups: 1, per_group: cblocks_out / j, group_stride: 0, tile_stride: 0 };
+    let dense =
+        |j: usize| Tiling { j, icr: cin_pad, groups: 1, per_group: cblocks_out / j, group_stride: 0, tile_stride: 0 };
     let js: Vec<usize> = j_candidates(t).into_iter().filter(|j| cblocks_out % j == 0).collect();
     if c.groups == 1 {
         return dense(js[0]);
@@ -63,7 +64,14 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize)
         }
         // Several tiles per group: the tiles of group g read its channels.
         if cout_g % jl == 0 && cin_g % cb_in == 0 {
-            return Tiling { j, icr: cin_g, groups: c.groups, per_group: cout_g / jl, group_stride: cin_g, tile_stride: 0 };
+            return Tiling {
+                j,
+                icr: cin_g,
+                groups: c.groups,
+                per_group: cout_g / jl,
+                group_stride: cin_g,
+                tile_stride: 0,
+            };
         }
     }
     dense(*js.last().unwrap())
@@ -75,7 +83,15 @@ fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
     (budget / j).clamp(1, width)
 }
 
-pub fn generate(t: Target, c: &Conv, step: &Step, input: &Buffer, out: &Buffer, res: Option<&Buffer>, w: &mut WeightAlloc) -> Result<Generated> {
+pub fn generate(
+    t: Target,
+    c: &Conv,
+    step: &Step,
+    input: &Buffer,
+    out: &Buffer,
+    res: Option<&Buffer>,
+    w: &mut WeightAlloc,
+) -> Result<Generated> {
     let lanes = t.lanes;
     let (li, lo) = (input.layout, out.layout);
     let cb_in = li.cb;
@@ -110,7 +126,12 @@ pub fn generate(t: Target, c: &Conv, step: &Step, input: &Buffer, out: &Buffer, 
     let p_max = tile_pixels(t, j, ow_total);
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
     let out_at = |jj: usize, ow: &Index, l: &crate::plan::Layout| {
-        out_block(jj).scaled(l.hp() as i64).plus(&oh.offset(l.halo as i64)).scaled(l.wp() as i64).plus(&ow.offset(l.halo as i64)).scaled(lanes as i64)
+        out_block(jj)
+            .scaled(l.hp() as i64)
+            .plus(&oh.offset(l.halo as i64))
+            .scaled(l.wp() as i64)
+            .plus(&ow.offset(l.halo as i64))
+            .scaled(lanes as i64)
     };
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
@@ -127,7 +148,8 @@ pub fn generate(t: Target, c: &Conv, step: &Step, input: &Buffer, out: &Buffer, 
                 b.for_loop(tl.icr / cb_in, |b, icb| {
                     b.for_loop(cb_in, |b, icl| {
                         let icb_abs = ic_start.scaled(1).plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
-                        let row = icb_abs.scaled(hpi).plus(&oh.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
+                        let row =
+                            icb_abs.scaled(hpi).plus(&oh.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
                         // ((ic_block * hp + ih) * wp + iw) * cb + icl, with ic_block * cb = icb_abs.
                         let wk = tile
                             .scaled((k * k * tl.icr * jl) as i64)
@@ -142,7 +164,10 @@ pub fn generate(t: Target, c: &Conv, step: &Step, input: &Buffer, out: &Buffer, 
                             let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
                             let x = row.scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl);
                             for jj in 0..j {
-                                b.set(a[jj], Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), Src::Reg(wreg[jj])));
+                                b.set(
+                                    a[jj],
+                                    Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), Src::Reg(wreg[jj])),
+                                );
                             }
                         }
                     });
@@ -170,10 +195,7 @@ pub fn generate(t: Target, c: &Conv, step: &Step, input: &Buffer, out: &Buffer, 
     for jj in 0..j {
         zero_halo_of_row(&mut b, lanes, 0, &lo, &out_block(jj), &oh);
     }
-    let mut name = format!(
-        "conv{k}x{k}s{}_{}x{}x{}_to{}x{}x{}",
-        c.stride, li.c, li.h, li.w, lo.c, lo.h, lo.w
-    );
+    let mut name = format!("conv{k}x{k}s{}_{}x{}x{}_to{}x{}x{}", c.stride, li.c, li.h, li.w, lo.c, lo.h, lo.w);
     if c.groups > 1 {
         name += &format!("_g{}", c.groups);
     }

@@ -11,18 +11,7 @@ use anyhow::Result;
 use resnetc_runtime::pack::Recipe;
 use std::collections::HashMap;
 
-/// Where a kernel argument points, for one image.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ArgRef {
-    /// The image's arena plus a float offset.
-    Arena(usize),
-    /// The weight blob plus a float offset.
-    Weights(usize),
-    /// The image's external input, NCHW.
-    Input,
-    /// The image's external logits.
-    Output,
-}
+pub use resnetc_runtime::exec::Arg as ArgRef;
 
 /// One kernel invocation of the schedule.
 #[derive(Clone, Debug, PartialEq)]
@@ -77,24 +66,46 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         let buf = |b: Option<usize>| &plan.buffers[b.expect("step operand")];
         let arena = |b: Option<usize>| ArgRef::Arena(buf(b).offset / 4);
         let (kernel, args, recipe) = match &step.op {
-            StepOp::PackInput => (simple::pack_input(t, step, buf(step.output)), vec![arena(step.output), ArgRef::Input], None),
+            StepOp::PackInput => {
+                (simple::pack_input(t, step, buf(step.output)), vec![arena(step.output), ArgRef::Input], None)
+            }
             StepOp::Conv(c) => {
                 let res = step.residual.map(|r| buf(Some(r)));
                 let g = conv::generate(t, c, step, buf(step.input), buf(step.output), res, &mut weights)?;
-                let mut args = vec![arena(step.output), arena(step.input), ArgRef::Weights(g.packing.offset), ArgRef::Weights(g.packing.bias_offset)];
+                let mut args = vec![
+                    arena(step.output),
+                    arena(step.input),
+                    ArgRef::Weights(g.packing.offset),
+                    ArgRef::Weights(g.packing.bias_offset),
+                ];
                 if step.residual.is_some() {
                     args.push(arena(step.residual));
                 }
                 (g.kernel, args, Some(Recipe::Conv(g.packing)))
             }
-            StepOp::MaxPool(p) => (simple::max_pool(t, p, step, buf(step.input), buf(step.output)), vec![arena(step.output), arena(step.input)], None),
-            StepOp::GlobalAvgPool => (simple::global_avg_pool(t, step, buf(step.input), buf(step.output)), vec![arena(step.output), arena(step.input)], None),
+            StepOp::MaxPool(p) => (
+                simple::max_pool(t, p, step, buf(step.input), buf(step.output)),
+                vec![arena(step.output), arena(step.input)],
+                None,
+            ),
+            StepOp::GlobalAvgPool => (
+                simple::global_avg_pool(t, step, buf(step.input), buf(step.output)),
+                vec![arena(step.output), arena(step.input)],
+                None,
+            ),
             StepOp::Linear { param, cin, cout } => {
                 let (k, p) = simple::linear(t, param, *cin, *cout, buf(step.input), &mut weights);
-                let args = vec![arena(step.output), arena(step.input), ArgRef::Weights(p.offset), ArgRef::Weights(p.bias_offset)];
+                let args = vec![
+                    arena(step.output),
+                    arena(step.input),
+                    ArgRef::Weights(p.offset),
+                    ArgRef::Weights(p.bias_offset),
+                ];
                 (k, args, Some(Recipe::Linear(p)))
             }
-            StepOp::UnpackOutput => (simple::unpack_output(t, buf(step.input)), vec![ArgRef::Output, arena(step.input)], None),
+            StepOp::UnpackOutput => {
+                (simple::unpack_output(t, buf(step.input)), vec![ArgRef::Output, arena(step.input)], None)
+            }
         };
         recipes.extend(recipe);
         let id = match index.get(&kernel) {

@@ -13,7 +13,9 @@ pub(crate) fn zero_span(b: &mut Builder, lanes: usize, arg: usize, index: &Index
     let z = b.vreg();
     b.set(z, Expr::Zero);
     let full = n / lanes;
-    b.for_loop(full, |b, i| b.push(Stmt::Store { addr: Addr { arg, index: index.plus(&i.scaled(lanes as i64)) }, src: z }));
+    b.for_loop(full, |b, i| {
+        b.push(Stmt::Store { addr: Addr { arg, index: index.plus(&i.scaled(lanes as i64)) }, src: z })
+    });
     if n % lanes > 0 {
         let at = index.offset((full * lanes) as i64);
         b.push(Stmt::StorePartial { addr: Addr { arg, index: at }, src: z, n: n % lanes });
@@ -63,7 +65,8 @@ pub fn pack_input(t: Target, step: &Step, out: &Buffer) -> Kernel {
     assert_eq!(l.cb, 1, "the input buffer is not channel-blocked");
     let mut b = Builder::new(2);
     let (c, y) = (Index::var(0, 1), Index::var(1, 1));
-    let dst = c.scaled((l.hp() * l.wp()) as i64).plus(&y.offset(l.halo as i64).scaled(l.wp() as i64)).offset(l.halo as i64);
+    let dst =
+        c.scaled((l.hp() * l.wp()) as i64).plus(&y.offset(l.halo as i64).scaled(l.wp() as i64)).offset(l.halo as i64);
     let src = c.scaled((l.h * l.w) as i64).plus(&y.scaled(l.w as i64));
     copy_span(&mut b, t.lanes, (0, &dst), (1, &src), l.w);
     zero_halo_of_row(&mut b, t.lanes, 0, &l, &c, &y);
@@ -91,7 +94,12 @@ pub fn max_pool(t: Target, p: &MaxPool, step: &Step, input: &Buffer, out: &Buffe
                 first = false;
             }
         }
-        let o = cb.scaled(lo.hp() as i64).plus(&y.offset(lo.halo as i64)).scaled(lo.wp() as i64).plus(&x.offset(lo.halo as i64)).scaled(lanes);
+        let o = cb
+            .scaled(lo.hp() as i64)
+            .plus(&y.offset(lo.halo as i64))
+            .scaled(lo.wp() as i64)
+            .plus(&x.offset(lo.halo as i64))
+            .scaled(lanes);
         b.push(Stmt::Store { addr: Addr { arg: 0, index: o }, src: acc });
     });
     zero_halo_of_row(&mut b, t.lanes, 0, &lo, &cb, &y);
@@ -110,7 +118,12 @@ pub fn global_avg_pool(t: Target, step: &Step, input: &Buffer, out: &Buffer) -> 
     b.set(acc, Expr::Zero);
     b.for_loop(li.h, |b, y| {
         b.for_loop(li.w, |b, x| {
-            let idx = cb.scaled(li.hp() as i64).plus(&y.offset(li.halo as i64)).scaled(li.wp() as i64).plus(&x.offset(li.halo as i64)).scaled(lanes);
+            let idx = cb
+                .scaled(li.hp() as i64)
+                .plus(&y.offset(li.halo as i64))
+                .scaled(li.wp() as i64)
+                .plus(&x.offset(li.halo as i64))
+                .scaled(lanes);
             b.set(acc, Expr::Add(acc, Src::Load(Addr { arg: 1, index: idx })));
         });
     });
@@ -120,12 +133,24 @@ pub fn global_avg_pool(t: Target, step: &Step, input: &Buffer, out: &Buffer) -> 
     b.push(Stmt::Store { addr: Addr { arg: 0, index: cb.scaled(lanes) }, src: acc });
     assert_eq!((out.layout.h, out.layout.w, out.layout.halo), (1, 1, 0));
     let s = step.in_shape;
-    b.finish(format!("global_avg_pool_{}x{}x{}_h{}", s.c, s.h, s.w, li.halo), vec!["out", "in"], t.lanes, vec![li.cblocks()])
+    b.finish(
+        format!("global_avg_pool_{}x{}x{}_h{}", s.c, s.h, s.w, li.halo),
+        vec!["out", "in"],
+        t.lanes,
+        vec![li.cblocks()],
+    )
 }
 
 /// The classifier: tasks are blocks of `lanes` outputs; four partial sums over the input
 /// features shorten the dependency chain of the accumulation.
-pub fn linear(t: Target, param: &str, cin: usize, cout: usize, input: &Buffer, w: &mut WeightAlloc) -> (Kernel, LinearPacking) {
+pub fn linear(
+    t: Target,
+    param: &str,
+    cin: usize,
+    cout: usize,
+    input: &Buffer,
+    w: &mut WeightAlloc,
+) -> (Kernel, LinearPacking) {
     let lanes = t.lanes;
     let (cinp, coutp) = (input.layout.cpad(), cout.div_ceil(lanes) * lanes);
     let packing = LinearPacking {

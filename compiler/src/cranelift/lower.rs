@@ -1,0 +1,279 @@
+//! Kernel IR -> Cranelift IR, on 128-bit vectors (f32x4).
+//!
+//! Following what we measured of Cranelift's x64 backend (DESIGN.md section 5): loops are
+//! top-tested with the loop state in frontend variables (so the exit reads header
+//! parameters, not both `brif` targets), every memory operand of an FMA is its own load
+//! so that it can fold into the instruction, and reads of weights and of the input
+//! buffer are marked read-only, non-trapping and movable.
+
+use crate::kir::{Addr, Expr, Index, Kernel, Src, Stmt};
+use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
+use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
+use cranelift_codegen::isa::{CallConv, TargetIsa};
+use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+
+/// Whether the target has fused multiply-add (`fma` lowers to one `vfmadd`).
+#[derive(Clone, Copy, Debug)]
+pub struct Features {
+    pub fma: bool,
+}
+
+/// The kernel ABI: `(args: *const *mut f32, begin: i64, end: i64)`.
+pub fn signature(call_conv: CallConv) -> Signature {
+    let mut sig = Signature::new(call_conv);
+    for _ in 0..3 {
+        sig.params.push(AbiParam::new(types::I64));
+    }
+    sig
+}
+
+struct Lowerer<'a, 'b> {
+    b: FunctionBuilder<'a>,
+    k: &'b Kernel,
+    features: Features,
+    args: Vec<Value>,
+    vars: Vec<Variable>,
+    regs: Vec<Variable>,
+}
+
+impl Lowerer<'_, '_> {
+    /// Memory flags of a read through argument `arg`: weights, bias and the input buffer
+    /// are never written by the kernel that reads them.
+    fn flags(&self, arg: usize, load: bool) -> MemFlagsData {
+        let name = self.k.args[arg];
+        let mut f = MemFlagsData::new().with_notrap();
+        if load && matches!(name, "w" | "b" | "in" | "x") {
+            f = f.with_readonly().with_can_move();
+        }
+        f
+    }
+
+    /// Base pointer plus variable terms (in bytes), and the constant part as an offset.
+    fn address(&mut self, a: &Addr) -> (Value, i32) {
+        let mut p = self.args[a.arg];
+        for &(v, c) in &a.index.terms {
+            let x = self.b.use_var(self.vars[v]);
+            let scaled = self.b.ins().imul_imm_s(x, c * 4);
+            p = self.b.ins().iadd(p, scaled);
+        }
+        (p, (a.index.constant * 4) as i32)
+    }
+
+    fn load(&mut self, a: &Addr) -> Value {
+        let (p, off) = self.address(a);
+        let f = self.flags(a.arg, true);
+        self.b.ins().load(types::F32X4, f, p, off)
+    }
+
+    fn bcast(&mut self, a: &Addr) -> Value {
+        let (p, off) = self.address(a);
+        let f = self.flags(a.arg, true);
+        let s = self.b.ins().load(types::F32, f, p, off);
+        self.b.ins().splat(types::F32X4, s)
+    }
+
+    fn src(&mut self, s: &Src) -> Value {
+        match s {
+            Src::Reg(r) => self.b.use_var(self.regs[*r]),
+            Src::Load(a) => self.load(a),
+            Src::Bcast(a) => self.bcast(a),
+        }
+    }
+
+    fn zero(&mut self) -> Value {
+        let z = self.b.ins().f32const(0.0);
+        self.b.ins().splat(types::F32X4, z)
+    }
+
+    /// `max(x, y)` in the shape Cranelift lowers to one `maxps`.
+    fn max(&mut self, x: Value, y: Value) -> Value {
+        let lt = self.b.ins().fcmp(FloatCC::LessThan, y, x);
+        let mask = self.b.ins().bitcast(
+            types::F32X4,
+            MemFlagsData::new().with_endianness(cranelift_codegen::ir::Endianness::Little),
+            lt,
+        );
+        self.b.ins().bitselect(mask, x, y)
+    }
+
+    fn index_value(&mut self, i: &Index) -> Value {
+        let mut v = self.b.ins().iconst(types::I64, i.constant);
+        for &(var, c) in &i.terms {
+            let x = self.b.use_var(self.vars[var]);
+            let s = self.b.ins().imul_imm_s(x, c);
+            v = self.b.ins().iadd(v, s);
+        }
+        v
+    }
+
+    fn stmts(&mut self, body: &[Stmt]) {
+        for s in body {
+            self.stmt(s);
+        }
+    }
+
+    /// `for var in 0..count`, top-tested.
+    fn counted_loop(&mut self, var: usize, count: i64, body: impl FnOnce(&mut Self)) {
+        let (header, inner, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
+        let zero = self.b.ins().iconst(types::I64, 0);
+        self.b.def_var(self.vars[var], zero);
+        self.b.ins().jump(header, &[]);
+        self.b.switch_to_block(header);
+        let i = self.b.use_var(self.vars[var]);
+        let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, count);
+        self.b.ins().brif(more, inner, &[], exit, &[]);
+        self.b.switch_to_block(inner);
+        body(self);
+        let i = self.b.use_var(self.vars[var]);
+        let next = self.b.ins().iadd_imm_s(i, 1);
+        self.b.def_var(self.vars[var], next);
+        self.b.ins().jump(header, &[]);
+        self.b.seal_block(inner);
+        self.b.seal_block(header);
+        self.b.switch_to_block(exit);
+        self.b.seal_block(exit);
+    }
+
+    fn stmt(&mut self, s: &Stmt) {
+        match s {
+            Stmt::Loop { var, count, body } => self.counted_loop(*var, *count as i64, |l| l.stmts(body)),
+            Stmt::If { cond, body } => {
+                let (then, join) = (self.b.create_block(), self.b.create_block());
+                let v = self.index_value(&cond.index);
+                let eq = self.b.ins().icmp_imm_s(IntCC::Equal, v, cond.value);
+                self.b.ins().brif(eq, then, &[], join, &[]);
+                self.b.seal_block(then);
+                self.b.switch_to_block(then);
+                self.stmts(body);
+                self.b.ins().jump(join, &[]);
+                self.b.seal_block(join);
+                self.b.switch_to_block(join);
+            }
+            Stmt::Set { dst, expr } => {
+                let v = match expr {
+                    Expr::Zero => self.zero(),
+                    Expr::Splat(bits) => {
+                        let c = self.b.ins().f32const(f32::from_bits(*bits));
+                        self.b.ins().splat(types::F32X4, c)
+                    }
+                    Expr::Src(s) => self.src(s),
+                    Expr::LoadPartial(a, n) => {
+                        let mut v = self.zero();
+                        let (p, off) = self.address(a);
+                        let f = self.flags(a.arg, true);
+                        for lane in 0..*n {
+                            let x = self.b.ins().load(types::F32, f, p, off + 4 * lane as i32);
+                            v = self.b.ins().insertlane(v, x, lane as u8);
+                        }
+                        v
+                    }
+                    Expr::Fma(acc, a, b) => {
+                        let (a, b) = (self.src(a), self.src(b));
+                        let c = self.b.use_var(self.regs[*acc]);
+                        if self.features.fma {
+                            self.b.ins().fma(a, b, c)
+                        } else {
+                            let m = self.b.ins().fmul(a, b);
+                            self.b.ins().fadd(m, c)
+                        }
+                    }
+                    Expr::Add(a, b) => {
+                        let (x, y) = (self.b.use_var(self.regs[*a]), self.src(b));
+                        self.b.ins().fadd(x, y)
+                    }
+                    Expr::Mul(a, b) => {
+                        let (x, y) = (self.b.use_var(self.regs[*a]), self.src(b));
+                        self.b.ins().fmul(x, y)
+                    }
+                    Expr::Max(a, b) => {
+                        let (x, y) = (self.b.use_var(self.regs[*a]), self.src(b));
+                        self.max(x, y)
+                    }
+                    Expr::Relu(a) => {
+                        let (x, z) = (self.b.use_var(self.regs[*a]), self.zero());
+                        self.max(x, z)
+                    }
+                };
+                self.b.def_var(self.regs[*dst], v);
+            }
+            Stmt::Store { addr, src } => {
+                let v = self.b.use_var(self.regs[*src]);
+                let (p, off) = self.address(addr);
+                let f = self.flags(addr.arg, false);
+                self.b.ins().store(f, v, p, off);
+            }
+            Stmt::StorePartial { addr, src, n } => {
+                let v = self.b.use_var(self.regs[*src]);
+                let (p, off) = self.address(addr);
+                let f = self.flags(addr.arg, false);
+                for lane in 0..*n {
+                    let x = self.b.ins().extractlane(v, lane as u8);
+                    self.b.ins().store(f, x, p, off + 4 * lane as i32);
+                }
+            }
+        }
+    }
+}
+
+/// Builds the Cranelift function of kernel `k`.
+pub fn function(
+    k: &Kernel,
+    isa: &dyn TargetIsa,
+    features: Features,
+    name: UserFuncName,
+    ctx: &mut FunctionBuilderContext,
+) -> Function {
+    let call_conv = isa.default_call_conv();
+    assert_eq!(k.lanes, 4, "the Cranelift backend lowers 4-lane kernels");
+    let mut func = Function::with_name_signature(name, signature(call_conv));
+    let mut b = FunctionBuilder::new(&mut func, ctx);
+    let entry = b.create_block();
+    b.append_block_params_for_function_params(entry);
+    b.switch_to_block(entry);
+    b.seal_block(entry);
+    let [argv, begin, end] = b.block_params(entry)[..] else { unreachable!() };
+    let flags = MemFlagsData::trusted().with_readonly();
+    let args = (0..k.args.len()).map(|i| b.ins().load(types::I64, flags, argv, (8 * i) as i32)).collect();
+    let vars = (0..k.vars).map(|_| b.declare_var(types::I64)).collect();
+    let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
+    let task = b.declare_var(types::I64);
+    b.def_var(task, begin);
+    let mut l = Lowerer { b, k, features, args, vars, regs };
+    // Zero-initialize every variable so that SSA construction never meets an undefined use.
+    for v in 0..k.vregs {
+        let z = l.zero();
+        l.b.def_var(l.regs[v], z);
+    }
+    for v in 0..k.vars {
+        let z = l.b.ins().iconst(types::I64, 0);
+        l.b.def_var(l.vars[v], z);
+    }
+    // for task in begin..end: bind the task coordinates, run the body.
+    let (header, inner, exit) = (l.b.create_block(), l.b.create_block(), l.b.create_block());
+    l.b.ins().jump(header, &[]);
+    l.b.switch_to_block(header);
+    let t = l.b.use_var(task);
+    let more = l.b.ins().icmp(IntCC::SignedLessThan, t, end);
+    l.b.ins().brif(more, inner, &[], exit, &[]);
+    l.b.switch_to_block(inner);
+    let mut rest = l.b.use_var(task);
+    for (d, &dim) in k.task_dims.iter().enumerate().rev() {
+        let coord = if d == 0 { rest } else { l.b.ins().urem_imm_u(rest, dim as i64) };
+        l.b.def_var(l.vars[d], coord);
+        if d > 0 {
+            rest = l.b.ins().udiv_imm_u(rest, dim as i64);
+        }
+    }
+    l.stmts(&k.body);
+    let t = l.b.use_var(task);
+    let next = l.b.ins().iadd_imm_s(t, 1);
+    l.b.def_var(task, next);
+    l.b.ins().jump(header, &[]);
+    l.b.seal_block(inner);
+    l.b.seal_block(header);
+    l.b.switch_to_block(exit);
+    l.b.seal_block(exit);
+    l.b.ins().return_(&[]);
+    l.b.finalize(isa.frontend_config());
+    func
+}

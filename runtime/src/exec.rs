@@ -1,0 +1,166 @@
+//! Runs a compiled model: a list of kernel calls over one arena per image, with tasks
+//! split across a thread pool. Backends differ only in where the kernel functions come
+//! from (Cranelift JIT, an AOT object, rustc); this executor drives them all.
+//!
+//! Kernel ABI: `extern "C" fn(args: *const *mut f32, begin: i64, end: i64)` runs tasks
+//! `begin..end`; `args[i]` is the kernel's i-th pointer argument (see [`Arg`]).
+
+use crate::pool::Pool;
+use anyhow::{bail, Result};
+
+pub type KernelFn = unsafe extern "C" fn(args: *const *mut f32, begin: i64, end: i64);
+
+/// Where a kernel argument points, for one image.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Arg {
+    /// The image's arena plus a float offset.
+    Arena(usize),
+    /// The weight blob plus a float offset.
+    Weights(usize),
+    /// The image's external input, NCHW.
+    Input,
+    /// The image's external logits.
+    Output,
+}
+
+/// One kernel call of the schedule.
+#[derive(Clone, Debug)]
+pub struct Call {
+    pub f: KernelFn,
+    pub args: Vec<Arg>,
+    pub tasks: usize,
+}
+
+/// A 64-byte aligned, zero-initialized float buffer.
+pub struct Aligned {
+    ptr: *mut f32,
+    len: usize,
+}
+
+// SAFETY: plain owned memory.
+unsafe impl Send for Aligned {}
+unsafe impl Sync for Aligned {}
+
+impl Aligned {
+    fn layout(len: usize) -> std::alloc::Layout {
+        std::alloc::Layout::from_size_align(len.max(1) * 4, 64).expect("buffer size fits in memory")
+    }
+
+    /// Allocates `len` zeroed floats; an error (not an abort) when memory runs out.
+    pub fn zeroed(len: usize) -> Result<Aligned> {
+        // SAFETY: non-zero size layout.
+        let ptr = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) } as *mut f32;
+        if ptr.is_null() {
+            bail!("cannot allocate {} MiB", (len * 4) >> 20);
+        }
+        Ok(Aligned { ptr, len })
+    }
+
+    pub fn from_slice(data: &[f32]) -> Result<Aligned> {
+        let mut a = Aligned::zeroed(data.len())?;
+        a.as_mut_slice().copy_from_slice(data);
+        Ok(a)
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        // SAFETY: `ptr` owns `len` initialized floats.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [f32] {
+        // SAFETY: as above, uniquely borrowed.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
+
+    pub fn as_ptr(&self) -> *mut f32 {
+        self.ptr
+    }
+
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+}
+
+impl Drop for Aligned {
+    fn drop(&mut self) {
+        // SAFETY: allocated with the same layout.
+        unsafe { std::alloc::dealloc(self.ptr as *mut u8, Self::layout(self.len)) }
+    }
+}
+
+/// Sizes of one image's memory.
+#[derive(Clone, Copy, Debug)]
+pub struct Sizes {
+    pub arena_floats: usize,
+    pub input_floats: usize,
+    pub output_floats: usize,
+}
+
+/// Raw pointers of one forward pass, shared by the pool's threads.
+struct Frame {
+    arena: *mut f32,
+    weights: *mut f32,
+    input: *mut f32,
+    output: *mut f32,
+}
+// SAFETY: kernels write disjoint memory per task (the IR's invariant).
+unsafe impl Sync for Frame {}
+
+/// Runs `calls` on `n` images. `arena` must hold `n * arena_floats` floats, 64-byte
+/// aligned; `input` `n * input_floats`, `output` `n * output_floats`.
+///
+/// # Safety
+/// The kernels must be valid functions of the ABI above, generated for these sizes: they
+/// access memory only within the regions described by `sizes`.
+pub unsafe fn run(
+    calls: &[Call],
+    sizes: Sizes,
+    weights: &Aligned,
+    arena: &mut Aligned,
+    input: &[f32],
+    output: &mut [f32],
+    n: usize,
+    pool: &Pool,
+) {
+    assert!(arena.len() >= n * sizes.arena_floats, "arena too small");
+    assert_eq!(input.len(), n * sizes.input_floats, "input length");
+    assert_eq!(output.len(), n * sizes.output_floats, "output length");
+    let frame = Frame {
+        arena: arena.as_ptr(),
+        weights: weights.as_ptr(),
+        input: input.as_ptr() as *mut f32,
+        output: output.as_mut_ptr(),
+    };
+    let frame = &frame;
+    for call in calls {
+        let f = &|begin: usize, end: usize| {
+            // A participant's range may span images: one kernel call per image.
+            let mut t = begin;
+            while t < end {
+                let image = t / call.tasks;
+                let stop = end.min((image + 1) * call.tasks);
+                let mut ptrs = [std::ptr::null_mut::<f32>(); 8];
+                for (p, a) in ptrs.iter_mut().zip(&call.args) {
+                    // SAFETY: offsets come from the plan and stay within each region.
+                    *p = unsafe {
+                        match *a {
+                            Arg::Arena(o) => frame.arena.add(image * sizes.arena_floats + o),
+                            Arg::Weights(o) => frame.weights.add(o),
+                            Arg::Input => frame.input.add(image * sizes.input_floats),
+                            Arg::Output => frame.output.add(image * sizes.output_floats),
+                        }
+                    };
+                }
+                let local = t - image * call.tasks;
+                // SAFETY: the caller guarantees the kernel's validity.
+                unsafe { (call.f)(ptrs.as_ptr(), local as i64, (local + stop - t) as i64) };
+                t = stop;
+            }
+        };
+        pool.split(n * call.tasks, f);
+    }
+}
