@@ -95,6 +95,17 @@ impl JitModel {
 
     /// Runs `n` images from `input` into `output` (sizes checked).
     pub fn forward_into(&self, input: &[f32], output: &mut [f32], n: usize) -> Result<()> {
+        self.forward_timed(input, output, n, None)
+    }
+
+    /// [`forward_into`](Self::forward_into), adding each call's seconds to `timings`.
+    pub fn forward_timed(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        n: usize,
+        timings: Option<&mut [f64]>,
+    ) -> Result<()> {
         if input.len() != n * self.sizes.input_floats || output.len() != n * self.sizes.output_floats {
             bail!("forward: buffer sizes do not match {n} images");
         }
@@ -105,7 +116,7 @@ impl JitModel {
             _ => Aligned::zeroed(need)?,
         };
         // SAFETY: the kernels were generated for exactly these sizes.
-        unsafe { exec::run(&self.calls, self.sizes, &self.weights, &mut arena, input, output, n, &self.pool) };
+        unsafe { exec::run(&self.calls, self.sizes, &self.weights, &mut arena, input, output, n, &self.pool, timings) };
         self.arenas.lock().unwrap().push(arena);
         Ok(())
     }

@@ -196,6 +196,18 @@ impl Builder {
         let body = self.stack.pop().unwrap();
         self.push(Stmt::Loop { var, count, body });
     }
+    /// `for v in 0..count` with the body repeated `unroll` times per iteration (`unroll`
+    /// must divide `count`); the body sees `v` as an index expression.
+    pub fn for_loop_unrolled(&mut self, count: usize, unroll: usize, mut f: impl FnMut(&mut Builder, Index)) {
+        let unroll = unroll.max(1);
+        assert_eq!(count % unroll, 0, "unroll factor divides the trip count");
+        self.for_loop(count / unroll, |b, i| {
+            for u in 0..unroll {
+                f(b, i.scaled(unroll as i64).offset(u as i64));
+            }
+        });
+    }
+
     pub fn when(&mut self, cond: Cond, f: impl FnOnce(&mut Builder)) {
         self.stack.push(vec![]);
         f(self);

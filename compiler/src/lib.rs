@@ -4,6 +4,7 @@
 //! [`graph`] -> passes -> plan -> kernel IR -> backends. [`reference`] executes the graph
 //! directly and is the oracle for every backend.
 
+pub mod bench;
 #[cfg(feature = "cranelift")]
 pub mod cranelift;
 pub mod emit;

@@ -2,7 +2,11 @@
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
-use resnetc::{emit, from_spec, graph::Graph, inspect, passes, plan, reference, spec, target::Target, weights};
+use resnetc::jit_model::JitModel;
+use resnetc::{
+    bench, cranelift, emit, from_spec, graph::Graph, inspect, kernels, passes, plan, reference, spec, target::Target,
+    weights,
+};
 use resnetc_runtime::{classes, image, npy, preprocess, safetensors, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -50,7 +54,7 @@ enum Command {
         #[arg(long, value_name = "photo.jpg")]
         image: Option<PathBuf>,
         /// Which executor runs the model.
-        #[arg(long, value_enum, default_value_t = Backend::Reference)]
+        #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
         backend: Backend,
         /// Worker threads.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
@@ -69,6 +73,35 @@ enum Command {
         /// The backend whose layouts and kernels to show.
         #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
         backend: Backend,
+        /// Show only the kernel with this name (kernels, clif, asm).
+        #[arg(long, value_name = "NAME")]
+        kernel: Option<String>,
+    },
+    /// Measures latency: median over repeated runs, GFLOP/s, compile time.
+    Bench {
+        /// A preset name or a path to a .toml spec.
+        model: String,
+        /// Which backend to measure.
+        #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
+        backend: Backend,
+        /// Worker threads.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: u32,
+        /// Images per run.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=4096))]
+        batch: u64,
+        /// Weights (seeded weights when absent: speed does not depend on values).
+        #[arg(long, value_name = "W.safetensors")]
+        weights: Option<PathBuf>,
+        /// Also time every kernel.
+        #[arg(long)]
+        per_layer: bool,
+        /// Minimum timed runs.
+        #[arg(long, default_value_t = 10)]
+        runs: usize,
+        /// Print JSON: {"median_ms", "gflops", "compile_ms", ...}.
+        #[arg(long)]
+        json: bool,
     },
     /// Writes seeded weights or a seeded input batch (the generator tests and goldens use).
     Seed {
@@ -189,11 +222,8 @@ fn execute(command: Command) -> Result<()> {
                 print!("{}", inspect::table(&spec.name, &graph));
             }
         }
-        Command::Run { model: name, weights: wpath, input, output, image: img, backend, threads: _ } => {
+        Command::Run { model: name, weights: wpath, input, output, image: img, backend, threads } => {
             let (spec, graph) = model(&name)?;
-            if backend != Backend::Reference {
-                bail!("--backend {}: not available in this build yet; use --backend reference", backend_name(backend));
-            }
             if input.is_some() && output.is_none() {
                 bail!("--input needs --output Y.npy: where to write the logits");
             }
@@ -204,9 +234,14 @@ fn execute(command: Command) -> Result<()> {
                     .with_context(|| path.display().to_string())?,
                 (None, None) => unreachable!("clap requires --input or --image"),
             };
-            let input_name = input.as_deref().or(img.as_deref()).map(Path::display).unwrap();
+            let input_name = input.as_deref().or(img.as_deref()).map(Path::display).unwrap().to_string();
             let start = Instant::now();
-            let y = reference::run(&graph, &tensors, &x).with_context(|| input_name.to_string())?;
+            let y = match backend {
+                Backend::Reference => reference::run(&graph, &tensors, &x),
+                Backend::Cranelift => JitModel::new(&spec, &tensors, threads as usize)?.forward(&x),
+                Backend::Rust => bail!("--backend rust: not available in this build yet; use cranelift or reference"),
+            }
+            .with_context(|| input_name.clone())?;
             let elapsed = start.elapsed();
             match output {
                 Some(out) => {
@@ -221,9 +256,19 @@ fn execute(command: Command) -> Result<()> {
                 None => print_top5(&y, spec.num_classes),
             }
         }
-        Command::Emit { model: name, stage, json, backend } => {
+        Command::Emit { model: name, stage, json, backend, kernel } => {
             let (spec, graph) = model(&name)?;
             let plan = || -> Result<plan::Plan> { plan::build(&passes::fuse(&graph).0, target_of(backend)) };
+            let program = || -> Result<kernels::Program> {
+                let p = kernels::lower(&plan()?)?;
+                if let Some(k) = &kernel {
+                    if !p.kernels.iter().any(|x| &x.name == k) {
+                        let names: Vec<&str> = p.kernels.iter().map(|x| x.name.as_str()).collect();
+                        bail!("--kernel {k}: no such kernel (kernels: {})", names.join(", "));
+                    }
+                }
+                Ok(p)
+            };
             let text = match (stage, json) {
                 (Stage::Graph, false) => graph.to_text(),
                 (Stage::Dot, false) => graph.to_dot(&spec.name),
@@ -231,10 +276,39 @@ fn execute(command: Command) -> Result<()> {
                 (Stage::Fused, true) => serde_json::to_string_pretty(&emit::fused_json(&plan()?))? + "\n",
                 (Stage::Memory, false) => emit::memory_text(&plan()?),
                 (Stage::Memory, true) => serde_json::to_string_pretty(&emit::memory_json(&plan()?))? + "\n",
-                (Stage::Graph | Stage::Dot, true) => bail!("--json is not available for this stage"),
-                _ => bail!("this stage is not available in this build yet"),
+                (Stage::Kernels, false) => match &kernel {
+                    Some(k) => program()?.kernels.iter().find(|x| &x.name == k).unwrap().to_string() + "\n",
+                    None => kernels::to_text(&program()?),
+                },
+                (Stage::Clif, false) => {
+                    cranelift_only(backend, "clif")?;
+                    cranelift::clif_text(&program()?.kernels, kernel.as_deref())?
+                }
+                (Stage::Asm, false) => {
+                    cranelift_only(backend, "asm")?;
+                    cranelift::asm::disassemble(&program()?.kernels, kernel.as_deref())?
+                }
+                (Stage::Rust, false) => bail!("emit rust: the Rust backend is not available in this build yet"),
+                (_, true) => bail!("--json is available for the fused and memory stages"),
             };
             print!("{text}");
+        }
+        Command::Bench { model: name, backend, threads, batch, weights: wpath, per_layer, runs, json } => {
+            let (spec, graph) = model(&name)?;
+            let tensors = match &wpath {
+                Some(p) => weights::load(&graph, p)?,
+                None => weights::seeded(&graph, 0),
+            };
+            let report = match backend {
+                Backend::Cranelift => bench_jit(&spec, &tensors, threads as usize, batch as usize, per_layer, runs)?,
+                Backend::Reference => bail!("bench: the reference executor is an oracle, not a benchmark target"),
+                Backend::Rust => bail!("--backend rust: not available in this build yet"),
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&report.json())?);
+            } else {
+                print!("{}", report.text());
+            }
         }
         Command::Seed { model: name, what, output, seed, batch } => {
             let (spec, graph) = model(&name)?;
@@ -247,19 +321,72 @@ fn execute(command: Command) -> Result<()> {
     Ok(())
 }
 
+fn cranelift_only(backend: Backend, stage: &str) -> Result<()> {
+    if backend != Backend::Cranelift {
+        bail!("emit {stage}: shows Cranelift output; use --backend cranelift");
+    }
+    Ok(())
+}
+
+/// Compiles with the JIT and measures batch latency (and per-kernel times if asked).
+fn bench_jit(
+    spec: &spec::Spec,
+    tensors: &resnetc_runtime::safetensors::Tensors,
+    threads: usize,
+    batch: usize,
+    per_layer: bool,
+    runs: usize,
+) -> Result<bench::Report> {
+    let m = JitModel::new(spec, tensors, threads)?;
+    let x = weights::seeded_input(spec.input, batch, 1);
+    let mut y = vec![0.0f32; batch * spec.num_classes];
+    eprintln!(
+        "{}: compiled {} kernels in {:.1} ms; timing {} thread(s), batch {batch}",
+        spec.name,
+        m.program.kernels.len(),
+        m.stats.lower_ms + m.stats.codegen_ms,
+        threads
+    );
+    let stats =
+        bench::measure(3, runs.max(1), 10_000, 2.0, || m.forward_into(x.data(), &mut y, batch).expect("sizes match"));
+    let mut layers = vec![];
+    if per_layer {
+        let calls = &m.program.calls;
+        let mut samples: Vec<Vec<f64>> = vec![vec![]; calls.len()];
+        for _ in 0..runs.max(5) {
+            let mut t = vec![0.0; calls.len()];
+            m.forward_timed(x.data(), &mut y, batch, Some(&mut t))?;
+            for (s, v) in samples.iter_mut().zip(t) {
+                s.push(v * 1e3);
+            }
+        }
+        for (c, s) in calls.iter().zip(samples.iter_mut()) {
+            layers.push(bench::LayerTime {
+                name: c.name.clone(),
+                kernel: m.program.kernels[c.kernel].name.clone(),
+                macs: c.macs,
+                median_ms: bench::summarize(s).median,
+            });
+        }
+    }
+    let macs = m.program.calls.iter().map(|c| c.macs).sum();
+    Ok(bench::Report {
+        model: spec.name.clone(),
+        backend: "cranelift".into(),
+        threads,
+        batch,
+        macs_per_image: macs,
+        compile_ms: m.stats.lower_ms + m.stats.codegen_ms,
+        stats,
+        layers,
+    })
+}
+
 /// The code-generation target of a backend on this machine.
 fn target_of(backend: Backend) -> Target {
     match backend {
         Backend::Rust => Target::AVX512,
         Backend::Cranelift | Backend::Reference => Target::CRANELIFT_X64,
-    }
-}
-
-fn backend_name(b: Backend) -> &'static str {
-    match b {
-        Backend::Cranelift => "cranelift",
-        Backend::Reference => "reference",
-        Backend::Rust => "rust",
     }
 }
 

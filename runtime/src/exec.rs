@@ -110,7 +110,8 @@ struct Frame {
 // SAFETY: kernels write disjoint memory per task (the IR's invariant).
 unsafe impl Sync for Frame {}
 
-/// Runs `calls` on `n` images. `arena` must hold `n * arena_floats` floats, 64-byte
+/// Runs `calls` on `n` images; adds each call's wall time in seconds to `timings[i]`
+/// when given. `arena` must hold `n * arena_floats` floats, 64-byte
 /// aligned; `input` `n * input_floats`, `output` `n * output_floats`.
 ///
 /// # Safety
@@ -125,6 +126,7 @@ pub unsafe fn run(
     output: &mut [f32],
     n: usize,
     pool: &Pool,
+    mut timings: Option<&mut [f64]>,
 ) {
     assert!(arena.len() >= n * sizes.arena_floats, "arena too small");
     assert_eq!(input.len(), n * sizes.input_floats, "input length");
@@ -136,7 +138,8 @@ pub unsafe fn run(
         output: output.as_mut_ptr(),
     };
     let frame = &frame;
-    for call in calls {
+    for (i, call) in calls.iter().enumerate() {
+        let start = timings.is_some().then(std::time::Instant::now);
         let f = &|begin: usize, end: usize| {
             // A participant's range may span images: one kernel call per image.
             let mut t = begin;
@@ -162,5 +165,8 @@ pub unsafe fn run(
             }
         };
         pool.split(n * call.tasks, f);
+        if let (Some(t), Some(start)) = (timings.as_deref_mut(), start) {
+            t[i] += start.elapsed().as_secs_f64();
+        }
     }
 }

@@ -11,6 +11,7 @@ use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
 use cranelift_codegen::isa::{CallConv, TargetIsa};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
+use std::collections::HashMap;
 
 /// Whether the target has fused multiply-add (`fma` lowers to one `vfmadd`).
 #[derive(Clone, Copy, Debug)]
@@ -34,6 +35,14 @@ struct Lowerer<'a, 'b> {
     args: Vec<Value>,
     vars: Vec<Variable>,
     regs: Vec<Variable>,
+    /// Which loop and task variables are bound at the current point.
+    bound: Vec<bool>,
+    /// Strength-reduced pointers: `arg + 4 * sum(terms)` for terms over bound variables.
+    /// Each is a variable bumped at the end of the loop iteration that changes it, so
+    /// inner loops address memory as `[pointer + constant]` without recomputing indices.
+    ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
+    /// Counter that makes FMA load addresses distinct values.
+    unique: u32,
 }
 
 impl Lowerer<'_, '_> {
@@ -48,15 +57,33 @@ impl Lowerer<'_, '_> {
         f
     }
 
-    /// Base pointer plus variable terms (in bytes), and the constant part as an offset.
+    /// The pointer for `a`'s variable terms, and its constant part as a byte offset.
     fn address(&mut self, a: &Addr) -> (Value, i32) {
-        let mut p = self.args[a.arg];
-        for &(v, c) in &a.index.terms {
-            let x = self.b.use_var(self.vars[v]);
-            let scaled = self.b.ins().imul_imm_s(x, c * 4);
-            p = self.b.ins().iadd(p, scaled);
+        let var = self.ptrs[&(a.arg, a.index.terms.clone())];
+        (self.b.use_var(var), (a.index.constant * 4) as i32)
+    }
+
+    fn restricted(&self, a: &Addr, extra: Option<usize>) -> (usize, Vec<(usize, i64)>) {
+        let terms = a.index.terms.iter().copied().filter(|&(v, _)| self.bound[v] || Some(v) == extra).collect();
+        (a.arg, terms)
+    }
+
+    /// Defines pointers for every address of `body` over the variables bound now.
+    fn prepare_pointers(&mut self, body: &[Stmt]) {
+        for a in addresses(body) {
+            let key = self.restricted(&a, None);
+            if !self.ptrs.contains_key(&key) {
+                let mut p = self.args[key.0];
+                for &(v, c) in &key.1 {
+                    let x = self.b.use_var(self.vars[v]);
+                    let scaled = self.b.ins().imul_imm_s(x, c * 4);
+                    p = self.b.ins().iadd(p, scaled);
+                }
+                let var = self.b.declare_var(types::I64);
+                self.b.def_var(var, p);
+                self.ptrs.insert(key, var);
+            }
         }
-        (p, (a.index.constant * 4) as i32)
     }
 
     fn load(&mut self, a: &Addr) -> Value {
@@ -78,6 +105,20 @@ impl Lowerer<'_, '_> {
             Src::Load(a) => self.load(a),
             Src::Bcast(a) => self.bcast(a),
         }
+    }
+
+    /// An FMA operand. A vector load gets an address value of its own (the same address
+    /// split differently between register and offset), so that neither GVN nor alias
+    /// analysis merges the loads of the same weights by neighbouring FMAs: each stays
+    /// single-use and folds into its FMA as a memory operand.
+    fn fma_operand(&mut self, s: &Src) -> Value {
+        let Src::Load(a) = s else { return self.src(s) };
+        let (p, off) = self.address(a);
+        self.unique += 1;
+        let split = 16 * self.unique as i64;
+        let p = self.b.ins().iadd_imm_s(p, split);
+        let f = self.flags(a.arg, true);
+        self.b.ins().load(types::F32X4, f, p, off - split as i32)
     }
 
     fn zero(&mut self) -> Value {
@@ -112,8 +153,39 @@ impl Lowerer<'_, '_> {
         }
     }
 
-    /// `for var in 0..count`, top-tested.
-    fn counted_loop(&mut self, var: usize, count: i64, body: impl FnOnce(&mut Self)) {
+    /// `for var in 0..count { body }`, top-tested. A pointer that depends on `var` is
+    /// bumped at the end of each iteration and rewound after the loop; it reuses the
+    /// enclosing pointer's variable when nothing else in the loop needs that one, so deep
+    /// loop nests keep one register per memory stream.
+    fn counted_loop(&mut self, var: usize, count: i64, body: &[Stmt]) {
+        let addrs = addresses(body);
+        let used_outer: Vec<_> = addrs
+            .iter()
+            .filter(|a| a.index.terms.iter().all(|&(v, _)| v != var))
+            .map(|a| self.restricted(a, None))
+            .collect();
+        // (key inside the loop, variable, bytes per iteration, rewind afterwards?)
+        let mut bumped: Vec<((usize, Vec<(usize, i64)>), Variable, i64, bool)> = vec![];
+        for a in &addrs {
+            let Some(&(_, coef)) = a.index.terms.iter().find(|&&(v, _)| v == var) else { continue };
+            let key = self.restricted(a, Some(var));
+            if self.ptrs.contains_key(&key) {
+                continue;
+            }
+            let outer_key = self.restricted(a, None);
+            let outer = self.ptrs[&outer_key];
+            let shared = used_outer.contains(&outer_key) || bumped.iter().any(|(_, v, _, _)| *v == outer);
+            let p = if shared {
+                let start = self.b.use_var(outer);
+                let p = self.b.declare_var(types::I64);
+                self.b.def_var(p, start);
+                p
+            } else {
+                outer
+            };
+            self.ptrs.insert(key.clone(), p);
+            bumped.push((key, p, coef * 4, !shared));
+        }
         let (header, inner, exit) = (self.b.create_block(), self.b.create_block(), self.b.create_block());
         let zero = self.b.ins().iconst(types::I64, 0);
         self.b.def_var(self.vars[var], zero);
@@ -123,7 +195,14 @@ impl Lowerer<'_, '_> {
         let more = self.b.ins().icmp_imm_s(IntCC::SignedLessThan, i, count);
         self.b.ins().brif(more, inner, &[], exit, &[]);
         self.b.switch_to_block(inner);
-        body(self);
+        self.bound[var] = true;
+        self.stmts(body);
+        self.bound[var] = false;
+        for (_, p, step, _) in &bumped {
+            let v = self.b.use_var(*p);
+            let next = self.b.ins().iadd_imm_s(v, *step);
+            self.b.def_var(*p, next);
+        }
         let i = self.b.use_var(self.vars[var]);
         let next = self.b.ins().iadd_imm_s(i, 1);
         self.b.def_var(self.vars[var], next);
@@ -132,11 +211,19 @@ impl Lowerer<'_, '_> {
         self.b.seal_block(header);
         self.b.switch_to_block(exit);
         self.b.seal_block(exit);
+        for (key, p, step, rewind) in bumped {
+            if rewind {
+                let v = self.b.use_var(p);
+                let back = self.b.ins().iadd_imm_s(v, -step * count);
+                self.b.def_var(p, back);
+            }
+            self.ptrs.remove(&key);
+        }
     }
 
     fn stmt(&mut self, s: &Stmt) {
         match s {
-            Stmt::Loop { var, count, body } => self.counted_loop(*var, *count as i64, |l| l.stmts(body)),
+            Stmt::Loop { var, count, body } => self.counted_loop(*var, *count as i64, body),
             Stmt::If { cond, body } => {
                 let (then, join) = (self.b.create_block(), self.b.create_block());
                 let v = self.index_value(&cond.index);
@@ -168,7 +255,7 @@ impl Lowerer<'_, '_> {
                         v
                     }
                     Expr::Fma(acc, a, b) => {
-                        let (a, b) = (self.src(a), self.src(b));
+                        let (a, b) = (self.fma_operand(a), self.fma_operand(b));
                         let c = self.b.use_var(self.regs[*acc]);
                         if self.features.fma {
                             self.b.ins().fma(a, b, c)
@@ -215,6 +302,32 @@ impl Lowerer<'_, '_> {
     }
 }
 
+/// Every address in `body`, nested statements included.
+fn addresses(body: &[Stmt]) -> Vec<Addr> {
+    let mut out = vec![];
+    let src = |s: &Src, out: &mut Vec<Addr>| {
+        if let Src::Load(a) | Src::Bcast(a) = s {
+            out.push(a.clone());
+        }
+    };
+    for s in body {
+        match s {
+            Stmt::Loop { body, .. } | Stmt::If { body, .. } => out.extend(addresses(body)),
+            Stmt::Set { expr, .. } => match expr {
+                Expr::Src(s) | Expr::Add(_, s) | Expr::Mul(_, s) | Expr::Max(_, s) => src(s, &mut out),
+                Expr::Fma(_, a, b) => {
+                    src(a, &mut out);
+                    src(b, &mut out);
+                }
+                Expr::LoadPartial(a, _) => out.push(a.clone()),
+                Expr::Zero | Expr::Splat(_) | Expr::Relu(_) => {}
+            },
+            Stmt::Store { addr, .. } | Stmt::StorePartial { addr, .. } => out.push(addr.clone()),
+        }
+    }
+    out
+}
+
 /// Builds the Cranelift function of kernel `k`.
 pub fn function(
     k: &Kernel,
@@ -238,7 +351,8 @@ pub fn function(
     let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
     let task = b.declare_var(types::I64);
     b.def_var(task, begin);
-    let mut l = Lowerer { b, k, features, args, vars, regs };
+    let mut l =
+        Lowerer { b, k, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new(), unique: 0 };
     // Zero-initialize every variable so that SSA construction never meets an undefined use.
     for v in 0..k.vregs {
         let z = l.zero();
@@ -264,7 +378,12 @@ pub fn function(
             rest = l.b.ins().udiv_imm_u(rest, dim as i64);
         }
     }
+    for d in 0..k.task_dims.len() {
+        l.bound[d] = true;
+    }
+    l.prepare_pointers(&k.body);
     l.stmts(&k.body);
+    l.ptrs.clear();
     let t = l.b.use_var(task);
     let next = l.b.ins().iadd_imm_s(t, 1);
     l.b.def_var(task, next);

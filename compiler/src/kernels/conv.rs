@@ -124,6 +124,11 @@ pub fn generate(
     let (hpi, wpi, cbi) = (li.hp() as i64, li.wp() as i64, cb_in as i64);
     let ow_total = lo.w;
     let p_max = tile_pixels(t, j, ow_total);
+    // Cranelift does not unroll: unroll the channel loop of a 4-channel block ourselves.
+    let unroll = 1;
+    // With 16 registers, every FMA reads its weight vector from memory (folded into the
+    // instruction) instead of holding weights in registers next to the accumulators.
+    let fold_weights = t.vregs < 32;
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
     let out_at = |jj: usize, ow: &Index, l: &crate::plan::Layout| {
         out_block(jj)
@@ -146,7 +151,7 @@ pub fn generate(
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
                 b.for_loop(tl.icr / cb_in, |b, icb| {
-                    b.for_loop(cb_in, |b, icl| {
+                    b.for_loop_unrolled(cb_in, unroll, |b, icl| {
                         let icb_abs = ic_start.scaled(1).plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
                         let row =
                             icb_abs.scaled(hpi).plus(&oh.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
@@ -157,17 +162,18 @@ pub fn generate(
                             .plus(&kw.scaled((tl.icr * jl) as i64))
                             .plus(&icb.scaled(cbi * jl as i64))
                             .plus(&icl.scaled(jl as i64));
-                        for (jj, &wr) in wreg.iter().enumerate() {
-                            b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
+                        let w_at = |jj: usize| Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) });
+                        if !fold_weights {
+                            for (jj, &wr) in wreg.iter().enumerate() {
+                                b.set(wr, Expr::Src(w_at(jj)));
+                            }
                         }
                         for (pp, a) in acc.iter().take(p).enumerate() {
                             let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
                             let x = row.scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl);
                             for jj in 0..j {
-                                b.set(
-                                    a[jj],
-                                    Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), Src::Reg(wreg[jj])),
-                                );
+                                let w = if fold_weights { w_at(jj) } else { Src::Reg(wreg[jj]) };
+                                b.set(a[jj], Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), w));
                             }
                         }
                     });
