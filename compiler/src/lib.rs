@@ -4,6 +4,8 @@
 //! [`graph`] -> passes -> plan -> kernel IR -> backends. [`reference`] executes the graph
 //! directly and is the oracle for every backend.
 
+#[cfg(feature = "cranelift")]
+pub mod aot_build;
 pub mod bench;
 #[cfg(feature = "cranelift")]
 pub mod cranelift;

@@ -4,10 +4,10 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use resnetc::jit_model::JitModel;
 use resnetc::{
-    bench, cranelift, emit, from_spec, graph::Graph, inspect, kernels, passes, plan, reference, spec, target::Target,
-    weights,
+    aot_build, bench, cranelift, emit, from_spec, graph::Graph, inspect, kernels, passes, plan, reference, spec,
+    target::Target, weights,
 };
-use resnetc_runtime::{classes, image, npy, preprocess, safetensors, Tensor};
+use resnetc_runtime::{classes, image, npy, preprocess, safetensors};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -59,6 +59,23 @@ enum Command {
         /// Worker threads.
         #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
         threads: u32,
+    },
+    /// Compiles ahead of time: an object file with a C header, or an executable.
+    Build {
+        /// A preset name or a path to a .toml spec.
+        model: String,
+        /// Weights in safetensors format with torchvision names (packed into the output).
+        #[arg(long, value_name = "W.safetensors")]
+        weights: PathBuf,
+        /// Output path (the header goes beside an object, with extension .h).
+        #[arg(short, long, value_name = "OUT")]
+        output: PathBuf,
+        /// What to produce.
+        #[arg(long, value_enum, default_value_t = EmitKind::Exe)]
+        emit: EmitKind,
+        /// Which backend generates the code.
+        #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
+        backend: Backend,
     },
     /// Prints a stage of compilation.
     Emit {
@@ -150,6 +167,14 @@ enum Stage {
     Asm,
     /// Generated Rust.
     Rust,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum EmitKind {
+    /// A self-contained executable (needs a C compiler driver, `cc`, to link).
+    Exe,
+    /// An object file and a C header.
+    Obj,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -253,7 +278,24 @@ fn execute(command: Command) -> Result<()> {
                         out.display()
                     );
                 }
-                None => print_top5(&y, spec.num_classes),
+                None => print!("{}", classes::top5_text(y.data(), spec.num_classes)),
+            }
+        }
+        Command::Build { model: name, weights: wpath, output, emit: kind, backend } => {
+            let (spec, graph) = model(&name)?;
+            if backend != Backend::Cranelift {
+                bail!("build --backend rust: not available in this build yet; use --backend cranelift");
+            }
+            let tensors = weights::load(&graph, &wpath)?;
+            match kind {
+                EmitKind::Obj => {
+                    let h = aot_build::write_object(&spec, &tensors, &output)?;
+                    eprintln!("wrote {} and {}", output.display(), h.display());
+                }
+                EmitKind::Exe => {
+                    aot_build::write_executable(&spec, &tensors, &output)?;
+                    eprintln!("wrote {}", output.display());
+                }
             }
         }
         Command::Emit { model: name, stage, json, backend, kernel } => {
@@ -387,19 +429,5 @@ fn target_of(backend: Backend) -> Target {
     match backend {
         Backend::Rust => Target::AVX512,
         Backend::Cranelift | Backend::Reference => Target::CRANELIFT_X64,
-    }
-}
-
-/// Softmax over the first row's logits; prints the five most likely classes.
-fn print_top5(y: &Tensor, classes: usize) {
-    let row = &y.data()[..classes];
-    let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let exp: Vec<f64> = row.iter().map(|&v| ((v - max) as f64).exp()).collect();
-    let sum: f64 = exp.iter().sum();
-    let mut order: Vec<usize> = (0..classes).collect();
-    order.sort_by(|&a, &b| row[b].total_cmp(&row[a]));
-    for &i in order.iter().take(5) {
-        let name = if classes == 1000 { classes::imagenet_name(i) } else { format!("class {i}") };
-        println!("{:>6.2}%  {i:>4}  {name}", 100.0 * exp[i] / sum);
     }
 }

@@ -10,6 +10,7 @@ pub mod npy;
 pub mod pack;
 pub mod pool;
 pub mod preprocess;
+pub mod runner;
 pub mod safetensors;
 pub mod seeded;
 pub mod tensor;

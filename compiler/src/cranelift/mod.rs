@@ -1,6 +1,7 @@
 //! The Cranelift backend: kernel IR -> CLIF -> machine code, in process (JIT) or as an
 //! object file (AOT).
 
+pub mod aot;
 pub mod asm;
 pub mod jit;
 pub mod lower;

@@ -1,0 +1,136 @@
+//! Ahead-of-time outputs: a C program compiled against the generated header and linked
+//! with the object file, and the `--emit exe` executable run from a temporary directory,
+//! both match the JIT (and so the reference).
+
+mod support;
+
+use resnetc::jit_model::JitModel;
+use resnetc::{from_spec, spec, weights};
+use resnetc_runtime::{npy, safetensors, Tensor};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+const SPEC: &str = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [8, 12]\nstem = \"imagenet\"\nstem_width = 6\ngroups = 2\nwidth_per_group = 32\nnum_classes = 7\ninput = [3, 45, 39]\n";
+
+fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("resnetc-aot-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn resnetc(args: &[&str]) {
+    let out = Command::new(env!("CARGO_BIN_EXE_resnetc")).args(args).output().unwrap();
+    assert!(out.status.success(), "resnetc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// Spec file, weights file, input batch and the JIT's logits for it.
+fn setup(dir: &Path, batch: usize) -> (PathBuf, PathBuf, Tensor, Tensor) {
+    let spec_path = dir.join("aotnet.toml");
+    std::fs::write(&spec_path, SPEC).unwrap();
+    let s = spec::load(&spec_path).unwrap();
+    let graph = from_spec::build(&s).unwrap();
+    let w = weights::seeded(&graph, 5);
+    let wpath = dir.join("w.safetensors");
+    safetensors::write(&wpath, &w).unwrap();
+    let x = weights::seeded_input(s.input, batch, 6);
+    let y = JitModel::new(&s, &w, 1).unwrap().forward(&x).unwrap();
+    (spec_path, wpath, x, y)
+}
+
+const C_PROGRAM: &str = r#"
+#include <stdio.h>
+#include <stdlib.h>
+#include "aotnet.h"
+
+int main(int argc, char **argv) {
+    long n = atol(argv[1]);
+    float *x = malloc(n * AOTNET_INPUT_FLOATS * sizeof(float));
+    float *y = malloc(n * AOTNET_OUTPUT_FLOATS * sizeof(float));
+    void *arena = aligned_alloc(AOTNET_ARENA_ALIGN, n * AOTNET_ARENA_BYTES);
+    FILE *f = fopen(argv[2], "rb");
+    if (fread(x, sizeof(float), n * AOTNET_INPUT_FLOATS, f) != (size_t)(n * AOTNET_INPUT_FLOATS)) return 2;
+    fclose(f);
+    if (aotnet_forward(arena, x, y, 0) != 1) return 3;      /* n < 1 is refused */
+    if (aotnet_forward(NULL, x, y, n) != 1) return 4;       /* so is a NULL arena */
+    if (aotnet_forward(arena, x, y, n) != 0) return 5;
+    f = fopen(argv[3], "wb");
+    fwrite(y, sizeof(float), n * AOTNET_OUTPUT_FLOATS, f);
+    fclose(f);
+    return 0;
+}
+"#;
+
+#[test]
+fn c_program_links_the_object_and_matches_the_jit() {
+    let dir = scratch("obj");
+    let (spec_path, wpath, x, want) = setup(&dir, 3);
+    let obj = dir.join("aotnet.o");
+    resnetc(&[
+        "build",
+        spec_path.to_str().unwrap(),
+        "--weights",
+        wpath.to_str().unwrap(),
+        "-o",
+        obj.to_str().unwrap(),
+        "--emit",
+        "obj",
+    ]);
+    assert!(dir.join("aotnet.h").is_file(), "header written beside the object");
+    std::fs::write(dir.join("main.c"), C_PROGRAM).unwrap();
+    let exe = dir.join("prog");
+    let cc = Command::new("cc").current_dir(&dir).args(["-O2", "-o", "prog", "main.c", "aotnet.o"]).output().unwrap();
+    assert!(cc.status.success(), "cc: {}", String::from_utf8_lossy(&cc.stderr));
+    let raw: Vec<u8> = x.data().iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(dir.join("x.bin"), raw).unwrap();
+    let run = Command::new(&exe).current_dir(&dir).args(["3", "x.bin", "y.bin"]).output().unwrap();
+    assert!(run.status.success(), "C program exited with {:?}", run.status.code());
+    let y: Vec<f32> = std::fs::read(dir.join("y.bin"))
+        .unwrap()
+        .chunks(4)
+        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+        .collect();
+    assert_eq!(y, want.data(), "the object's single-threaded forward and the JIT run the same code");
+}
+
+#[test]
+fn executable_runs_from_a_temp_dir_and_matches_the_jit() {
+    let dir = scratch("exe");
+    let (spec_path, wpath, x, want) = setup(&dir, 2);
+    let exe = dir.join("aotnet");
+    resnetc(&[
+        "build",
+        spec_path.to_str().unwrap(),
+        "--weights",
+        wpath.to_str().unwrap(),
+        "-o",
+        exe.to_str().unwrap(),
+        "--emit",
+        "exe",
+    ]);
+    // Move it away from everything resnetc wrote: it must stand alone.
+    let alone = scratch("exe-alone");
+    std::fs::rename(&exe, alone.join("aotnet")).unwrap();
+    std::fs::remove_dir_all(&dir).unwrap();
+    npy::write(&alone.join("x.npy"), &x).unwrap();
+    for threads in ["1", "2"] {
+        let run = Command::new(alone.join("aotnet"))
+            .current_dir(&alone)
+            .args(["--input", "x.npy", "--output", "y.npy", "--threads", threads])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "executable failed: {}", String::from_utf8_lossy(&run.stderr));
+        let y = npy::read(&alone.join("y.npy")).unwrap();
+        support::agree(&y, &want).unwrap();
+        assert_eq!(y.data(), want.data(), "threads {threads}");
+    }
+    let bad = Command::new(alone.join("aotnet"))
+        .current_dir(&alone)
+        .args(["--input", "missing.npy", "--output", "y2.npy"])
+        .output()
+        .unwrap();
+    assert_eq!(bad.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&bad.stderr);
+    assert!(err.contains("missing.npy") && err.lines().count() == 1, "{err}");
+    assert!(!alone.join("y2.npy").exists());
+}
