@@ -10,6 +10,8 @@ pub mod bench;
 #[cfg(feature = "cranelift")]
 pub mod cranelift;
 pub mod emit;
+#[cfg(feature = "cranelift")]
+pub mod fashion;
 pub mod folded;
 pub mod from_spec;
 pub mod graph;

@@ -4,8 +4,8 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use resnetc::jit_model::JitModel;
 use resnetc::{
-    aot_build, bench, cranelift, emit, from_spec, graph::Graph, inspect, kernels, passes, plan, reference, spec,
-    target::Target, weights,
+    aot_build, bench, cranelift, emit, fashion, from_spec, graph::Graph, inspect, kernels, passes, plan, reference,
+    spec, target::Target, weights,
 };
 use resnetc_runtime::{classes, image, npy, preprocess, safetensors};
 use std::path::{Path, PathBuf};
@@ -120,6 +120,34 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Classifies the bundled Fashion-MNIST images with the bundled trained model (JIT).
+    Demo {
+        /// Worker threads.
+        #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: u32,
+    },
+    /// Accuracy of a model on a dataset's test set, with a confusion matrix.
+    Eval {
+        /// A preset name or a path to a .toml spec (input [1, 28, 28], 10 classes).
+        model: String,
+        /// Weights in safetensors format with torchvision names.
+        #[arg(long, value_name = "W.safetensors")]
+        weights: PathBuf,
+        /// The dataset: only fashion-mnist.
+        #[arg(long, value_enum)]
+        dataset: Dataset,
+        /// Directory with the IDX files (default: Debian's /usr/share/datasets/fashion-mnist).
+        dir: Option<PathBuf>,
+        /// PyTorch's predictions, one class index per line, to compare with.
+        #[arg(long, value_name = "PREDICTIONS.txt")]
+        compare: Option<PathBuf>,
+        /// Worker threads.
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=256))]
+        threads: u32,
+        /// Images per forward call.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u64).range(1..=10000))]
+        batch: u64,
+    },
     /// Writes seeded weights or a seeded input batch (the generator tests and goldens use).
     Seed {
         /// A preset name or a path to a .toml spec.
@@ -175,6 +203,11 @@ enum EmitKind {
     Exe,
     /// An object file and a C header.
     Obj,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Dataset {
+    FashionMnist,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -351,6 +384,16 @@ fn execute(command: Command) -> Result<()> {
             } else {
                 print!("{}", report.text());
             }
+        }
+        Command::Demo { threads } => {
+            fashion::demo(threads as usize)?;
+        }
+        Command::Eval { model: name, weights: wpath, dataset: Dataset::FashionMnist, dir, compare, threads, batch } => {
+            let (spec, graph) = model(&name)?;
+            let tensors = weights::load(&graph, &wpath)?;
+            let m = JitModel::new(&spec, &tensors, threads as usize)?;
+            let dir = dir.unwrap_or_else(|| PathBuf::from(fashion::DEFAULT_DIR));
+            fashion::eval(&m, &dir, compare.as_deref(), batch as usize)?;
         }
         Command::Seed { model: name, what, output, seed, batch } => {
             let (spec, graph) = model(&name)?;

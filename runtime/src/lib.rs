@@ -5,6 +5,7 @@
 pub mod classes;
 pub mod exec;
 pub mod fold;
+pub mod idx;
 pub mod image;
 pub mod npy;
 pub mod pack;

@@ -1,0 +1,551 @@
+#!/usr/bin/env python3
+"""Compares resnetc with ONNX Runtime (and OpenVINO when installed) on the same
+torchvision model with the same weights, in one run, on this machine.
+
+For every model: `resnetc seed` writes seeded weights (torchvision names), which are
+loaded into the torchvision model and exported to ONNX once per batch size. For every
+(model, batch, threads) configuration the engines are measured in interleaved rounds
+(ORT, OpenVINO, resnetc backends, then the next round in reverse order), so that drift
+of a shared, noisy machine hits all engines alike. A configuration's figures are the
+median of its rounds' medians; the ratio column divides an engine's figure by ONNX
+Runtime's from the same configuration of the same run.
+
+Usually started through bench/run.sh, which builds resnetc and provides the Python
+environment. Outputs: a Markdown table on stdout and in OUT/results.md, and
+OUT/results.json with every round's figures.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def csv_list(text: str) -> list[str]:
+    return [item.strip() for item in text.split(",") if item.strip()]
+
+
+def csv_ints(text: str) -> list[int]:
+    values = [int(item) for item in csv_list(text)]
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers, got {text!r}")
+    return values
+
+
+def log(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+def cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def load_average() -> str:
+    try:
+        return " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    except OSError:
+        return "n/a"
+
+
+def git_describe() -> str:
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(REPO), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()
+        return commit + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+class CpuMeter:
+    """CPU time used by *other* processes while a measurement runs, as a percentage of
+    the whole machine: busy time from /proc/stat minus this process's and its waited-for
+    children's CPU time. Shows when a background job competed with a measurement."""
+
+    def __init__(self) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.ncpu = os.cpu_count() or 1
+
+    def _busy_seconds(self) -> float | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = f.readline().split()
+        except OSError:
+            return None
+        # user nice system idle iowait irq softirq steal ...
+        values = [int(v) for v in fields[1:9]]
+        user, nice, system, _idle, _iowait, irq, softirq, _steal = values
+        return (user + nice + system + irq + softirq) / self.tick
+
+    @staticmethod
+    def _own_seconds() -> float:
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
+
+    def start(self) -> tuple:
+        return (time.perf_counter(), self._busy_seconds(), self._own_seconds())
+
+    def stop(self, mark: tuple) -> float | None:
+        wall0, busy0, own0 = mark
+        wall = time.perf_counter() - wall0
+        busy1 = self._busy_seconds()
+        if busy0 is None or busy1 is None or wall <= 0:
+            return None
+        other = (busy1 - busy0) - (self._own_seconds() - own0)
+        return max(0.0, 100.0 * other / (wall * self.ncpu))
+
+
+@dataclass
+class Stats:
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    runs: int
+
+
+def time_runs(fn, warmup: int, min_runs: int, min_seconds: float, max_runs: int = 100_000) -> Stats:
+    for _ in range(warmup):
+        fn()
+    times = []
+    start = time.perf_counter()
+    while len(times) < max_runs and (len(times) < min_runs or time.perf_counter() - start < min_seconds):
+        t0 = time.perf_counter_ns()
+        fn()
+        times.append((time.perf_counter_ns() - t0) / 1e6)
+    return Stats(statistics.median(times), min(times), max(times), len(times))
+
+
+def rel_err(y: np.ndarray, y_ref: np.ndarray) -> float:
+    y = np.asarray(y, dtype=np.float64)
+    y_ref = np.asarray(y_ref, dtype=np.float64)
+    if y.shape != y_ref.shape:
+        return float("inf")
+    return float(np.max(np.abs(y - y_ref)) / max(1.0, float(np.max(np.abs(y_ref)))))
+
+
+# ----------------------------------------------------------------------------- engines
+
+
+@dataclass
+class Engine:
+    """One engine in one configuration. `measure` returns (Stats, extra dict) or raises."""
+
+    name: str
+    measure: object
+    compile_ms: float | None = None
+    note: str | None = None
+    rounds: list = field(default_factory=list)
+    failed: str | None = None
+
+
+def onnxruntime_engine(ort, onnx_path: Path, threads: int, x: np.ndarray, args) -> Engine:
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = threads
+    so.inter_op_num_threads = 1
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    t0 = time.perf_counter()
+    sess = ort.InferenceSession(str(onnx_path), sess_options=so, providers=["CPUExecutionProvider"])
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    feed = {sess.get_inputs()[0].name: x}
+
+    def run():
+        sess.run(None, feed)
+
+    def measure():
+        return time_runs(run, args.warmup, args.runs, args.min_seconds), {}
+
+    return Engine(f"onnxruntime {ort.__version__}", measure, compile_ms=compile_ms)
+
+
+def openvino_engine(ov, onnx_path: Path, threads: int, x: np.ndarray, args) -> Engine:
+    core = ov.Core()
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "PERFORMANCE_HINT": "LATENCY",
+        # f32 like the other engines (matters only on CPUs with bf16/fp16 support).
+        "INFERENCE_PRECISION_HINT": "f32",
+    }
+    t0 = time.perf_counter()
+    model = core.read_model(str(onnx_path))
+    compiled = core.compile_model(model, "CPU", config)
+    compile_ms = (time.perf_counter() - t0) * 1e3
+    request = compiled.create_infer_request()
+    effective = {}
+    for key in ("INFERENCE_NUM_THREADS", "NUM_STREAMS", "INFERENCE_PRECISION_HINT", "ENABLE_CPU_PINNING"):
+        try:
+            value = compiled.get_property(key)
+            effective[key] = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+        except Exception:  # property names differ between versions
+            pass
+
+    def run():
+        request.infer({0: x}, share_inputs=True)
+
+    def measure():
+        return time_runs(run, args.warmup, args.runs, args.min_seconds), {}
+
+    note = ", ".join(f"{k}={v}" for k, v in effective.items()) or None
+    return Engine(f"openvino {ov.__version__.split('-')[0]}", measure, compile_ms=compile_ms, note=note)
+
+
+def resnetc_engine(resnetc: Path, model: str, backend: str, threads: int, batch: int, weights: Path, args) -> Engine:
+    engine = Engine(f"resnetc {backend}", None)
+    cmd = [
+        str(resnetc), "bench", model,
+        "--backend", backend,
+        "--threads", str(threads),
+        "--batch", str(batch),
+        "--weights", str(weights),
+        "--runs", str(args.runs),
+        "--json",
+    ]
+
+    def measure():
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+        if proc.returncode != 0:
+            message = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
+            raise RuntimeError(f"resnetc rejected it: {message}")
+        out = proc.stdout
+        report = json.loads(out[out.index("{"):])
+        stats = Stats(report["median_ms"], report["min_ms"], report["max_ms"], int(report.get("runs", 0)))
+        engine.compile_ms = report.get("compile_ms")
+        return stats, {"gflops": report.get("gflops"), "compile_ms": report.get("compile_ms")}
+
+    engine.measure = measure
+    return engine
+
+
+# ----------------------------------------------------------------------------- model preparation
+
+
+def seed_weights(resnetc: Path, model: str, out: Path, seed: int) -> Path:
+    path = out / f"{model}-seed{seed}.safetensors"
+    subprocess.run([str(resnetc), "seed", model, "weights", "-o", str(path), "--seed", str(seed)], check=True)
+    return path
+
+
+def torchvision_model(model: str, weights: Path):
+    import torch
+    import torchvision
+    from safetensors.numpy import load_file
+
+    net = getattr(torchvision.models, model)(weights=None)
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in load_file(str(weights)).items()}
+    result = net.load_state_dict(tensors, strict=False)
+    bad_missing = [k for k in result.missing_keys if not k.endswith("num_batches_tracked")]
+    if bad_missing or result.unexpected_keys:
+        raise SystemExit(
+            f"{model}: weights do not match torchvision's names: missing {bad_missing[:5]}"
+            f" ({len(bad_missing)}), unexpected {result.unexpected_keys[:5]} ({len(result.unexpected_keys)})"
+        )
+    net.eval()
+    return net
+
+
+def export_onnx(net, model: str, batch: int, out: Path, seed: int) -> Path:
+    import torch
+
+    path = out / f"{model}-seed{seed}-b{batch}.onnx"
+    dummy = torch.zeros(batch, 3, 224, 224)
+    kwargs = dict(
+        input_names=["input"],
+        output_names=["logits"],
+        opset_version=17,
+        do_constant_folding=True,
+    )
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # "legacy TorchScript-based ONNX export"
+        try:
+            # The TorchScript exporter: static shapes, constant folding, no onnxscript needed.
+            torch.onnx.export(net, (dummy,), str(path), dynamo=False, **kwargs)
+        except TypeError:  # torch before the `dynamo` parameter
+            torch.onnx.export(net, (dummy,), str(path), **kwargs)
+    return path
+
+
+# ----------------------------------------------------------------------------- reporting
+
+
+def fmt(value, digits=2, default="–"):
+    if value is None:
+        return default
+    return f"{value:.{digits}f}"
+
+
+def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str]) -> str:
+    lines = [
+        "# resnetc vs ONNX Runtime / OpenVINO",
+        "",
+        f"- Machine: {meta['cpu']}, {meta['cpus']} logical CPUs ({meta['cpus_available']} available to this process)",
+        f"- Date: {meta['date']}; resnetc {meta['resnetc_commit']}; {meta['versions']}",
+        f"- Protocol: {meta['protocol']}",
+        f"- Load average at start / end: {meta['loadavg_start']} / {meta['loadavg_end']}",
+        "",
+        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | other CPU % |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if r.get("failed"):
+            lines.append(
+                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – |"
+            )
+            continue
+        ratio = r.get("ratio_to_ort")
+        lines.append(
+            f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | {fmt(r['median_ms'])}"
+            f" | {fmt(r['min_ms'])}–{fmt(r['max_ms'])} | {fmt(r['images_per_s'], 1)}"
+            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} |"
+        )
+    lines += [
+        "",
+        "vs ORT = engine median / ONNX Runtime median in the same configuration (< 1: faster than ORT).",
+        "other CPU % = CPU time of other processes during the measurement, share of the whole machine "
+        "(a background job competing for the cores shows up here).",
+    ]
+    if checks:
+        lines += ["", "## Correctness (same input, same weights)", "",
+                  "| model | batch | compared | max abs diff / max(1, max abs ref) | max abs ref |",
+                  "|---|---:|---|---:|---:|"]
+        for c in checks:
+            lines.append(f"| {c['model']} | {c['batch']} | {c['what']} | {c['value']} | {fmt(c.get('ref_max'), 3)} |")
+    if notes:
+        lines += ["", "## Notes", ""] + [f"- {n}" for n in notes]
+    return "\n".join(lines) + "\n"
+
+
+# ----------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", type=csv_list, default=csv_list("resnet50,resnet18"),
+                        help="torchvision ResNet names that are also resnetc presets (default: resnet50,resnet18)")
+    parser.add_argument("--threads", type=csv_ints, default=[1, 2], help="thread counts (default: 1,2)")
+    parser.add_argument("--batch", type=csv_ints, default=[1], help="batch sizes (default: 1)")
+    parser.add_argument("--backends", type=csv_list, default=["cranelift"],
+                        help="resnetc backends; one resnetc rejects is skipped with a note (default: cranelift)")
+    parser.add_argument("--rounds", type=int, default=3,
+                        help="interleaved measurement rounds per configuration (default: 3)")
+    parser.add_argument("--runs", type=int, default=30, help="minimum timed runs per measurement (default: 30)")
+    parser.add_argument("--min-seconds", type=float, default=3.0,
+                        help="minimum timed seconds per ORT/OpenVINO measurement (default: 3)")
+    parser.add_argument("--warmup", type=int, default=10, help="ORT/OpenVINO warm-up runs per measurement (default: 10)")
+    parser.add_argument("--seed", type=int, default=0, help="weight seed for `resnetc seed` (default: 0)")
+    parser.add_argument("--no-openvino", action="store_true", help="skip OpenVINO even if installed")
+    parser.add_argument("--no-check", action="store_true", help="skip the correctness comparison")
+    parser.add_argument("--resnetc", type=Path, default=Path(os.environ.get("RESNETC_BIN", REPO / "target/release/resnetc")),
+                        help="resnetc binary (default: $RESNETC_BIN or target/release/resnetc)")
+    parser.add_argument("--out", type=Path, default=REPO / "bench/out", help="output directory (default: bench/out)")
+    args = parser.parse_args()
+
+    if not args.resnetc.exists():
+        parser.error(f"{args.resnetc} does not exist: build it with `cargo build --release -p resnetc-compiler --bin resnetc`")
+    args.out.mkdir(parents=True, exist_ok=True)
+    notes: list[str] = []
+
+    import onnxruntime as ort
+    import torch
+
+    ov = None
+    if not args.no_openvino:
+        try:
+            import openvino as ov  # noqa: F811
+        except Exception as e:  # ImportError, or a broken installation
+            notes.append(f"OpenVINO skipped: import failed ({type(e).__name__}: {e})")
+    else:
+        notes.append("OpenVINO skipped: --no-openvino")
+
+    versions = f"onnxruntime {ort.__version__}; torch {torch.__version__}"
+    if ov is not None:
+        versions += f"; openvino {ov.__version__}"
+    flags = cpu_flags()
+    simd = [f for f in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile") if f in flags]
+    meta = {
+        "cpu": cpu_model() + (f" [{' '.join(simd)}]" if simd else ""),
+        "cpus": os.cpu_count(),
+        "cpus_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "date": datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z"),
+        "resnetc_commit": git_describe(),
+        "resnetc_binary": str(args.resnetc),
+        "versions": versions,
+        "python": sys.version.split()[0],
+        "protocol": (
+            f"{args.rounds} interleaved round(s) per configuration, figures are medians of round medians; "
+            f"ORT/OpenVINO: {args.warmup} warm-up runs, then >= {args.runs} runs and >= {args.min_seconds:g} s per round; "
+            f"resnetc: `resnetc bench --runs {args.runs}` (its own warm-up and minimum time)"
+        ),
+        "loadavg_start": load_average(),
+        "seed": args.seed,
+    }
+    log(f"# {meta['cpu']}, {meta['cpus']} CPUs, load {meta['loadavg_start']}")
+
+    meter = CpuMeter()
+    rows: list[dict] = []
+    checks: list[dict] = []
+    rejected: dict[str, str] = {}  # backend -> resnetc's message
+
+    for model in args.models:
+        log(f"## {model}: seeding weights, exporting ONNX")
+        weights = seed_weights(args.resnetc, model, args.out, args.seed)
+        net = torchvision_model(model, weights)
+        onnx_paths = {b: export_onnx(net, model, b, args.out, args.seed) for b in args.batch}
+
+        if not args.no_check:
+            b = args.batch[0]
+            x_path = args.out / f"{model}-input-b{b}.npy"
+            subprocess.run([str(args.resnetc), "seed", model, "input", "-o", str(x_path),
+                            "--seed", str(args.seed + 1), "--batch", str(b)], check=True)
+            x = np.load(x_path).astype(np.float32)
+            with torch.no_grad():
+                y_torch = net(torch.from_numpy(x)).numpy()
+            sess = ort.InferenceSession(str(onnx_paths[b]), providers=["CPUExecutionProvider"])
+            y_ort = sess.run(None, {sess.get_inputs()[0].name: x})[0]
+            del sess
+            checks.append({"model": model, "batch": b, "what": "torch eager vs ORT",
+                           "value": f"{rel_err(y_torch, y_ort):.2e}", "rel_err": rel_err(y_torch, y_ort), "ref_max": float(np.abs(y_ort).max())})
+            y_path = args.out / f"{model}-resnetc-b{b}.npy"
+            proc = subprocess.run([str(args.resnetc), "run", model, "--weights", str(weights), "--input", str(x_path),
+                                   "--output", str(y_path), "--backend", "cranelift"], capture_output=True, text=True)
+            if proc.returncode == 0:
+                err = rel_err(np.load(y_path), y_ort)
+                checks.append({"model": model, "batch": b, "what": "resnetc cranelift vs ORT",
+                               "value": f"{err:.2e}", "rel_err": err, "ref_max": float(np.abs(y_ort).max())})
+            else:
+                msg = (proc.stderr.strip() or "no message").splitlines()[-1]
+                checks.append({"model": model, "batch": b, "what": "resnetc cranelift vs ORT",
+                               "value": f"failed: {msg}", "rel_err": None})
+            if ov is not None:
+                compiled = ov.Core().compile_model(str(onnx_paths[b]), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+                y_ov = compiled.create_infer_request().infer({0: x})[0]
+                err = rel_err(y_ov, y_ort)
+                checks.append({"model": model, "batch": b, "what": "OpenVINO vs ORT", "value": f"{err:.2e}", "rel_err": err,
+                               "ref_max": float(np.abs(y_ort).max())})
+                del compiled
+            log("   " + "; ".join(f"{c['what']}: {c['value']}" for c in checks if c["model"] == model))
+        del net
+
+        for batch in args.batch:
+            x = np.random.default_rng(args.seed).standard_normal((batch, 3, 224, 224), dtype=np.float32)
+            for threads in args.threads:
+                log(f"## {model} threads={threads} batch={batch}")
+                engines = [onnxruntime_engine(ort, onnx_paths[batch], threads, x, args)]
+                if ov is not None:
+                    try:
+                        engines.append(openvino_engine(ov, onnx_paths[batch], threads, x, args))
+                    except Exception as e:
+                        notes.append(f"OpenVINO failed for {model} threads={threads} batch={batch}: {e}")
+                for backend in args.backends:
+                    engine = resnetc_engine(args.resnetc, model, backend, threads, batch, weights, args)
+                    if backend in rejected:
+                        engine.failed = rejected[backend]
+                    engines.append(engine)
+
+                for rnd in range(args.rounds):
+                    order = engines if rnd % 2 == 0 else list(reversed(engines))
+                    for engine in order:
+                        if engine.failed:
+                            continue
+                        mark = meter.start()
+                        try:
+                            stats, extra = engine.measure()
+                        except Exception as e:
+                            engine.failed = str(e)
+                            if engine.name.startswith("resnetc "):
+                                rejected[engine.name.split(" ", 1)[1]] = str(e)
+                            log(f"   {engine.name}: skipped ({e})")
+                            continue
+                        other = meter.stop(mark)
+                        engine.rounds.append({**stats.__dict__, **extra, "other_cpu_pct": other})
+                        log(f"   round {rnd + 1}: {engine.name:<22} median {stats.median_ms:8.2f} ms"
+                            f"  (min {stats.min_ms:.2f}, max {stats.max_ms:.2f}, {stats.runs} runs,"
+                            f" other CPU {fmt(other, 0)}%)")
+
+                ort_median = None
+                for engine in engines:
+                    row = {"model": model, "threads": threads, "batch": batch, "engine": engine.name}
+                    if not engine.rounds:
+                        row["failed"] = engine.failed or "no measurement"
+                        rows.append(row)
+                        continue
+                    median = statistics.median(r["median_ms"] for r in engine.rounds)
+                    others = [r["other_cpu_pct"] for r in engine.rounds if r["other_cpu_pct"] is not None]
+                    if engine is engines[0]:
+                        ort_median = median
+                    row.update({
+                        "median_ms": median,
+                        "min_ms": min(r["min_ms"] for r in engine.rounds),
+                        "max_ms": max(r["max_ms"] for r in engine.rounds),
+                        "images_per_s": batch * 1e3 / median,
+                        "ratio_to_ort": median / ort_median if ort_median else None,
+                        "compile_ms": engine.compile_ms,
+                        "other_cpu_pct": statistics.mean(others) if others else None,
+                        "rounds": engine.rounds,
+                    })
+                    if engine.note:
+                        row["note"] = engine.note
+                    rows.append(row)
+                del engines
+
+    for backend, message in rejected.items():
+        notes.append(f"resnetc backend `{backend}` skipped: {message}")
+    for row in rows:
+        if row.get("note") and row["engine"].startswith("openvino"):
+            notes.append(f"OpenVINO effective settings ({row['model']}, threads={row['threads']}): {row['note']}")
+    notes.append("compile ms: ORT session creation, OpenVINO read+compile_model, resnetc's compile time "
+                 "as reported by `resnetc bench` (excludes weight loading).")
+    meta["loadavg_end"] = load_average()
+
+    text = markdown(meta, rows, checks, notes)
+    (args.out / "results.md").write_text(text)
+    (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": rows, "correctness": checks,
+                                                       "notes": notes}, indent=2) + "\n")
+    print(text, end="")
+    log(f"wrote {args.out / 'results.md'} and {args.out / 'results.json'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

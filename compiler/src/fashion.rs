@@ -1,0 +1,196 @@
+//! The Fashion-MNIST workflows: `resnetc eval` over the test set, and `resnetc demo`, which
+//! classifies the bundled images with the bundled trained model.
+
+use crate::bench;
+use crate::jit_model::JitModel;
+use crate::spec::{self, Spec};
+use crate::weights;
+use anyhow::{bail, Context, Result};
+use resnetc_runtime::{idx, image, preprocess, Tensor};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+/// Where Debian's `dataset-fashion-mnist` package installs the data.
+pub const DEFAULT_DIR: &str = "/usr/share/datasets/fashion-mnist";
+
+pub const CLASSES: [&str; 10] =
+    ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"];
+
+/// The bundled model's directory: `examples/fashion` under the current directory, or
+/// under the source tree this binary was built from.
+pub fn bundled_dir() -> Result<PathBuf> {
+    let here = PathBuf::from("examples/fashion");
+    let built = Path::new(env!("CARGO_MANIFEST_DIR")).join("../examples/fashion");
+    [here, built]
+        .into_iter()
+        .find(|d| d.join("model.toml").is_file())
+        .context("cannot find the bundled model (examples/fashion/model.toml); run from the repository root")
+}
+
+/// The test images (N, 1, 28, 28) scaled to [0, 1], and their labels.
+pub fn test_set(dir: &Path) -> Result<(Tensor, Vec<u8>)> {
+    let find = |stem: &str| -> Result<PathBuf> {
+        [format!("{stem}.gz"), stem.to_string()].iter().map(|n| dir.join(n)).find(|p| p.is_file()).with_context(|| {
+            format!("{}: no {stem}[.gz] (install Debian's dataset-fashion-mnist, or give its directory)", dir.display())
+        })
+    };
+    let images = idx::read(&find("t10k-images-idx3-ubyte")?)?;
+    let labels = idx::read(&find("t10k-labels-idx1-ubyte")?)?;
+    match (&images.dims[..], &labels.dims[..]) {
+        ([n, 28, 28], [m]) if n == m => {}
+        (a, b) => bail!("{}: unexpected image dimensions {a:?} / label dimensions {b:?}", dir.display()),
+    }
+    let n = labels.dims[0];
+    let x = images.data.iter().map(|&b| b as f32 / 255.0).collect();
+    Ok((Tensor::new(vec![n, 1, 28, 28], x), labels.data))
+}
+
+fn check_model(spec: &Spec) -> Result<()> {
+    if spec.input != [1, 28, 28] || spec.num_classes != 10 {
+        bail!(
+            "model `{}` takes {:?} with {} classes; Fashion-MNIST needs [1, 28, 28] and 10",
+            spec.name,
+            spec.input,
+            spec.num_classes
+        );
+    }
+    Ok(())
+}
+
+/// Runs the whole test set; prints accuracy, the confusion matrix and, given PyTorch's
+/// predictions (one class per line), how many predictions agree. Returns (accuracy,
+/// agreements) for tests.
+pub fn eval(model: &JitModel, dir: &Path, compare: Option<&Path>, batch: usize) -> Result<(f64, Option<usize>)> {
+    check_model(&model.spec)?;
+    let (x, labels) = test_set(dir)?;
+    let n = labels.len();
+    let per = 28 * 28;
+    let mut preds = Vec::with_capacity(n);
+    let mut logits = vec![0.0f32; batch * 10];
+    let start = Instant::now();
+    for (b, chunk) in x.data().chunks(batch * per).enumerate() {
+        let m = chunk.len() / per;
+        model.forward_into(chunk, &mut logits[..m * 10], m)?;
+        preds.extend(logits[..m * 10].chunks(10).map(argmax));
+        let done = b * batch + m;
+        let width = 40 * done / n;
+        if width != 40 * (done - m) / n || done == n {
+            eprint!("\r[{}{}] {done}/{n}", "=".repeat(width), " ".repeat(40 - width));
+            let _ = std::io::stderr().flush();
+        }
+    }
+    eprintln!(" in {:.2} s", start.elapsed().as_secs_f64());
+    let correct = preds.iter().zip(&labels).filter(|(p, l)| **p == **l as usize).count();
+    let accuracy = correct as f64 / n as f64;
+    println!("accuracy {:.2}% ({correct}/{n})", 100.0 * accuracy);
+    println!("confusion matrix (rows: true class, columns: predicted):");
+    print!("{:>12}", "");
+    for j in 0..10 {
+        print!("{j:>6}");
+    }
+    println!();
+    for (i, name) in CLASSES.iter().enumerate() {
+        print!("{:>9} {i:>2}", &name[..name.len().min(9)]);
+        for j in 0..10 {
+            print!("{:>6}", preds.iter().zip(&labels).filter(|(p, l)| **l as usize == i && **p == j).count());
+        }
+        println!();
+    }
+    let agree = match compare {
+        None => None,
+        Some(path) => {
+            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+            let theirs: Vec<usize> = text
+                .lines()
+                .enumerate()
+                .map(|(i, l)| {
+                    l.trim().parse().with_context(|| format!("{}: line {}: not a class index", path.display(), i + 1))
+                })
+                .collect::<Result<_>>()?;
+            if theirs.len() != n {
+                bail!("{}: {} predictions for {n} test images", path.display(), theirs.len());
+            }
+            let same = preds.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+            println!("agrees with PyTorch on {same}/{n} predictions");
+            Some(same)
+        }
+    };
+    Ok((accuracy, agree))
+}
+
+fn argmax(row: &[f32]) -> usize {
+    row.iter().enumerate().fold(0, |b, (i, v)| if *v > row[b] { i } else { b })
+}
+
+/// One bundled image's result.
+pub struct Classified {
+    pub file: String,
+    pub label: usize,
+    pub predicted: usize,
+    pub confidence: f64,
+    pub pytorch: Option<usize>,
+}
+
+/// Compiles the bundled model with the JIT and classifies the bundled images.
+pub fn demo(threads: usize) -> Result<Vec<Classified>> {
+    let dir = bundled_dir()?;
+    let spec = spec::load(&dir.join("model.toml"))?;
+    check_model(&spec)?;
+    let graph = crate::from_spec::build(&spec)?;
+    let tensors = weights::load(&graph, &dir.join("model.safetensors"))?;
+    let t = Instant::now();
+    let model = JitModel::new(&spec, &tensors, threads)?;
+    let compile_ms = t.elapsed().as_secs_f64() * 1e3;
+    println!(
+        "compiled {} ({} kernels, {} KiB of machine code) with Cranelift in {compile_ms:.1} ms",
+        spec.name,
+        model.program.kernels.len(),
+        model.stats.code_bytes / 1024
+    );
+    let labels_path = dir.join("images/labels.txt");
+    let text =
+        std::fs::read_to_string(&labels_path).with_context(|| format!("{}: cannot read", labels_path.display()))?;
+    let mut results = vec![];
+    for (i, line) in text.lines().filter(|l| !l.trim().is_empty()).enumerate() {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let bad =
+            || format!("{}: line {}: expected `<file> <label> <pytorch prediction>`", labels_path.display(), i + 1);
+        let (file, label) = match fields[..] {
+            [f, l, ..] => (f, l.parse::<usize>().with_context(bad)?),
+            _ => bail!(bad()),
+        };
+        let pytorch = fields.get(2).and_then(|p| p.parse().ok());
+        let img = image::decode(&dir.join("images").join(file))?;
+        let x = preprocess::image_to_input(&img, spec.input).with_context(|| file.to_string())?;
+        let y = model.forward(&x)?;
+        let row = y.data();
+        let predicted = argmax(row);
+        let max = row[predicted];
+        let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
+        results.push(Classified { file: file.to_string(), label, predicted, confidence: 1.0 / sum, pytorch });
+    }
+    println!("{:<28} {:<12} {:<12} {:>10}  ", "image", "label", "predicted", "confidence");
+    for r in &results {
+        let mark = if r.predicted == r.label { "right" } else { "WRONG" };
+        let torch = match r.pytorch {
+            Some(p) if p == r.predicted => "(same as PyTorch)".to_string(),
+            Some(p) => format!("(PyTorch: {})", CLASSES[p]),
+            None => String::new(),
+        };
+        println!(
+            "{:<28} {:<12} {:<12} {:>9.1}%  {mark} {torch}",
+            r.file,
+            CLASSES[r.label],
+            CLASSES[r.predicted],
+            100.0 * r.confidence
+        );
+    }
+    let right = results.iter().filter(|r| r.predicted == r.label).count();
+    println!("accuracy {right}/{} ({:.1}%)", results.len(), 100.0 * right as f64 / results.len().max(1) as f64);
+    let x = weights::seeded_input(spec.input, 1, 0);
+    let mut y = vec![0.0f32; 10];
+    let stats = bench::measure(5, 50, 2000, 0.5, || model.forward_into(x.data(), &mut y, 1).expect("sizes match"));
+    println!("latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)", stats.median, stats.min);
+    Ok(results)
+}
