@@ -25,6 +25,7 @@ pub mod passes;
 pub mod plan;
 pub mod plan_exec;
 pub mod reference;
+pub mod rustgen;
 pub mod spec;
 pub mod target;
 pub mod weights;

@@ -2,10 +2,11 @@
 //! its safetensors file. Loading checks names and shapes; seeding fills them reproducibly.
 
 use crate::graph::{Graph, Op};
-use anyhow::{bail, Result};
+use anyhow::Result;
+use resnetc_runtime::check::check_tensors;
 use resnetc_runtime::safetensors::{self, Tensors};
 use resnetc_runtime::seeded::{self, Role};
-use resnetc_runtime::tensor::{shape_str, Tensor};
+use resnetc_runtime::tensor::Tensor;
 use std::path::Path;
 
 /// One expected tensor.
@@ -65,30 +66,8 @@ pub fn seeded_input(shape: [usize; 3], n: usize, seed: u64) -> Tensor {
 /// Checks that `tensors` holds exactly the graph's tensors with the expected shapes, all
 /// finite. Errors name the tensor and both shapes.
 pub fn check(graph: &Graph, tensors: &Tensors) -> Result<()> {
-    let expected = manifest(graph);
-    for e in &expected {
-        let Some(t) = tensors.get(&e.name) else {
-            bail!("missing tensor `{}` (expected shape {})", e.name, shape_str(&e.shape));
-        };
-        if t.shape() != e.shape.as_slice() {
-            bail!(
-                "tensor `{}` has shape {} but the model expects {}",
-                e.name,
-                shape_str(t.shape()),
-                shape_str(&e.shape)
-            );
-        }
-        if let Some(i) = t.data().iter().position(|v| !v.is_finite()) {
-            bail!("tensor `{}` holds a non-finite value ({}) at index {i}", e.name, t.data()[i]);
-        }
-    }
-    if tensors.len() > expected.len() {
-        let extra = tensors.iter().find(|(name, _)| !expected.iter().any(|e| &e.name == *name));
-        if let Some((name, t)) = extra {
-            bail!("unexpected tensor `{name}` with shape {}: the model has no such parameter", shape_str(t.shape()));
-        }
-    }
-    Ok(())
+    let expected: Vec<(String, Vec<usize>)> = manifest(graph).into_iter().map(|e| (e.name, e.shape)).collect();
+    check_tensors(&expected, tensors)
 }
 
 /// Loads a safetensors file and checks it against the graph; errors name the file.

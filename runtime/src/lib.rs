@@ -2,11 +2,13 @@
 //! backend shares: tensors, `.npy`, safetensors and image I/O, the seeded weight
 //! generator, and (in later modules) weight transforms, the arena and the thread pool.
 
+pub mod check;
 pub mod classes;
 pub mod exec;
 pub mod fold;
 pub mod idx;
 pub mod image;
+pub mod model;
 pub mod npy;
 pub mod pack;
 pub mod pool;
@@ -14,8 +16,10 @@ pub mod preprocess;
 pub mod runner;
 pub mod safetensors;
 pub mod seeded;
+pub mod simd;
 pub mod tensor;
 
+pub use anyhow;
 pub use tensor::Tensor;
 
 use anyhow::{bail, Context, Result};

@@ -1,0 +1,135 @@
+//! A compiled model ready to run, whatever produced its kernels (Cranelift JIT or rustc
+//! through the `resnet!` macro): kernel calls, packed weights, a thread pool and a cache of
+//! arenas so that a forward call allocates nothing once warm.
+
+use crate::exec::{self, Aligned, Call, Sizes};
+use crate::pool::Pool;
+use crate::tensor::{shape_str, Tensor};
+use anyhow::{bail, Result};
+use std::sync::Mutex;
+
+pub struct Model {
+    pub name: String,
+    /// `[C, H, W]` of one input image.
+    pub input: [usize; 3],
+    pub classes: usize,
+    calls: Vec<Call>,
+    weights: Aligned,
+    sizes: Sizes,
+    pool: Pool,
+    /// Arenas of finished calls, reused by the next ones (one per concurrent caller).
+    arenas: Mutex<Vec<Aligned>>,
+}
+
+impl Model {
+    /// # Safety
+    /// `calls` must be kernels generated for exactly these sizes and this weight blob.
+    pub unsafe fn new(
+        name: &str,
+        input: [usize; 3],
+        classes: usize,
+        calls: Vec<Call>,
+        weights: &[f32],
+        arena_floats: usize,
+        threads: usize,
+    ) -> Result<Model> {
+        let sizes = Sizes { arena_floats, input_floats: input.iter().product(), output_floats: classes };
+        Ok(Model {
+            name: name.to_string(),
+            input,
+            classes,
+            calls,
+            weights: Aligned::from_slice(weights)?,
+            sizes,
+            pool: Pool::new(threads),
+            arenas: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// Uses `threads` threads (the caller and `threads - 1` workers) from now on.
+    pub fn set_threads(&mut self, threads: usize) {
+        self.pool = Pool::new(threads.max(1));
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// Runs a batch `[N, C, H, W]`, returning logits `[N, classes]`.
+    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
+        let [c, h, w] = self.input;
+        let n = match input.shape() {
+            [n, ic, ih, iw] if [*ic, *ih, *iw] == [c, h, w] && *n > 0 => *n,
+            other => bail!("input has shape {} but the model expects [N, {c}, {h}, {w}]", shape_str(other)),
+        };
+        let mut out = vec![0.0f32; n * self.classes];
+        self.forward_into(input.data(), &mut out, n)?;
+        Ok(Tensor::new(vec![n, self.classes], out))
+    }
+
+    /// Runs `n` images from `input` into `output`.
+    pub fn forward_into(&self, input: &[f32], output: &mut [f32], n: usize) -> Result<()> {
+        self.forward_timed(input, output, n, None)
+    }
+
+    /// [`forward_into`](Self::forward_into), adding each call's seconds to `timings`.
+    pub fn forward_timed(
+        &self,
+        input: &[f32],
+        output: &mut [f32],
+        n: usize,
+        timings: Option<&mut [f64]>,
+    ) -> Result<()> {
+        if n == 0 || input.len() != n * self.sizes.input_floats || output.len() != n * self.sizes.output_floats {
+            bail!(
+                "forward: buffers of {} input and {} output floats do not hold {n} images",
+                input.len(),
+                output.len()
+            );
+        }
+        let need = n * self.sizes.arena_floats;
+        let cached = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let mut arena = match cached {
+            Some(a) if a.len() >= need => a,
+            _ => Aligned::zeroed(need)?,
+        };
+        // SAFETY: the kernels were generated for these sizes (constructor's contract).
+        unsafe { exec::run(&self.calls, self.sizes, &self.weights, &mut arena, input, output, n, &self.pool, timings) };
+        self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
+        Ok(())
+    }
+}
+
+/// Everything the Rust backend generates about a model besides its kernels.
+pub struct ModelDef {
+    pub name: &'static str,
+    pub input: [usize; 3],
+    pub classes: usize,
+    pub arena_floats: usize,
+    pub weight_floats: usize,
+    /// Tensors the weights file must hold: torchvision name and shape.
+    pub expected: &'static [(&'static str, &'static [usize])],
+    pub recipes: &'static [crate::pack::Recipe],
+    /// Per call: kernel index, tasks per image, arguments.
+    pub calls: &'static [(usize, usize, &'static [crate::exec::Arg])],
+}
+
+impl Model {
+    /// Packs `tensors` and assembles the model from generated parts.
+    ///
+    /// # Safety
+    /// `kernels` must be the kernels generated together with `def`.
+    pub unsafe fn from_def(
+        def: &ModelDef,
+        kernels: &[crate::exec::KernelFn],
+        tensors: &crate::safetensors::Tensors,
+        threads: usize,
+    ) -> Result<Model> {
+        crate::check::check_tensors(def.expected, tensors)?;
+        let blob = crate::pack::build_blob(def.recipes, def.weight_floats, tensors)?;
+        let calls =
+            def.calls.iter().map(|&(k, tasks, args)| Call { f: kernels[k], args: args.to_vec(), tasks }).collect();
+        // SAFETY: forwarded from the caller.
+        unsafe { Model::new(def.name, def.input, def.classes, calls, &blob, def.arena_floats, threads) }
+    }
+}
