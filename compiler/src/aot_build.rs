@@ -25,7 +25,7 @@ pub fn write_object(spec: &Spec, tensors: &Tensors, out: &Path) -> Result<PathBu
 fn object_and_header(spec: &Spec, tensors: &Tensors, with_main: bool) -> Result<(Vec<u8>, String)> {
     let p = program(spec)?;
     let blob = pack::build_blob(&p.recipes, p.weight_floats, tensors)?;
-    let prefix = aot::symbol_prefix(&spec.name);
+    let prefix = crate::identifier(&spec.name);
     let obj = aot::object(&p, &blob, &prefix, spec.input, with_main)?;
     Ok((obj, aot::header(&p, &prefix, spec.input, &spec.name)))
 }

@@ -25,7 +25,19 @@ pub mod passes;
 pub mod plan;
 pub mod plan_exec;
 pub mod reference;
+pub mod rust_build;
 pub mod rustgen;
 pub mod spec;
 pub mod target;
 pub mod weights;
+
+/// A C identifier made from a model name (lowercase alphanumerics and `_`, starting with a
+/// letter); names symbols, crates and generated types.
+pub fn identifier(name: &str) -> String {
+    let mut s: String =
+        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
+    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
+        s.insert_str(0, "m_");
+    }
+    s
+}

@@ -7,6 +7,7 @@ use resnetc::{
     aot_build, bench, cranelift, emit, fashion, from_spec, graph::Graph, inspect, kernels, passes, plan, reference,
     spec, target::Target, weights,
 };
+use resnetc::{rust_build, rustgen};
 use resnetc_runtime::{classes, image, npy, preprocess, safetensors};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -297,7 +298,22 @@ fn execute(command: Command) -> Result<()> {
             let y = match backend {
                 Backend::Reference => reference::run(&graph, &tensors, &x),
                 Backend::Cranelift => JitModel::new(&spec, &tensors, threads as usize)?.forward(&x),
-                Backend::Rust => bail!("--backend rust: not available in this build yet; use cranelift or reference"),
+                Backend::Rust => {
+                    // Compile the Rust backend's executable and let it do the run.
+                    let path =
+                        |p: &Path| std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf()).display().to_string();
+                    let mut args = vec!["--threads".to_string(), threads.to_string()];
+                    match (&input, &output, &img) {
+                        (Some(i), Some(o), _) => {
+                            let out_abs = std::env::current_dir()?.join(o);
+                            args.extend(["--input".into(), path(i), "--output".into(), out_abs.display().to_string()]);
+                        }
+                        (_, _, Some(i)) => args.push(path(i)),
+                        _ => unreachable!("checked above"),
+                    }
+                    print!("{}", rust_build::run_executable(&spec, &tensors, &args)?);
+                    return Ok(());
+                }
             }
             .with_context(|| input_name.clone())?;
             let elapsed = start.elapsed();
@@ -316,19 +332,28 @@ fn execute(command: Command) -> Result<()> {
         }
         Command::Build { model: name, weights: wpath, output, emit: kind, backend } => {
             let (spec, graph) = model(&name)?;
-            if backend != Backend::Cranelift {
-                bail!("build --backend rust: not available in this build yet; use --backend cranelift");
-            }
             let tensors = weights::load(&graph, &wpath)?;
-            match kind {
-                EmitKind::Obj => {
-                    let h = aot_build::write_object(&spec, &tensors, &output)?;
-                    eprintln!("wrote {} and {}", output.display(), h.display());
+            match (backend, kind) {
+                (Backend::Reference, _) => {
+                    bail!("build: the reference executor is an interpreter; use --backend cranelift or rust")
                 }
-                EmitKind::Exe => {
-                    aot_build::write_executable(&spec, &tensors, &output)?;
+                (Backend::Rust, EmitKind::Obj) => bail!(
+                    "build --backend rust --emit obj: use --emit exe, or `resnetc emit {name} rust` for the source"
+                ),
+                (Backend::Rust, EmitKind::Exe) => {
+                    rust_build::build_executable(&spec, &tensors, &output)?;
                     eprintln!("wrote {}", output.display());
                 }
+                (Backend::Cranelift, kind) => match kind {
+                    EmitKind::Obj => {
+                        let h = aot_build::write_object(&spec, &tensors, &output)?;
+                        eprintln!("wrote {} and {}", output.display(), h.display());
+                    }
+                    EmitKind::Exe => {
+                        aot_build::write_executable(&spec, &tensors, &output)?;
+                        eprintln!("wrote {}", output.display());
+                    }
+                },
             }
         }
         Command::Emit { model: name, stage, json, backend, kernel } => {
@@ -363,10 +388,10 @@ fn execute(command: Command) -> Result<()> {
                     cranelift_only(backend, "asm")?;
                     cranelift::asm::disassemble(&program()?.kernels, kernel.as_deref())?
                 }
-                (Stage::Rust, false) => bail!("emit rust: the Rust backend is not available in this build yet"),
+                (Stage::Rust, false) => rustgen::generate(&spec, &type_name(&spec.name), "pub", "::resnetc_runtime")?,
                 (_, true) => bail!("--json is available for the fused and memory stages"),
             };
-            print!("{text}");
+            write_stdout(&text)?;
         }
         Command::Bench { model: name, backend, threads, batch, weights: wpath, per_layer, runs, json } => {
             let (spec, graph) = model(&name)?;
@@ -377,7 +402,7 @@ fn execute(command: Command) -> Result<()> {
             let report = match backend {
                 Backend::Cranelift => bench_jit(&spec, &tensors, threads as usize, batch as usize, per_layer, runs)?,
                 Backend::Reference => bail!("bench: the reference executor is an oracle, not a benchmark target"),
-                Backend::Rust => bail!("--backend rust: not available in this build yet"),
+                Backend::Rust => bench_rust(&spec, &tensors, threads as usize, batch as usize, runs)?,
             };
             if json {
                 println!("{}", serde_json::to_string_pretty(&report.json())?);
@@ -411,6 +436,37 @@ fn cranelift_only(backend: Backend, stage: &str) -> Result<()> {
         bail!("emit {stage}: shows Cranelift output; use --backend cranelift");
     }
     Ok(())
+}
+
+/// Builds the Rust backend's executable and lets it time itself.
+fn bench_rust(
+    spec: &spec::Spec,
+    tensors: &resnetc_runtime::safetensors::Tensors,
+    threads: usize,
+    batch: usize,
+    runs: usize,
+) -> Result<bench::Report> {
+    let t = Instant::now();
+    let args: Vec<String> =
+        ["--bench", &runs.max(10).to_string(), "--batch", &batch.to_string(), "--threads", &threads.to_string()]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+    let text = rust_build::run_executable(spec, tensors, &args)?;
+    let build_ms = t.elapsed().as_secs_f64() * 1e3;
+    let v: serde_json::Value = serde_json::from_str(text.trim()).context("the model executable printed no timing")?;
+    let f = |k: &str| v[k].as_f64().unwrap_or(f64::NAN);
+    let graph = from_spec::build(spec)?;
+    Ok(bench::Report {
+        model: spec.name.clone(),
+        backend: "rust".into(),
+        threads,
+        batch,
+        macs_per_image: inspect::layers(&graph).iter().map(|l| l.macs).sum(),
+        compile_ms: build_ms,
+        stats: bench::Stats { median: f("median_ms"), min: f("min_ms"), max: f("max_ms"), runs: f("runs") as usize },
+        layers: vec![],
+    })
 }
 
 /// Compiles with the JIT and measures batch latency (and per-kernel times if asked).
@@ -465,6 +521,24 @@ fn bench_jit(
         stats,
         layers,
     })
+}
+
+/// Prints to stdout; a closed pipe (`resnetc emit ... | head`) ends quietly.
+fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    match std::io::stdout().write_all(text.as_bytes()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("cannot write to stdout"),
+    }
+}
+
+/// `resnet50` -> `Resnet50`, `wide_resnet50_2` -> `WideResnet502`: the type `emit rust` names.
+fn type_name(model: &str) -> String {
+    resnetc::identifier(model)
+        .split('_')
+        .filter(|p| !p.is_empty())
+        .map(|p| p[..1].to_ascii_uppercase() + &p[1..])
+        .collect()
 }
 
 /// The code-generation target of a backend on this machine.

@@ -307,6 +307,11 @@ impl {ty} {{
     pub fn model(&self) -> &{rt}::model::Model {{
         &self.model
     }}
+
+    /// The runtime model, by value.
+    pub fn into_model(self) -> {rt}::model::Model {{
+        self.model
+    }}
 }}"#,
         name = spec.name,
         ty = type_name,

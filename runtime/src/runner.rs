@@ -8,11 +8,12 @@
 //! ```text
 //! model --input X.npy --output Y.npy [--threads N]
 //! model photo.jpg [--threads N]          (prints the top-5 classes)
+//! model --bench RUNS [--batch N] [--threads N]   (prints timing JSON)
 //! ```
 
-use crate::exec::{self, Aligned, Arg, Call, KernelFn, Sizes};
-use crate::pool::Pool;
-use crate::{classes, image, npy, preprocess, Tensor};
+use crate::exec::{Arg, Call, KernelFn};
+use crate::model::Model;
+use crate::{classes, image, npy, preprocess};
 use anyhow::{bail, Context, Result};
 use std::ffi::{c_char, c_int, CStr};
 use std::path::PathBuf;
@@ -66,15 +67,52 @@ pub unsafe extern "C" fn resnetc_runner_main(
     argv: *const *const c_char,
     model: *const ModelDesc,
 ) -> c_int {
-    // Never let a panic unwind into the caller's frames (C ABI).
-    let result = std::panic::catch_unwind(|| {
-        // SAFETY: guaranteed by the caller.
-        let args: Vec<String> = (1..argc.max(0) as usize)
-            .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_string_lossy().into_owned())
+    // SAFETY: guaranteed by the caller.
+    let args: Vec<String> = (1..argc.max(0) as usize)
+        .map(|i| unsafe { CStr::from_ptr(*argv.add(i)) }.to_string_lossy().into_owned())
+        .collect();
+    // SAFETY: guaranteed by the caller.
+    let m = unsafe { &*model };
+    let shape = [m.input_c as usize, m.input_h as usize, m.input_w as usize];
+    main_with(&args, shape, m.classes as usize, |threads| {
+        if m.version != DESC_VERSION {
+            bail!("model descriptor version {} is not the runtime's {DESC_VERSION}", m.version);
+        }
+        // SAFETY: the descriptor's pointers come from the same object file.
+        let calls: Vec<Call> = unsafe { std::slice::from_raw_parts(m.calls, m.ncalls as usize) }
+            .iter()
+            .map(|c| Call {
+                f: c.f,
+                tasks: c.tasks as usize,
+                args: c.args[..c.nargs as usize]
+                    .iter()
+                    .map(|a| match a.kind {
+                        0 => Arg::Arena(a.offset as usize),
+                        1 => Arg::Weights(a.offset as usize),
+                        2 => Arg::Input,
+                        _ => Arg::Output,
+                    })
+                    .collect(),
+            })
             .collect();
-        // SAFETY: guaranteed by the caller.
-        run(&args, unsafe { &*model })
-    });
+        // SAFETY: as above; the kernels were generated for these sizes and weights.
+        unsafe {
+            let weights = std::slice::from_raw_parts(m.weights, m.weight_floats as usize);
+            Model::new("model", shape, m.classes as usize, calls, weights, m.arena_floats as usize, threads)
+        }
+    })
+}
+
+/// The command line of a model executable: parses `args`, builds the model with `make`
+/// (given the thread count), runs it, and returns the process exit code. Errors are one
+/// line on stderr; a panic never escapes.
+pub fn main_with(
+    args: &[String],
+    shape: [usize; 3],
+    classes: usize,
+    make: impl FnOnce(usize) -> Result<Model>,
+) -> c_int {
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(args, shape, classes, make)));
     match result {
         Ok(Ok(())) => 0,
         Ok(Err(e)) => {
@@ -93,10 +131,20 @@ struct Options {
     output: Option<PathBuf>,
     image: Option<PathBuf>,
     threads: usize,
+    /// `--bench RUNS`: time RUNS forward calls on a batch of `batch` and print JSON.
+    bench: Option<usize>,
+    batch: usize,
+}
+
+fn count(flag: &str, v: &str, max: usize) -> Result<usize> {
+    v.parse()
+        .ok()
+        .filter(|&t| (1..=max).contains(&t))
+        .with_context(|| format!("{flag}: `{v}` is not a count from 1 to {max}"))
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { input: None, output: None, image: None, threads: 1 };
+    let mut o = Options { input: None, output: None, image: None, threads: 1, bench: None, batch: 1 };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().cloned().with_context(|| format!("{flag} needs a value"));
@@ -104,21 +152,17 @@ fn parse(args: &[String]) -> Result<Options> {
             "--input" => o.input = Some(value("--input")?.into()),
             "--output" => o.output = Some(value("--output")?.into()),
             "--image" => o.image = Some(value("--image")?.into()),
-            "--threads" => {
-                let v = value("--threads")?;
-                o.threads = v
-                    .parse()
-                    .ok()
-                    .filter(|&t| (1..=256).contains(&t))
-                    .with_context(|| format!("--threads: `{v}` is not a count from 1 to 256"))?;
-            }
-            "-h" | "--help" => {
-                bail!("usage: MODEL --input X.npy --output Y.npy [--threads N] | MODEL IMAGE [--threads N]")
-            }
+            "--threads" => o.threads = count("--threads", &value("--threads")?, 256)?,
+            "--bench" => o.bench = Some(count("--bench", &value("--bench")?, 1_000_000)?),
+            "--batch" => o.batch = count("--batch", &value("--batch")?, 4096)?,
+            "-h" | "--help" => bail!("usage: MODEL --input X.npy --output Y.npy [--threads N] | MODEL IMAGE [--threads N] | MODEL --bench RUNS [--batch N] [--threads N]"),
             s if s.starts_with('-') => bail!("unknown option `{s}` (try --help)"),
             s if o.image.is_none() => o.image = Some(s.into()),
             s => bail!("unexpected argument `{s}`"),
         }
+    }
+    if o.bench.is_some() {
+        return Ok(o);
     }
     match (&o.input, &o.output, &o.image) {
         (Some(_), Some(_), None) | (None, None, Some(_)) => Ok(o),
@@ -129,12 +173,34 @@ fn parse(args: &[String]) -> Result<Options> {
     }
 }
 
-fn run(args: &[String], m: &ModelDesc) -> Result<()> {
-    if m.version != DESC_VERSION {
-        bail!("model descriptor version {} is not the runtime's {DESC_VERSION}", m.version);
-    }
+fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usize) -> Result<Model>) -> Result<()> {
     let o = parse(args)?;
-    let shape = [m.input_c as usize, m.input_h as usize, m.input_w as usize];
+    if let Some(runs) = o.bench {
+        let start = std::time::Instant::now();
+        let model = make(o.threads)?;
+        let setup_ms = start.elapsed().as_secs_f64() * 1e3;
+        let x = vec![0.5f32; o.batch * shape.iter().product::<usize>()];
+        let mut y = vec![0.0f32; o.batch * classes];
+        for _ in 0..3 {
+            model.forward_into(&x, &mut y, o.batch)?;
+        }
+        let mut times = Vec::with_capacity(runs);
+        for _ in 0..runs {
+            let t = std::time::Instant::now();
+            model.forward_into(&x, &mut y, o.batch)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+        }
+        times.sort_by(f64::total_cmp);
+        let median = if runs % 2 == 1 { times[runs / 2] } else { (times[runs / 2 - 1] + times[runs / 2]) / 2.0 };
+        println!(
+            "{{\"median_ms\": {median}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {runs}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}}}",
+            times[0],
+            times[runs - 1],
+            o.batch,
+            o.threads
+        );
+        return Ok(());
+    }
     let x = match (&o.input, &o.image) {
         (Some(p), _) => npy::read(p)?,
         (None, Some(p)) => {
@@ -142,44 +208,12 @@ fn run(args: &[String], m: &ModelDesc) -> Result<()> {
         }
         (None, None) => unreachable!("checked by parse"),
     };
-    let n = match x.shape() {
-        [n, c, h, w] if [*c, *h, *w] == shape && *n > 0 => *n,
-        other => bail!("input has shape {other:?} but the model expects [N, {}, {}, {}]", shape[0], shape[1], shape[2]),
-    };
-    // SAFETY: the descriptor's pointers come from the same object file.
-    let calls: Vec<Call> = unsafe { std::slice::from_raw_parts(m.calls, m.ncalls as usize) }
-        .iter()
-        .map(|c| Call {
-            f: c.f,
-            tasks: c.tasks as usize,
-            args: c.args[..c.nargs as usize]
-                .iter()
-                .map(|a| match a.kind {
-                    0 => Arg::Arena(a.offset as usize),
-                    1 => Arg::Weights(a.offset as usize),
-                    2 => Arg::Input,
-                    _ => Arg::Output,
-                })
-                .collect(),
-        })
-        .collect();
-    // SAFETY: as above.
-    let weights = Aligned::from_slice(unsafe { std::slice::from_raw_parts(m.weights, m.weight_floats as usize) })?;
-    let sizes = Sizes {
-        arena_floats: m.arena_floats as usize,
-        input_floats: shape.iter().product(),
-        output_floats: m.classes as usize,
-    };
-    let mut arena = Aligned::zeroed(n * sizes.arena_floats)?;
-    let mut y = vec![0.0f32; n * sizes.output_floats];
-    let pool = Pool::new(o.threads);
-    // SAFETY: the kernels were generated for exactly these sizes.
-    unsafe { exec::run(&calls, sizes, &weights, &mut arena, x.data(), &mut y, n, &pool, None) };
-    let y = Tensor::new(vec![n, sizes.output_floats], y);
+    let model = make(o.threads)?;
+    let y = model.forward(&x)?;
     match &o.output {
         Some(p) => npy::write(p, &y),
         None => {
-            print!("{}", classes::top5_text(y.data(), sizes.output_floats));
+            print!("{}", classes::top5_text(y.data(), classes));
             Ok(())
         }
     }

@@ -21,16 +21,6 @@ use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, L
 use cranelift_object::{ObjectBuilder, ObjectModule};
 use resnetc_runtime::runner::{DESC_VERSION, MAX_ARGS};
 
-/// A C identifier made from a model name.
-pub fn symbol_prefix(name: &str) -> String {
-    let mut s: String =
-        name.chars().map(|c| if c.is_ascii_alphanumeric() { c.to_ascii_lowercase() } else { '_' }).collect();
-    if !s.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        s.insert_str(0, "m_");
-    }
-    s
-}
-
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("object file: {e}")
 }
