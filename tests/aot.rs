@@ -140,9 +140,22 @@ fn rust_backend_executable_matches_the_jit() {
     let dir = scratch("rust");
     let (spec_path, wpath, x, want) = setup(&dir, 2);
     let exe = dir.join("aotnet-rust");
-    resnetc(&["build", spec_path.to_str().unwrap(), "--weights", wpath.to_str().unwrap(), "-o", exe.to_str().unwrap(), "--backend", "rust"]);
+    resnetc(&[
+        "build",
+        spec_path.to_str().unwrap(),
+        "--weights",
+        wpath.to_str().unwrap(),
+        "-o",
+        exe.to_str().unwrap(),
+        "--backend",
+        "rust",
+    ]);
     npy::write(&dir.join("x.npy"), &x).unwrap();
-    let run = Command::new(&exe).current_dir(&dir).args(["--input", "x.npy", "--output", "y.npy", "--threads", "2"]).output().unwrap();
+    let run = Command::new(&exe)
+        .current_dir(&dir)
+        .args(["--input", "x.npy", "--output", "y.npy", "--threads", "2"])
+        .output()
+        .unwrap();
     assert!(run.status.success(), "executable failed: {}", String::from_utf8_lossy(&run.stderr));
     let y = npy::read(&dir.join("y.npy")).unwrap();
     let rel = support::agree(&y, &want).unwrap();
