@@ -24,6 +24,14 @@ fn resnetc(args: &[&str]) {
     assert!(out.status.success(), "resnetc {args:?}: {}", String::from_utf8_lossy(&out.stderr));
 }
 
+/// `resnetc build SPEC --weights W -o OUT EXTRA...`
+fn build(spec: &Path, weights: &Path, out: &Path, extra: &[&str]) {
+    let mut args =
+        vec!["build", spec.to_str().unwrap(), "--weights", weights.to_str().unwrap(), "-o", out.to_str().unwrap()];
+    args.extend_from_slice(extra);
+    resnetc(&args);
+}
+
 /// Spec file, weights file, input batch and the JIT's logits for it.
 fn setup(dir: &Path, batch: usize) -> (PathBuf, PathBuf, Tensor, Tensor) {
     let spec_path = dir.join("aotnet.toml");
@@ -66,16 +74,7 @@ fn c_program_links_the_object_and_matches_the_jit() {
     let dir = scratch("obj");
     let (spec_path, wpath, x, want) = setup(&dir, 3);
     let obj = dir.join("aotnet.o");
-    resnetc(&[
-        "build",
-        spec_path.to_str().unwrap(),
-        "--weights",
-        wpath.to_str().unwrap(),
-        "-o",
-        obj.to_str().unwrap(),
-        "--emit",
-        "obj",
-    ]);
+    build(&spec_path, &wpath, &obj, &["--emit", "obj"]);
     assert!(dir.join("aotnet.h").is_file(), "header written beside the object");
     std::fs::write(dir.join("main.c"), C_PROGRAM).unwrap();
     let exe = dir.join("prog");
@@ -98,16 +97,7 @@ fn executable_runs_from_a_temp_dir_and_matches_the_jit() {
     let dir = scratch("exe");
     let (spec_path, wpath, x, want) = setup(&dir, 2);
     let exe = dir.join("aotnet");
-    resnetc(&[
-        "build",
-        spec_path.to_str().unwrap(),
-        "--weights",
-        wpath.to_str().unwrap(),
-        "-o",
-        exe.to_str().unwrap(),
-        "--emit",
-        "exe",
-    ]);
+    build(&spec_path, &wpath, &exe, &["--emit", "exe"]);
     // Move it away from everything resnetc wrote: it must stand alone.
     let alone = scratch("exe-alone");
     std::fs::rename(&exe, alone.join("aotnet")).unwrap();
@@ -140,16 +130,7 @@ fn rust_backend_executable_matches_the_jit() {
     let dir = scratch("rust");
     let (spec_path, wpath, x, want) = setup(&dir, 2);
     let exe = dir.join("aotnet-rust");
-    resnetc(&[
-        "build",
-        spec_path.to_str().unwrap(),
-        "--weights",
-        wpath.to_str().unwrap(),
-        "-o",
-        exe.to_str().unwrap(),
-        "--backend",
-        "rust",
-    ]);
+    build(&spec_path, &wpath, &exe, &["--backend", "rust"]);
     npy::write(&dir.join("x.npy"), &x).unwrap();
     let run = Command::new(&exe)
         .current_dir(&dir)

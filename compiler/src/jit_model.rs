@@ -11,7 +11,6 @@ use resnetc_runtime::exec::Call;
 use resnetc_runtime::model::Model;
 use resnetc_runtime::pack;
 use resnetc_runtime::safetensors::Tensors;
-use resnetc_runtime::Tensor;
 
 /// Compile-time figures of a model.
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,25 +63,13 @@ impl JitModel {
         };
         Ok(JitModel { spec: spec.clone(), program, stats, _jit: jit, model })
     }
+}
 
-    /// Runs a batch `[N, C, H, W]`, returning logits `[N, classes]`.
-    pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        self.model.forward(input)
-    }
+/// A JIT model runs like any runtime [`Model`] (`forward`, `forward_into`, ...).
+impl std::ops::Deref for JitModel {
+    type Target = Model;
 
-    /// Runs `n` images from `input` into `output`.
-    pub fn forward_into(&self, input: &[f32], output: &mut [f32], n: usize) -> Result<()> {
-        self.model.forward_into(input, output, n)
-    }
-
-    /// [`forward_into`](Self::forward_into), adding each call's seconds to `timings`.
-    pub fn forward_timed(
-        &self,
-        input: &[f32],
-        output: &mut [f32],
-        n: usize,
-        timings: Option<&mut [f64]>,
-    ) -> Result<()> {
-        self.model.forward_timed(input, output, n, timings)
+    fn deref(&self) -> &Model {
+        &self.model
     }
 }

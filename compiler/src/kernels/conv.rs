@@ -8,7 +8,7 @@
 //! several whole groups per tile, or several tiles per group; anything else falls back
 //! to reading every input channel against zero weights (correct, slower).
 
-use super::simple::zero_halo_of_row;
+use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::Conv;
 use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
@@ -130,14 +130,7 @@ pub fn generate(
     // instruction) instead of holding weights in registers next to the accumulators.
     let fold_weights = t.vregs < 32;
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
-    let out_at = |jj: usize, ow: &Index, l: &crate::plan::Layout| {
-        out_block(jj)
-            .scaled(l.hp() as i64)
-            .plus(&oh.offset(l.halo as i64))
-            .scaled(l.wp() as i64)
-            .plus(&ow.offset(l.halo as i64))
-            .scaled(lanes as i64)
-    };
+    let out_at = |jj: usize, ow: &Index, l: &crate::plan::Layout| pixel(l, &out_block(jj), &oh, ow);
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     // One register tile of `p` pixels starting at output column `ow0`.

@@ -8,6 +8,17 @@ use crate::plan::{Buffer, Layout, Step};
 use crate::target::Target;
 use resnetc_runtime::pack::LinearPacking;
 
+/// Float index of the vector at channel block `cblock`, row `y`, column `x` (unpadded
+/// coordinates, so the halo is added here) of a channel-blocked layout.
+pub(crate) fn pixel(l: &Layout, cblock: &Index, y: &Index, x: &Index) -> Index {
+    cblock
+        .scaled(l.hp() as i64)
+        .plus(&y.offset(l.halo as i64))
+        .scaled(l.wp() as i64)
+        .plus(&x.offset(l.halo as i64))
+        .scaled(l.cb as i64)
+}
+
 /// Stores `n` zeros at `arg[index..]`: full vectors, then one partial store.
 pub(crate) fn zero_span(b: &mut Builder, lanes: usize, arg: usize, index: &Index, n: usize) {
     let z = b.vreg();
@@ -94,13 +105,7 @@ pub fn max_pool(t: Target, p: &MaxPool, step: &Step, input: &Buffer, out: &Buffe
                 first = false;
             }
         }
-        let o = cb
-            .scaled(lo.hp() as i64)
-            .plus(&y.offset(lo.halo as i64))
-            .scaled(lo.wp() as i64)
-            .plus(&x.offset(lo.halo as i64))
-            .scaled(lanes);
-        b.push(Stmt::Store { addr: Addr { arg: 0, index: o }, src: acc });
+        b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(&lo, &cb, &y, &x) }, src: acc });
     });
     zero_halo_of_row(&mut b, t.lanes, 0, &lo, &cb, &y);
     let s = step.in_shape;
@@ -118,13 +123,7 @@ pub fn global_avg_pool(t: Target, step: &Step, input: &Buffer, out: &Buffer) -> 
     b.set(acc, Expr::Zero);
     b.for_loop(li.h, |b, y| {
         b.for_loop(li.w, |b, x| {
-            let idx = cb
-                .scaled(li.hp() as i64)
-                .plus(&y.offset(li.halo as i64))
-                .scaled(li.wp() as i64)
-                .plus(&x.offset(li.halo as i64))
-                .scaled(lanes);
-            b.set(acc, Expr::Add(acc, Src::Load(Addr { arg: 1, index: idx })));
+            b.set(acc, Expr::Add(acc, Src::Load(Addr { arg: 1, index: pixel(&li, &cb, &y, &x) })));
         });
     });
     let scale = b.vreg();
