@@ -5,6 +5,7 @@ use std::io::Read;
 use std::path::Path;
 
 /// An IDX array of unsigned bytes with its dimensions.
+#[derive(Debug)]
 pub struct Idx {
     pub dims: Vec<usize>,
     pub data: Vec<u8>,
