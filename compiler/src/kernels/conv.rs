@@ -12,7 +12,7 @@ use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::Conv;
 use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
-use crate::plan::{Buffer, Step};
+use crate::plan::Buffer;
 use crate::target::Target;
 use anyhow::Result;
 use resnetc_runtime::pack::ConvPacking;
@@ -86,7 +86,6 @@ fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
 pub fn generate(
     t: Target,
     c: &Conv,
-    step: &Step,
     input: &Buffer,
     out: &Buffer,
     res: Option<&Buffer>,
@@ -145,7 +144,7 @@ pub fn generate(
             b.for_loop(k, |b, kw| {
                 b.for_loop(tl.icr / cb_in, |b, icb| {
                     b.for_loop_unrolled(cb_in, unroll, |b, icl| {
-                        let icb_abs = ic_start.scaled(1).plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
+                        let icb_abs = ic_start.plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
                         let row =
                             icb_abs.scaled(hpi).plus(&oh.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
                         // ((ic_block * hp + ih) * wp + iw) * cb + icl, with ic_block * cb = icb_abs.
@@ -209,6 +208,5 @@ pub fn generate(
         args.push("res");
     }
     let kernel = b.finish(name, args, lanes, vec![tl.groups, tl.per_group, lo.h]);
-    let _ = step;
     Ok(Generated { kernel, packing })
 }

@@ -71,7 +71,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
             }
             StepOp::Conv(c) => {
                 let res = step.residual.map(|r| buf(Some(r)));
-                let g = conv::generate(t, c, step, buf(step.input), buf(step.output), res, &mut weights)?;
+                let g = conv::generate(t, c, buf(step.input), buf(step.output), res, &mut weights)?;
                 let mut args = vec![
                     arena(step.output),
                     arena(step.input),
