@@ -31,7 +31,7 @@ fn object_and_header(spec: &Spec, tensors: &Tensors, with_main: bool) -> Result<
 }
 
 /// The runtime's static library: `$RESNETC_RUNTIME_LIB`, or beside this executable (where
-/// `cargo build --release` puts it).
+/// `cargo build --release` puts it), or in the `deps/` directory there.
 pub fn runtime_archive() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RESNETC_RUNTIME_LIB") {
         let p = PathBuf::from(p);
@@ -52,6 +52,20 @@ pub fn runtime_archive() -> Result<PathBuf> {
         let p = d.join("libresnetc_runtime.a");
         if p.is_file() {
             return Ok(p);
+        }
+        // When the runtime was only built as a dependency (e.g. by `cargo test`), cargo
+        // leaves its archive in deps/ with a hash suffix: take the newest.
+        let newest = std::fs::read_dir(d.join("deps"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter(|e| {
+                let n = e.file_name().to_string_lossy().into_owned();
+                n.starts_with("libresnetc_runtime-") && n.ends_with(".a")
+            })
+            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
+        if let Some(e) = newest {
+            return Ok(e.path());
         }
     }
     bail!("cannot find libresnetc_runtime.a beside resnetc (build the workspace with `cargo build --release`, or set RESNETC_RUNTIME_LIB)")
