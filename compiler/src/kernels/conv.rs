@@ -80,7 +80,13 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize)
 /// Output pixels per register tile.
 fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
     let budget = if t.vregs >= 32 { 24 } else { 12 };
-    (budget / j).clamp(1, width)
+    let p = (budget / j).clamp(1, width);
+    // With 32 registers one more pixel fits (the broadcast folds into the FMA): take it when
+    // it divides the row, so no narrow remainder tile is left (7, 14, 28, 56, 112 wide rows).
+    if t.vregs >= 32 && width % (p + 1) == 0 && (p + 1) * j <= 28 {
+        return p + 1;
+    }
+    p
 }
 
 pub fn generate(
