@@ -9,12 +9,9 @@
 //!   (PIL's `L` formula), centre-cropped/resized the same way when the size differs,
 //!   scaled to [0, 1] with no further normalization — the training script does the same.
 
-use crate::image::{self, Rgb8};
+use crate::image::{self, Rgb8, IMAGENET_MEAN, IMAGENET_STD};
 use crate::tensor::Tensor;
 use anyhow::{bail, Result};
-
-pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
-pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// The model input `[1, C, H, W]` for `img`.
 pub fn image_to_input(img: &Rgb8, input: [usize; 3]) -> Result<Tensor> {
