@@ -4,8 +4,9 @@
 
 mod support;
 
+use resnetc::graph::{Conv, Op};
 use resnetc::jit_model::JitModel;
-use resnetc::{from_spec, reference, spec, weights};
+use resnetc::{from_spec, passes, reference, spec, weights};
 use support::random_spec::{random_spec, Rng};
 
 #[test]
@@ -40,9 +41,15 @@ fn jit_matches_reference_on_presets_not_in_goldens() {
 #[test]
 fn jit_matches_reference_on_200_random_specs() {
     let mut rng = Rng::new(0xc1f);
+    let mut winograd = [0usize; 2];
     for i in 0..200 {
         let s = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&s).unwrap();
+        for n in passes::fuse(&graph).0.g.node_weights() {
+            if let Op::Conv(Conv { winograd: Some(m), .. }) = n.op {
+                winograd[m / 4] += 1;
+            }
+        }
         let w = weights::seeded(&graph, i);
         let batch = rng.range(1, 4);
         let threads = rng.range(1, 3);
@@ -52,4 +59,7 @@ fn jit_matches_reference_on_200_random_specs() {
         support::agree(&got, &want)
             .unwrap_or_else(|e| panic!("random spec {i} (batch {batch}, {threads} threads): {e}\n{s}"));
     }
+    // The differential test covers both Winograd tile sizes, not only direct convolution.
+    eprintln!("Winograd convs: {} F(2,3), {} F(4,3)", winograd[0], winograd[1]);
+    assert!(winograd.iter().all(|&c| c >= 10), "too few Winograd convs in the random specs: {winograd:?}");
 }

@@ -1,6 +1,7 @@
 //! Text and JSON renderings of the middle-end's results: the fused kernel list and the
 //! memory plan. These are snapshot-tested, so keep them deterministic.
 
+use crate::graph::Conv;
 use crate::plan::{Plan, Step, StepOp};
 use serde_json::{json, Value};
 use std::fmt::Write;
@@ -10,6 +11,7 @@ pub fn op_name(step: &Step) -> String {
     match &step.op {
         StepOp::PackInput => "pack_input".into(),
         StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
+        StepOp::Conv(Conv { winograd: Some(m), .. }) => format!("conv3x3/1 F({m},3)"),
         StepOp::Conv(c) => format!("conv{k}x{k}/{}", c.stride, k = c.kernel),
         StepOp::MaxPool(p) => {
             format!("maxpool{k}x{k}/{}{}", p.stride, if p.ceil_mode { " ceil" } else { "" }, k = p.kernel)
@@ -87,6 +89,11 @@ pub fn fused_json(plan: &Plan) -> Value {
             "input": [s.in_shape.c, s.in_shape.h, s.in_shape.w],
             "output": [s.out_shape.c, s.out_shape.h, s.out_shape.w],
             "residual": s.residual.map(|b| plan.buffers[b].name.clone()),
+            "algorithm": match &s.op {
+                StepOp::Conv(Conv { winograd: Some(m), .. }) => format!("winograd F({m}x{m},3x3)"),
+                StepOp::Conv(_) => "direct".to_string(),
+                _ => String::new(),
+            },
             "macs": macs(s),
         })).collect::<Vec<_>>(),
     })

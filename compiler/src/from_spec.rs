@@ -66,6 +66,7 @@ impl Builder<'_> {
             folded_bn: None,
             residual: false,
             relu: false,
+            winograd: None,
         });
         Ok(self.graph.add(name, op, shape, &[x]))
     }

@@ -46,6 +46,9 @@ pub struct Conv {
     pub residual: bool,
     /// The epilogue ends with ReLU.
     pub relu: bool,
+    /// Run as Winograd F(m x m, 3 x 3) with this output tile `m`; `None` is direct
+    /// convolution. Chosen by the `choose_algorithm` pass.
+    pub winograd: Option<usize>,
 }
 
 impl Conv {
@@ -243,6 +246,9 @@ pub fn attributes(op: &Op) -> String {
             }
             if c.relu {
                 s.push_str(" +relu");
+            }
+            if let Some(m) = c.winograd {
+                let _ = write!(s, " winograd F({m}x{m},3x3)");
             }
             s
         }

@@ -100,7 +100,7 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
     let mut first = vec![usize::MAX; n];
     let mut last = vec![0usize; n];
     for (t, step) in plan.steps.iter().enumerate() {
-        for b in [step.input, step.residual, step.output].into_iter().flatten() {
+        for b in [step.input, step.residual, step.output].into_iter().flatten().chain(step.scratch.iter().copied()) {
             first[b] = first[b].min(t);
             last[b] = last[b].max(t);
         }

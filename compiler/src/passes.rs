@@ -9,6 +9,9 @@
 //!
 //! A producer is fused only when the consumer is its only user, so no intermediate value
 //! that someone else reads disappears.
+//!
+//! The last pass, `choose_algorithm`, rewrites nothing: it is the cost model that marks
+//! which stride-1 3x3 convs run as Winograd F(m x m, 3 x 3).
 
 use crate::graph::{Graph, Op};
 use petgraph::stable_graph::NodeIndex;
@@ -123,9 +126,57 @@ impl Pass for FuseRelu {
     }
 }
 
+/// Largest number of convs run as F(4x4, 3x3) in one model; later ones fall back to
+/// F(2x2, 3x3). F(4,3)'s float32 error grows with depth (DESIGN.md: <= 3.4e-5 on
+/// ResNet-18/34/50 where at most 13 layers qualify, ~1e-4 when the 14x14 layers of
+/// ResNet-101/152 are included), and the tolerance is 1e-4.
+pub const MAX_F4_LAYERS: usize = 16;
+
+/// The cost model: Winograd for stride-1, pad-1, ungrouped 3x3 convs with at least 16
+/// input and output channels whose output tiles evenly into `m x m` tiles (m = 4, else
+/// 2); direct convolution elsewhere. Winograd cuts the multiplies of such a layer 4x
+/// (m = 4) or 2.25x (m = 2) for transforms that cost a few flops per element; below 16
+/// channels those transforms no longer amortize. Odd sizes (7x7) stay direct: a partial
+/// tile would need a clipped store.
+pub struct ChooseAlgorithm;
+
+/// The output tile `m` a conv would run with (ignoring the F(4,3) budget), or `None`.
+pub fn winograd_tile(c: &crate::graph::Conv, out: crate::graph::Shape) -> Option<usize> {
+    let eligible = c.kernel == 3 && c.stride == 1 && c.pad == 1 && c.groups == 1 && c.cin >= 16 && c.cout >= 16;
+    if !eligible {
+        return None;
+    }
+    [4, 2].into_iter().find(|m| out.h % m == 0 && out.w % m == 0)
+}
+
+impl Pass for ChooseAlgorithm {
+    fn name(&self) -> &'static str {
+        "choose_algorithm"
+    }
+
+    fn run(&self, graph: &mut Graph) -> usize {
+        let mut count = 0;
+        let mut f4 = 0;
+        for n in graph.schedule() {
+            let shape = graph.node(n).shape;
+            let Op::Conv(c) = &mut graph.g[n].op else { continue };
+            let mut m = winograd_tile(c, shape);
+            if m == Some(4) {
+                f4 += 1;
+                if f4 > MAX_F4_LAYERS {
+                    m = (shape.h % 2 == 0 && shape.w % 2 == 0).then_some(2);
+                }
+            }
+            c.winograd = m;
+            count += m.is_some() as usize;
+        }
+        count
+    }
+}
+
 /// The middle-end's passes, in order.
 pub fn standard() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(FoldBatchNorm), Box::new(FuseResidual), Box::new(FuseRelu)]
+    vec![Box::new(FoldBatchNorm), Box::new(FuseResidual), Box::new(FuseRelu), Box::new(ChooseAlgorithm)]
 }
 
 /// Runs the standard passes; returns the fused graph and per-pass rewrite counts.
@@ -166,6 +217,8 @@ mod tests {
         let (fused, counts) = fuse(&graph);
         let convs = fused.schedule().into_iter().filter(|&n| matches!(fused.node(n).op, Op::Conv(_))).count();
         assert_eq!(convs, 53);
-        assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49)]);
+        // Winograd: the 3 + 3 stride-1 3x3 convs at 56x56 and 28x28 (F(4,3)) and 5 at 14x14
+        // (F(2,3)); the 7x7 ones and the strided ones stay direct.
+        assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49), ("choose_algorithm", 11)]);
     }
 }

@@ -122,6 +122,10 @@ pub struct Step {
     pub residual: Option<BufId>,
     /// Buffer written (none for `UnpackOutput`, which writes the external output).
     pub output: Option<BufId>,
+    /// Buffers written and read only inside this step: for a Winograd conv, the
+    /// transformed input tiles `V` and the transformed output tiles `M` (see
+    /// [`winograd_layouts`]).
+    pub scratch: Vec<BufId>,
     /// Shape of the input and output of one image.
     pub in_shape: Shape,
     pub out_shape: Shape,
@@ -139,6 +143,17 @@ pub struct Plan {
     pub lower_bound_bytes: usize,
     pub num_classes: usize,
     pub input: Shape,
+}
+
+/// The scratch layouts of a Winograd F(m, 3) conv with output `out`: `V` holds the
+/// input channels and `M` the output channels, each as `n * n` transformed positions
+/// (the layout's rows) times `tiles` tiles (its columns). Only the sizes matter to the
+/// planner; the kernels index them `[xi][channel block][tile][lane]`.
+pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout, Layout) {
+    let n = m + 2;
+    let tiles = (out.h / m) * (out.w / m);
+    let l = |ch: usize| Layout { c: ch, cb: lanes, h: n * n, w: tiles, halo: 0 };
+    (l(c.cin), l(c.cout))
 }
 
 /// Halo a consumer needs on its input.
@@ -172,7 +187,7 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         let cb = if node.op == Op::Input { 1 } else { target.lanes };
         let layout = Layout { c: node.shape.c, cb, h: node.shape.h, w: node.shape.w, halo };
         let step_index = steps.len();
-        let mut new_buffer = |name: &str| {
+        let mut add_buffer = |name: &str, layout: Layout| {
             buffers.push(Buffer {
                 name: name.to_string(),
                 layout,
@@ -183,6 +198,13 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
             });
             buffers.len() - 1
         };
+        let mut scratch = vec![];
+        if let Op::Conv(c @ Conv { winograd: Some(m), .. }) = &node.op {
+            let (v, mm) = winograd_layouts(c, *m, node.shape, target.lanes);
+            scratch.push(add_buffer(&format!("{}.wino_v", node.name), v));
+            scratch.push(add_buffer(&format!("{}.wino_m", node.name), mm));
+        }
+        let mut new_buffer = |name: &str| add_buffer(name, layout);
         let in_shape = args.first().map_or(node.shape, |&a| fused.node(a).shape);
         let (op, output) = match &node.op {
             Op::Input => (StepOp::PackInput, Some(new_buffer("input"))),
@@ -208,7 +230,16 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         for b in input.iter().chain(residual.iter()) {
             buffers[*b].last = step_index;
         }
-        steps.push(Step { name: node.name.clone(), op, input, residual, output, in_shape, out_shape: node.shape });
+        steps.push(Step {
+            name: node.name.clone(),
+            op,
+            input,
+            residual,
+            output,
+            scratch,
+            in_shape,
+            out_shape: node.shape,
+        });
     }
     // The logits leave the arena through one conversion step, as the input enters it.
     let logits = steps.last().and_then(|s| s.output).expect("the graph ends in a classifier");
@@ -220,6 +251,7 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         input: Some(logits),
         residual: None,
         output: None,
+        scratch: vec![],
         in_shape: last.out_shape,
         out_shape: last.out_shape,
     });

@@ -146,6 +146,12 @@ fn recipe(r: &Recipe) -> String {
             p.bn.as_ref().map_or("None".into(), |b| format!("Some({})", cow(b))),
             p.cout, p.cin, p.kernel, p.groups, p.jl, p.tiles, p.icr, p.per_group, p.group_stride, p.tile_stride, p.offset, p.bias_offset
         ),
+        Recipe::Winograd(p) => format!(
+            "Recipe::Winograd(WinogradPacking {{ weight: {}, bn: {}, cout: {}, cin: {}, m: {}, jl: {}, ktiles: {}, cin_pad: {}, offset: {}, bias_offset: {} }})",
+            cow(&p.weight),
+            p.bn.as_ref().map_or("None".into(), |b| format!("Some({})", cow(b))),
+            p.cout, p.cin, p.m, p.jl, p.ktiles, p.cin_pad, p.offset, p.bias_offset
+        ),
         Recipe::Linear(p) => format!(
             "Recipe::Linear(LinearPacking {{ param: {}, cin: {}, cout: {}, cinp: {}, coutp: {}, offset: {}, bias_offset: {} }})",
             cow(&p.param), p.cin, p.cout, p.cinp, p.coutp, p.offset, p.bias_offset
@@ -174,7 +180,7 @@ pub fn generate(spec: &Spec, type_name: &str, vis: &str, rt: &str) -> Result<Str
         p.calls.len()
     );
     let _ = writeln!(o, "#[doc(hidden)]\n#[allow(unused, unused_mut, unused_unsafe, clippy::all)]\n{vis} mod {m} {{");
-    let _ = writeln!(o, "    use {rt} as rt;\n    use rt::exec::{{Arg, KernelFn}};\n    use rt::pack::{{ConvPacking, LinearPacking, Recipe}};\n    use std::borrow::Cow;\n");
+    let _ = writeln!(o, "    use {rt} as rt;\n    use rt::exec::{{Arg, KernelFn}};\n    use rt::pack::{{ConvPacking, LinearPacking, Recipe, WinogradPacking}};\n    use std::borrow::Cow;\n");
     let _ = writeln!(o, "    pub static DEF: rt::model::ModelDef = rt::model::ModelDef {{");
     let _ = writeln!(o, "        name: {:?},\n        input: {:?},\n        classes: {},\n        arena_floats: {},\n        weight_floats: {},", spec.name, spec.input, spec.num_classes, p.arena_floats, p.weight_floats);
     let _ = writeln!(o, "        expected: &[");

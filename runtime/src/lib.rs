@@ -18,6 +18,7 @@ pub mod safetensors;
 pub mod seeded;
 pub mod simd;
 pub mod tensor;
+pub mod winograd;
 
 pub use anyhow;
 pub use tensor::Tensor;

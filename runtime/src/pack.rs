@@ -59,9 +59,36 @@ pub struct LinearPacking {
     pub bias_offset: usize,
 }
 
+/// A stride-1 3x3 conv run as Winograd F(m, 3): transformed weights
+/// `U[xi][ktile][ic][jl]` (`xi` over the `n x n` transformed positions, `ktile` over tiles of
+/// `jl` output channels, `ic` over the padded input channels), bias `[ktiles * jl]`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct WinogradPacking {
+    pub weight: Name,
+    pub bn: Option<Name>,
+    pub cout: usize,
+    pub cin: usize,
+    /// Output tile size (2 or 4).
+    pub m: usize,
+    pub jl: usize,
+    pub ktiles: usize,
+    /// Input channels including padding.
+    pub cin_pad: usize,
+    pub offset: usize,
+    pub bias_offset: usize,
+}
+
+impl WinogradPacking {
+    pub fn weight_floats(&self) -> usize {
+        let n = self.m + 2;
+        n * n * self.ktiles * self.cin_pad * self.jl
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub enum Recipe {
     Conv(ConvPacking),
+    Winograd(WinogradPacking),
     Linear(LinearPacking),
 }
 
@@ -69,18 +96,23 @@ fn get<'a>(t: &'a Tensors, name: &str) -> Result<&'a [f32]> {
     t.get(name).map(|t| t.data()).with_context(|| format!("missing tensor `{name}`"))
 }
 
-/// Packs one conv into `blob`.
-pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
-    let raw = get(tensors, &format!("{}.weight", p.weight))?;
-    let (w, bias) = match &p.bn {
+/// A conv's weight with its BatchNorm folded in, and its bias.
+fn folded(weight: &str, bn: &Option<Name>, cout: usize, tensors: &Tensors) -> Result<(Vec<f32>, Vec<f32>)> {
+    let raw = get(tensors, &format!("{weight}.weight"))?;
+    Ok(match bn {
         Some(bn) => {
             let q = |s: &str| get(tensors, &format!("{bn}.{s}"));
             let params =
                 BatchNorm { gamma: q("weight")?, beta: q("bias")?, mean: q("running_mean")?, var: q("running_var")? };
-            fold(raw, p.cout, &params)
+            fold(raw, cout, &params)
         }
-        None => (raw.to_vec(), vec![0.0; p.cout]),
-    };
+        None => (raw.to_vec(), vec![0.0; cout]),
+    })
+}
+
+/// Packs one conv into `blob`.
+pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
+    let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
     let (cin_g, cout_g, k) = (p.cin / p.groups, p.cout / p.groups, p.kernel);
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
@@ -103,6 +135,28 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
         }
     }
     let b = &mut blob[p.bias_offset..p.bias_offset + p.tiles * p.jl];
+    b.fill(0.0);
+    b[..p.cout].copy_from_slice(&bias);
+    Ok(())
+}
+
+/// Transforms one stride-1 3x3 conv's folded weights into the Winograd domain, into `blob`.
+pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
+    let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
+    let tr = crate::winograd::transform(p.m).with_context(|| format!("{}: no Winograd F({}, 3)", p.weight, p.m))?;
+    let nn = tr.n * tr.n;
+    let out = &mut blob[p.offset..p.offset + p.weight_floats()];
+    out.fill(0.0);
+    for oc in 0..p.cout {
+        let (kt, lane) = (oc / p.jl, oc % p.jl);
+        for ic in 0..p.cin {
+            let u = tr.filter(&w[(oc * p.cin + ic) * 9..][..9]);
+            for (xi, &v) in u.iter().enumerate().take(nn) {
+                out[((xi * p.ktiles + kt) * p.cin_pad + ic) * p.jl + lane] = v as f32;
+            }
+        }
+    }
+    let b = &mut blob[p.bias_offset..p.bias_offset + p.ktiles * p.jl];
     b.fill(0.0);
     b[..p.cout].copy_from_slice(&bias);
     Ok(())
@@ -131,6 +185,7 @@ pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Resul
     for r in recipes {
         match r {
             Recipe::Conv(p) => pack_conv(p, tensors, &mut blob)?,
+            Recipe::Winograd(p) => pack_winograd(p, tensors, &mut blob)?,
             Recipe::Linear(p) => pack_linear(p, tensors, &mut blob)?,
         }
     }

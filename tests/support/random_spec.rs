@@ -1,6 +1,7 @@
 //! Random valid specs for differential tests: small enough to run in milliseconds, varied
 //! enough to hit every block kind, stem, pool, stride placement, group count, channel
-//! count that is not a multiple of any vector width, and odd or tiny input sizes.
+//! count that is not a multiple of any vector width, odd or tiny input sizes, and convs
+//! the cost model runs as Winograd.
 
 use resnetc::spec::{self, Spec};
 
@@ -32,7 +33,8 @@ pub fn random_toml(rng: &mut Rng) -> String {
     let bottleneck = rng.range(0, 1) == 1;
     let stages = rng.range(1, 4);
     let layers: Vec<usize> = (0..stages).map(|_| rng.range(1, 2)).collect();
-    let widths: Vec<usize> = (0..stages).map(|_| rng.range(1, 24)).collect();
+    // Up to 32 channels, so that many specs have layers wide enough for Winograd.
+    let widths: Vec<usize> = (0..stages).map(|_| rng.range(1, 32)).collect();
     let imagenet = rng.range(0, 2) == 0;
     let mut t = format!(
         "block = \"{}\"\nlayers = {layers:?}\nwidths = {widths:?}\nstem = \"{}\"\n",

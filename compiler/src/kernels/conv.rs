@@ -36,7 +36,7 @@ struct Tiling {
 }
 
 /// Candidate numbers of output vectors per tile, best first.
-fn j_candidates(t: Target) -> Vec<usize> {
+pub(super) fn j_candidates(t: Target) -> Vec<usize> {
     if t.vregs >= 32 {
         vec![4, 2, 1]
     } else {
@@ -78,7 +78,7 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize)
 }
 
 /// Output pixels per register tile.
-fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
+pub(super) fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
     let budget = if t.vregs >= 32 { 24 } else { 12 };
     let p = (budget / j).clamp(1, width);
     // With 32 registers one more pixel fits (the broadcast folds into the FMA): take it when

@@ -4,6 +4,7 @@
 
 mod conv;
 mod simple;
+mod winograd;
 
 use crate::kir::Kernel;
 use crate::plan::{Plan, StepOp};
@@ -65,7 +66,27 @@ pub fn lower(plan: &Plan) -> Result<Program> {
     for step in &plan.steps {
         let buf = |b: Option<usize>| &plan.buffers[b.expect("step operand")];
         let arena = |b: Option<usize>| ArgRef::Arena(buf(b).offset / 4);
+        let macs = crate::emit::macs(step);
+        // (kernel, arguments, multiply-adds) of each call this step makes.
+        let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize)> = vec![];
         let (kernel, args, recipe) = match &step.op {
+            StepOp::Conv(c) if c.winograd.is_some() => {
+                let res = step.residual.map(|r| buf(Some(r)));
+                let m = c.winograd.unwrap();
+                let g = winograd::generate(t, c, m, buf(step.input), buf(step.output), res, &mut weights);
+                let (v, mm) = (
+                    ArgRef::Arena(plan.buffers[step.scratch[0]].offset / 4),
+                    ArgRef::Arena(plan.buffers[step.scratch[1]].offset / 4),
+                );
+                let [k_in, k_gemm, k_out] = g.kernels;
+                step_calls.push((k_in, vec![v, arena(step.input)], 0));
+                step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], macs));
+                let mut args = vec![arena(step.output), mm, ArgRef::Weights(g.packing.bias_offset)];
+                if step.residual.is_some() {
+                    args.push(arena(step.residual));
+                }
+                (k_out, args, Some(Recipe::Winograd(g.packing)))
+            }
             StepOp::PackInput => {
                 (simple::pack_input(t, step, buf(step.output)), vec![arena(step.output), ArgRef::Input], None)
             }
@@ -108,22 +129,27 @@ pub fn lower(plan: &Plan) -> Result<Program> {
             }
         };
         recipes.extend(recipe);
-        let id = match index.get(&kernel) {
-            Some(&id) => id,
-            None => {
-                let mut k = kernel.clone();
-                // Distinct shapes that print alike (e.g. another halo) get a suffix.
-                let n = names.entry(k.name.clone()).or_insert(0);
-                *n += 1;
-                if *n > 1 {
-                    k.name = format!("{}_v{}", k.name, n);
+        // A Winograd conv's MACs are counted at its matrix products, as direct MACs.
+        let last_macs = if step_calls.is_empty() { macs } else { 0 };
+        step_calls.push((kernel, args, last_macs));
+        for (kernel, args, macs) in step_calls {
+            let id = match index.get(&kernel) {
+                Some(&id) => id,
+                None => {
+                    let mut k = kernel.clone();
+                    // Distinct shapes that print alike (e.g. another halo) get a suffix.
+                    let n = names.entry(k.name.clone()).or_insert(0);
+                    *n += 1;
+                    if *n > 1 {
+                        k.name = format!("{}_v{}", k.name, n);
+                    }
+                    kernels.push(k);
+                    index.insert(kernel, kernels.len() - 1);
+                    kernels.len() - 1
                 }
-                kernels.push(k);
-                index.insert(kernel, kernels.len() - 1);
-                kernels.len() - 1
-            }
-        };
-        calls.push(Call { name: step.name.clone(), kernel: id, args, macs: crate::emit::macs(step) });
+            };
+            calls.push(Call { name: step.name.clone(), kernel: id, args, macs });
+        }
     }
     Ok(Program {
         kernels,

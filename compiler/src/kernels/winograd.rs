@@ -1,0 +1,297 @@
+//! Winograd F(m x m, 3 x 3) for stride-1 3x3 convolutions, as three kernels over the
+//! step's two scratch buffers (see `plan::winograd_layouts`):
+//!
+//! 1. `wino_in`:   `V[xi] = (B^T d B)[xi]` for every `n x n` input tile `d` (read through
+//!    the input's zero halo, so no border branches) and input channel block;
+//! 2. `wino_gemm`: `M[xi] = V[xi] x U[xi]` for each of the `n * n` positions `xi`: a
+//!    register-blocked matrix product of tiles x input channels by input x output channels,
+//!    broadcast-FMA like the direct conv's 1x1 case;
+//! 3. `wino_out`:  `y = A^T M A + bias (+ residual) (ReLU)` per output tile, stored in the
+//!    output layout with its zero halo.
+//!
+//! Scratch index: `[xi][channel block][tile][lane]`, so one position's matrix is contiguous.
+//! The weight side `U = G g G^T` is packed once at load (`runtime::pack::pack_winograd`).
+//! Both transforms run separably (rows, then columns) through the scratch buffer itself,
+//! which keeps the live registers to about `2n` plus the constants.
+
+use super::conv::{j_candidates, tile_pixels};
+use super::simple::{pixel, zero_halo_of_row};
+use super::WeightAlloc;
+use crate::graph::Conv;
+use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
+use crate::plan::Buffer;
+use crate::target::Target;
+use resnetc_runtime::pack::WinogradPacking;
+use resnetc_runtime::winograd::{transform, Transform};
+use std::collections::BTreeMap;
+
+pub struct Generated {
+    /// Input transform, matrix products, output transform, in call order.
+    pub kernels: [Kernel; 3],
+    pub packing: WinogradPacking,
+}
+
+/// One register per distinct coefficient other than 0 and 1, splatted at kernel entry.
+struct Consts(BTreeMap<u32, VReg>);
+
+impl Consts {
+    fn new(b: &mut Builder, coefs: &[f64]) -> Consts {
+        let mut map = BTreeMap::new();
+        for &c in coefs {
+            let bits = (c as f32).to_bits();
+            if c != 0.0 && c != 1.0 && !map.contains_key(&bits) {
+                let r = b.vreg();
+                b.set(r, Expr::Splat(bits));
+                map.insert(bits, r);
+            }
+        }
+        Consts(map)
+    }
+
+    /// `dst = init + sum(coef * src)` over the nonzero terms (`dst` is not a source).
+    fn combine(&self, b: &mut Builder, dst: VReg, init: Option<Src>, terms: impl Iterator<Item = (f64, VReg)>) {
+        let mut started = false;
+        if let Some(s) = init {
+            b.set(dst, Expr::Src(s));
+            started = true;
+        }
+        for (c, r) in terms.filter(|&(c, _)| c != 0.0) {
+            let k = || Src::Reg(self.0[&(c as f32).to_bits()]);
+            let e = match (started, c == 1.0) {
+                (false, true) => Expr::Src(Src::Reg(r)),
+                (false, false) => Expr::Mul(r, k()),
+                (true, true) => Expr::Add(dst, Src::Reg(r)),
+                (true, false) => Expr::Fma(dst, Src::Reg(r), k()),
+            };
+            b.set(dst, e);
+            started = true;
+        }
+        if !started {
+            b.set(dst, Expr::Zero);
+        }
+    }
+}
+
+/// Geometry shared by the three kernels.
+struct Tiles {
+    tr: Transform,
+    /// Tiles per row and per column of the output.
+    tw: usize,
+    th: usize,
+    lanes: usize,
+}
+
+impl Tiles {
+    fn count(&self) -> usize {
+        self.tw * self.th
+    }
+    /// Float index of the vector of position `xi`, channel block `cblock` (of `cblocks`),
+    /// tile `tile` in a scratch buffer.
+    fn scratch(&self, xi: usize, cblocks: usize, cblock: &Index, tile: &Index) -> Index {
+        Index::constant((xi * cblocks) as i64)
+            .plus(cblock)
+            .scaled(self.count() as i64)
+            .plus(tile)
+            .scaled(self.lanes as i64)
+    }
+}
+
+pub fn generate(
+    t: Target,
+    c: &Conv,
+    m: usize,
+    input: &Buffer,
+    out: &Buffer,
+    res: Option<&Buffer>,
+    w: &mut WeightAlloc,
+) -> Generated {
+    let tr = transform(m).expect("the cost model only picks F(2,3) and F(4,3)");
+    let (li, lo) = (input.layout, out.layout);
+    let tiles = Tiles { tr, tw: lo.w / m, th: lo.h / m, lanes: t.lanes };
+    let j = j_candidates(t).into_iter().find(|j| lo.cblocks() % j == 0).unwrap_or(1);
+    let jl = j * t.lanes;
+    let ktiles = lo.cblocks() / j;
+    let n = tiles.tr.n;
+    let packing = WinogradPacking {
+        weight: c.weight.clone().into(),
+        bn: c.folded_bn.clone().map(Into::into),
+        cout: c.cout,
+        cin: c.cin,
+        m,
+        jl,
+        ktiles,
+        cin_pad: li.cpad(),
+        offset: w.take(n * n * ktiles * li.cpad() * jl),
+        bias_offset: w.take(ktiles * jl),
+    };
+    let shape = format!("{}x{}x{}_to{}x{}x{}", li.c, li.h, li.w, lo.c, lo.h, lo.w);
+    let kernels = [
+        input_transform(&tiles, &li, &shape),
+        products(t, &tiles, j, li.cblocks(), lo.cblocks(), &shape),
+        output_transform(&tiles, c, &lo, res, &shape),
+    ];
+    Generated { kernels, packing }
+}
+
+/// `V = B^T d B` per tile and input channel block. Arguments: 0 `V`, 1 input.
+/// Tasks: (channel block, tile row).
+fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
+    let (tr, lanes) = (&g.tr, g.lanes);
+    let (n, m) = (tr.n, tr.m as i64);
+    let cblocks = li.cblocks();
+    let mut b = Builder::new(2);
+    let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
+    let k = Consts::new(&mut b, tr.bt);
+    let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    b.for_loop(g.tw, |b, tx| {
+        let tile = ty.scaled(g.tw as i64).plus(&tx);
+        let v_at = |xi: usize| Addr { arg: 0, index: g.scratch(xi, cblocks, &cb, &tile) };
+        // Rows: s[i][c] = sum_j d[i][j] B[j][c], into V.
+        for i in 0..n {
+            for (jx, &r) in d.iter().enumerate() {
+                let y = ty.scaled(m).offset(i as i64 - 1);
+                let x = tx.scaled(m).offset(jx as i64 - 1);
+                b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index: pixel(li, &cb, &y, &x) })));
+            }
+            for (col, &dst) in s.iter().enumerate() {
+                k.combine(b, dst, None, (0..n).map(|jx| (tr.bt[col * n + jx], d[jx])));
+                b.push(Stmt::Store { addr: v_at(i * n + col), src: dst });
+            }
+        }
+        // Columns: V[r][c] = sum_i B^T[r][i] s[i][c], in place.
+        for col in 0..n {
+            for (i, &r) in d.iter().enumerate() {
+                b.set(r, Expr::Src(Src::Load(v_at(i * n + col))));
+            }
+            for (row, &dst) in s.iter().enumerate() {
+                k.combine(b, dst, None, (0..n).map(|i| (tr.bt[row * n + i], d[i])));
+                b.push(Stmt::Store { addr: v_at(row * n + col), src: dst });
+            }
+        }
+    });
+    let name = format!("wino{}_in_{shape}", tr.m);
+    b.finish(name, vec!["v", "in"], lanes, vec![cblocks, g.th])
+}
+
+/// `M[xi] = V[xi] U[xi]`: tiles of `p` tiles x `j` output vectors in registers, reduced
+/// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: (position, output tile).
+fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+    let (n, lanes) = (g.tr.n, t.lanes);
+    let jl = (j * lanes) as i64;
+    let ktiles = cbo / j;
+    let count = g.count();
+    let cin_pad = cbi * lanes;
+    let mut b = Builder::new(2);
+    let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
+    let p_max = tile_pixels(t, j, count);
+    let fold_weights = t.vregs < 32;
+    let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
+    let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
+    // [xi][cblock][tile][lane] with a variable position.
+    let at = |cblocks: usize, cblock: &Index, tile: &Index| {
+        xi.scaled(cblocks as i64).plus(cblock).scaled(count as i64).plus(tile).scaled(lanes as i64)
+    };
+    let emit = |b: &mut Builder, p0: &Index, p: usize| {
+        for a in acc.iter().take(p) {
+            for &r in a {
+                b.set(r, Expr::Zero);
+            }
+        }
+        b.for_loop(cbi, |b, icb| {
+            b.for_loop(lanes, |b, icl| {
+                let ic = icb.scaled(lanes as i64).plus(&icl);
+                let wk = xi.scaled(ktiles as i64).plus(&kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
+                let w_at = |jj: usize| Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) });
+                if !fold_weights {
+                    for (jj, &wr) in wreg.iter().enumerate() {
+                        b.set(wr, Expr::Src(w_at(jj)));
+                    }
+                }
+                for (pp, a) in acc.iter().take(p).enumerate() {
+                    let x = at(cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
+                    for jj in 0..j {
+                        let wv = if fold_weights { w_at(jj) } else { Src::Reg(wreg[jj]) };
+                        b.set(a[jj], Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), wv));
+                    }
+                }
+            });
+        });
+        for (pp, a) in acc.iter().take(p).enumerate() {
+            for (jj, &r) in a.iter().enumerate() {
+                let ob = kt.scaled(j as i64).offset(jj as i64);
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: at(cbo, &ob, &p0.offset(pp as i64)) }, src: r });
+            }
+        }
+    };
+    let full = count / p_max;
+    b.for_loop(full, |b, q| emit(b, &q.scaled(p_max as i64), p_max));
+    if count % p_max > 0 {
+        emit(&mut b, &Index::constant((full * p_max) as i64), count % p_max);
+    }
+    let name = format!("wino{}_gemm_{shape}", g.tr.m);
+    b.finish(name, vec!["m", "v", "u"], lanes, vec![n * n, ktiles])
+}
+
+/// `y = A^T M A + bias (+ residual) (ReLU)` per tile and output channel block, then the
+/// output's halo. Arguments: 0 output, 1 `M`, 2 bias, 3 residual. Tasks: (channel block,
+/// tile row).
+fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&Buffer>, shape: &str) -> Kernel {
+    let (tr, lanes) = (&g.tr, g.lanes);
+    let (n, m) = (tr.n, tr.m);
+    let cblocks = lo.cblocks();
+    let mut b = Builder::new(2);
+    let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
+    let k = Consts::new(&mut b, tr.at);
+    let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
+    b.for_loop(g.tw, |b, tx| {
+        let tile = ty.scaled(g.tw as i64).plus(&tx);
+        let m_at = |xi: usize| Addr { arg: 1, index: g.scratch(xi, cblocks, &cb, &tile) };
+        // Rows: s[i][c] = sum_j M[i][j] A[j][c], into M[i][c] (c < m).
+        for i in 0..n {
+            for (jx, &r) in d.iter().enumerate() {
+                b.set(r, Expr::Src(Src::Load(m_at(i * n + jx))));
+            }
+            for (col, &dst) in s.iter().take(m).enumerate() {
+                k.combine(b, dst, None, (0..n).map(|jx| (tr.at[col * n + jx], d[jx])));
+                b.push(Stmt::Store { addr: m_at(i * n + col), src: dst });
+            }
+        }
+        // Columns: y[r][c] = bias + sum_i A^T[r][i] s[i][c], then the epilogue.
+        for col in 0..m {
+            for (i, &r) in d.iter().enumerate() {
+                b.set(r, Expr::Src(Src::Load(m_at(i * n + col))));
+            }
+            for (row, &dst) in s.iter().take(m).enumerate() {
+                k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (tr.at[row * n + i], d[i])));
+                let y = ty.scaled(m as i64).offset(row as i64);
+                let x = tx.scaled(m as i64).offset(col as i64);
+                if let Some(rb) = res {
+                    let at = Addr { arg: 3, index: pixel(&rb.layout, &cb, &y, &x) };
+                    b.set(dst, Expr::Add(dst, Src::Load(at)));
+                }
+                if c.relu {
+                    b.set(dst, Expr::Relu(dst));
+                }
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(lo, &cb, &y, &x) }, src: dst });
+            }
+        }
+    });
+    for row in 0..m {
+        zero_halo_of_row(&mut b, lanes, 0, lo, &cb, &ty.scaled(m as i64).offset(row as i64));
+    }
+    let mut name = format!("wino{m}_out_{shape}");
+    if c.residual {
+        name += "_res";
+    }
+    if c.relu {
+        name += "_relu";
+    }
+    let mut args = vec!["out", "m", "b"];
+    if res.is_some() {
+        args.push("res");
+    }
+    b.finish(name, args, lanes, vec![cblocks, g.th])
+}

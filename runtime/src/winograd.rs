@@ -1,0 +1,145 @@
+//! Winograd minimal filtering F(m x m, 3 x 3) (Lavin & Gray, 2016): an `m x m` output tile
+//! of a stride-1 3x3 convolution is `A^T [ (G g G^T) .* (B^T d B) ] A` for the
+//! `n x n` input tile `d` (`n = m + 2`) and the 3x3 filter `g`. The weight side `G g G^T`
+//! is computed once here, at load; the compiler's kernels apply `B^T` and `A^T`.
+//!
+//! The transforms for m = 2 and m = 4 (interpolation points 0, +-1, +-2 and infinity)
+//! live only here: the compiler reads them to generate the data transforms, the packer
+//! applies `G` to the weights, so the two sides cannot disagree.
+
+/// The three matrices of one F(m, 3), row-major.
+pub struct Transform {
+    /// Output tile size.
+    pub m: usize,
+    /// Input tile size, `m + 2`.
+    pub n: usize,
+    /// `B^T`, `n x n`: input tile -> transformed domain.
+    pub bt: &'static [f64],
+    /// `G`, `n x 3`: filter -> transformed domain.
+    pub g: &'static [f64],
+    /// `A^T`, `m x n`: transformed domain -> output tile.
+    pub at: &'static [f64],
+}
+
+const F2_BT: [f64; 16] = [
+    1.0, 0.0, -1.0, 0.0, //
+    0.0, 1.0, 1.0, 0.0, //
+    0.0, -1.0, 1.0, 0.0, //
+    0.0, 1.0, 0.0, -1.0,
+];
+const F2_G: [f64; 12] = [
+    1.0, 0.0, 0.0, //
+    0.5, 0.5, 0.5, //
+    0.5, -0.5, 0.5, //
+    0.0, 0.0, 1.0,
+];
+const F2_AT: [f64; 8] = [
+    1.0, 1.0, 1.0, 0.0, //
+    0.0, 1.0, -1.0, -1.0,
+];
+
+const F4_BT: [f64; 36] = [
+    4.0, 0.0, -5.0, 0.0, 1.0, 0.0, //
+    0.0, -4.0, -4.0, 1.0, 1.0, 0.0, //
+    0.0, 4.0, -4.0, -1.0, 1.0, 0.0, //
+    0.0, -2.0, -1.0, 2.0, 1.0, 0.0, //
+    0.0, 2.0, -1.0, -2.0, 1.0, 0.0, //
+    0.0, 4.0, 0.0, -5.0, 0.0, 1.0,
+];
+const F4_G: [f64; 18] = [
+    1.0 / 4.0,
+    0.0,
+    0.0,
+    -1.0 / 6.0,
+    -1.0 / 6.0,
+    -1.0 / 6.0,
+    -1.0 / 6.0,
+    1.0 / 6.0,
+    -1.0 / 6.0,
+    1.0 / 24.0,
+    1.0 / 12.0,
+    1.0 / 6.0,
+    1.0 / 24.0,
+    -1.0 / 12.0,
+    1.0 / 6.0,
+    0.0,
+    0.0,
+    1.0,
+];
+const F4_AT: [f64; 24] = [
+    1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
+    0.0, 1.0, -1.0, 2.0, -2.0, 0.0, //
+    0.0, 1.0, 1.0, 4.0, 4.0, 0.0, //
+    0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
+];
+
+/// The transform producing `m x m` output tiles; `m` is 2 or 4.
+pub fn transform(m: usize) -> Option<Transform> {
+    match m {
+        2 => Some(Transform { m: 2, n: 4, bt: &F2_BT, g: &F2_G, at: &F2_AT }),
+        4 => Some(Transform { m: 4, n: 6, bt: &F4_BT, g: &F4_G, at: &F4_AT }),
+        _ => None,
+    }
+}
+
+impl Transform {
+    /// `G g G^T` (`n x n`, row-major) of one 3x3 filter `g` (row-major), in f64.
+    pub fn filter(&self, g: &[f32]) -> Vec<f64> {
+        let n = self.n;
+        // t = G g: n x 3.
+        let mut t = vec![0.0f64; n * 3];
+        for i in 0..n {
+            for j in 0..3 {
+                t[i * 3 + j] = (0..3).map(|k| self.g[i * 3 + k] * g[k * 3 + j] as f64).sum();
+            }
+        }
+        // u = t G^T: n x n.
+        let mut u = vec![0.0f64; n * n];
+        for i in 0..n {
+            for j in 0..n {
+                u[i * n + j] = (0..3).map(|k| t[i * 3 + k] * self.g[j * 3 + k]).sum();
+            }
+        }
+        u
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One output tile through the three transforms equals the direct correlation.
+    #[test]
+    fn tile_equals_direct_correlation() {
+        for m in [2, 4] {
+            let tr = transform(m).unwrap();
+            let n = tr.n;
+            let d: Vec<f64> = (0..n * n).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();
+            let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
+            let u = tr.filter(&g);
+            // v = B^T d B
+            let mut v = vec![0.0; n * n];
+            for i in 0..n {
+                for j in 0..n {
+                    v[i * n + j] = (0..n)
+                        .flat_map(|a| (0..n).map(move |b| (a, b)))
+                        .map(|(a, b)| tr.bt[i * n + a] * d[a * n + b] * tr.bt[j * n + b])
+                        .sum();
+                }
+            }
+            for r in 0..m {
+                for c in 0..m {
+                    let y: f64 = (0..n)
+                        .flat_map(|a| (0..n).map(move |b| (a, b)))
+                        .map(|(a, b)| tr.at[r * n + a] * u[a * n + b] * v[a * n + b] * tr.at[c * n + b])
+                        .sum();
+                    let want: f64 = (0..3)
+                        .flat_map(|a| (0..3).map(move |b| (a, b)))
+                        .map(|(a, b)| d[(r + a) * n + c + b] * g[a * 3 + b] as f64)
+                        .sum();
+                    assert!((y - want).abs() < 1e-9, "F({m},3) tile ({r},{c}): {y} vs {want}");
+                }
+            }
+        }
+    }
+}
