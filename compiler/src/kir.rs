@@ -101,12 +101,43 @@ pub enum Expr {
     Relu(VReg),
 }
 
-/// A condition on variables.
+/// A comparison of a condition.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Cmp {
+    Eq,
+    Lt,
+}
+
+impl Cmp {
+    pub fn symbol(self) -> &'static str {
+        match self {
+            Cmp::Eq => "==",
+            Cmp::Lt => "<",
+        }
+    }
+    pub fn holds(self, a: i64, b: i64) -> bool {
+        match self {
+            Cmp::Eq => a == b,
+            Cmp::Lt => a < b,
+        }
+    }
+}
+
+/// A condition on variables: `index cmp value`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Cond {
     pub index: Index,
-    /// The condition holds when `index == value`.
+    pub cmp: Cmp,
     pub value: i64,
+}
+
+impl Cond {
+    pub fn eq(index: Index, value: i64) -> Cond {
+        Cond { index, cmp: Cmp::Eq, value }
+    }
+    pub fn lt(index: Index, value: i64) -> Cond {
+        Cond { index, cmp: Cmp::Lt, value }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -269,7 +300,7 @@ fn print_body(k: &Kernel, body: &[Stmt], depth: usize, out: &mut String) {
                 writeln!(out, "{pad}}}")
             }
             Stmt::If { cond, body } => {
-                let _ = writeln!(out, "{pad}if {} == {} {{", cond.index, cond.value);
+                let _ = writeln!(out, "{pad}if {} {} {} {{", cond.index, cond.cmp.symbol(), cond.value);
                 print_body(k, body, depth + 1, out);
                 writeln!(out, "{pad}}}")
             }
@@ -363,7 +394,7 @@ fn run(k: &Kernel, body: &[Stmt], vars: &mut Vec<i64>, regs: &mut Vec<Vec<f32>>,
                 }
             }
             Stmt::If { cond, body } => {
-                if cond.index.eval(vars) == cond.value {
+                if cond.cmp.holds(cond.index.eval(vars), cond.value) {
                     run(k, body, vars, regs, m);
                 }
             }

@@ -133,12 +133,18 @@ impl Pass for FuseRelu {
 pub const MAX_F4_LAYERS: usize = 16;
 
 /// The cost model: Winograd for stride-1, pad-1, ungrouped 3x3 convs with at least 16
-/// input and output channels whose output tiles evenly into `m x m` tiles (m = 4, else
-/// 2); direct convolution elsewhere. Winograd cuts the multiplies of such a layer 4x
-/// (m = 4) or 2.25x (m = 2) for transforms that cost a few flops per element; below 16
-/// channels those transforms no longer amortize. Odd sizes (7x7) stay direct: a partial
-/// tile would need a clipped store.
+/// input and output channels, with the output tile `m` (4 or 2) that needs the fewest
+/// transformed-domain multiplies per output, when that is at most half of direct
+/// convolution's 9. Sizes that do not tile evenly (7x7, 14x14 at m = 4) compute whole
+/// tiles and store the valid part. Below 16 channels the transforms, a few flops per
+/// element each, no longer amortize over the channel sums.
 pub struct ChooseAlgorithm;
+
+/// Multiplies per output and input channel of F(m, 3) on an `h x w` output: `(m+2)^2` per
+/// tile over the tiles that cover it (direct convolution: 9).
+pub fn winograd_cost(m: usize, h: usize, w: usize) -> f64 {
+    ((m + 2) * (m + 2) * h.div_ceil(m) * w.div_ceil(m)) as f64 / (h * w) as f64
+}
 
 /// The output tile `m` a conv would run with (ignoring the F(4,3) budget), or `None`.
 pub fn winograd_tile(c: &crate::graph::Conv, out: crate::graph::Shape) -> Option<usize> {
@@ -146,7 +152,10 @@ pub fn winograd_tile(c: &crate::graph::Conv, out: crate::graph::Shape) -> Option
     if !eligible {
         return None;
     }
-    [4, 2].into_iter().find(|m| out.h % m == 0 && out.w % m == 0)
+    let best = [4, 2]
+        .into_iter()
+        .min_by(|&a, &b| winograd_cost(a, out.h, out.w).total_cmp(&winograd_cost(b, out.h, out.w)))?;
+    (winograd_cost(best, out.h, out.w) <= 4.5).then_some(best)
 }
 
 impl Pass for ChooseAlgorithm {
@@ -164,7 +173,7 @@ impl Pass for ChooseAlgorithm {
             if m == Some(4) {
                 f4 += 1;
                 if f4 > MAX_F4_LAYERS {
-                    m = (shape.h % 2 == 0 && shape.w % 2 == 0).then_some(2);
+                    m = (winograd_cost(2, shape.h, shape.w) <= 4.5).then_some(2);
                 }
             }
             c.winograd = m;
@@ -217,8 +226,7 @@ mod tests {
         let (fused, counts) = fuse(&graph);
         let convs = fused.schedule().into_iter().filter(|&n| matches!(fused.node(n).op, Op::Conv(_))).count();
         assert_eq!(convs, 53);
-        // Winograd: the 3 + 3 stride-1 3x3 convs at 56x56 and 28x28 (F(4,3)) and 5 at 14x14
-        // (F(2,3)); the 7x7 ones and the strided ones stay direct.
-        assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49), ("choose_algorithm", 11)]);
+        // Winograd: every stride-1 3x3 conv (3 + 3 + 5 + 2); the strided ones stay direct.
+        assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49), ("choose_algorithm", 13)]);
     }
 }

@@ -151,7 +151,7 @@ pub struct Plan {
 /// planner; the kernels index them `[xi][channel block][tile][lane]`.
 pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout, Layout) {
     let n = m + 2;
-    let tiles = (out.h / m) * (out.w / m);
+    let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);
     let l = |ch: usize| Layout { c: ch, cb: lanes, h: n * n, w: tiles, halo: 0 };
     (l(c.cin), l(c.cout))
 }
@@ -159,6 +159,10 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
 /// Halo a consumer needs on its input.
 fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
     match op {
+        // Whole Winograd tiles read up to `tiles * m - size` rows and columns past the end.
+        Op::Conv(Conv { winograd: Some(m), pad, .. }) => {
+            pad + (output.h.div_ceil(*m) * m - output.h).max(output.w.div_ceil(*m) * m - output.w)
+        }
         Op::Conv(c) => c.pad,
         Op::MaxPool(p) => {
             // Ceil mode may let the last window run past the border (Caffe's pool).

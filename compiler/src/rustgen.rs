@@ -80,7 +80,7 @@ fn body(isa: Isa, stmts: &[Stmt], depth: usize, out: &mut String) {
                 writeln!(out, "{pad}}}")
             }
             Stmt::If { cond, body: b } => {
-                let _ = writeln!(out, "{pad}if {} == {} {{", index(&cond.index), cond.value);
+                let _ = writeln!(out, "{pad}if {} {} {} {{", index(&cond.index), cond.cmp.symbol(), cond.value);
                 body(isa, b, depth + 1, out);
                 writeln!(out, "{pad}}}")
             }

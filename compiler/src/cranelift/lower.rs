@@ -6,7 +6,7 @@
 //! so that it can fold into the instruction, and reads of weights and of the input
 //! buffer are marked read-only, non-trapping and movable.
 
-use crate::kir::{Addr, Expr, Index, Kernel, Src, Stmt};
+use crate::kir::{Addr, Cmp, Expr, Index, Kernel, Src, Stmt};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
 use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
 use cranelift_codegen::isa::{CallConv, TargetIsa};
@@ -227,7 +227,11 @@ impl Lowerer<'_, '_> {
             Stmt::If { cond, body } => {
                 let (then, join) = (self.b.create_block(), self.b.create_block());
                 let v = self.index_value(&cond.index);
-                let eq = self.b.ins().icmp_imm_s(IntCC::Equal, v, cond.value);
+                let cc = match cond.cmp {
+                    Cmp::Eq => IntCC::Equal,
+                    Cmp::Lt => IntCC::SignedLessThan,
+                };
+                let eq = self.b.ins().icmp_imm_s(cc, v, cond.value);
                 self.b.ins().brif(eq, then, &[], join, &[]);
                 self.b.seal_block(then);
                 self.b.switch_to_block(then);

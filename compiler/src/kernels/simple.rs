@@ -62,10 +62,10 @@ pub(crate) fn zero_halo_of_row(b: &mut Builder, lanes: usize, arg: usize, l: &La
     let this_row = row(&y.offset(halo));
     zero_span(b, lanes, arg, &this_row, (halo * cb) as usize);
     zero_span(b, lanes, arg, &this_row.offset((halo + l.w as i64) * cb), (halo * cb) as usize);
-    b.when(Cond { index: y.clone(), value: 0 }, |b| {
+    b.when(Cond::eq(y.clone(), 0), |b| {
         zero_span(b, lanes, arg, &plane, (halo * wp * cb) as usize);
     });
-    b.when(Cond { index: y.clone(), value: l.h as i64 - 1 }, |b| {
+    b.when(Cond::eq(y.clone(), l.h as i64 - 1), |b| {
         zero_span(b, lanes, arg, &row(&Index::constant(halo + l.h as i64)), (halo * wp * cb) as usize);
     });
 }

@@ -18,7 +18,7 @@ use super::conv::{j_candidates, tile_pixels};
 use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::Conv;
-use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
+use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
 use crate::plan::Buffer;
 use crate::target::Target;
 use resnetc_runtime::pack::WinogradPacking;
@@ -107,7 +107,7 @@ pub fn generate(
 ) -> Generated {
     let tr = transform(m).expect("the cost model only picks F(2,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
-    let tiles = Tiles { tr, tw: lo.w / m, th: lo.h / m, lanes: t.lanes };
+    let tiles = Tiles { tr, tw: lo.w.div_ceil(m), th: lo.h.div_ceil(m), lanes: t.lanes };
     let j = j_candidates(t).into_iter().find(|j| lo.cblocks() % j == 0).unwrap_or(1);
     let jl = j * t.lanes;
     let ktiles = lo.cblocks() / j;
@@ -246,41 +246,62 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
-    b.for_loop(g.tw, |b, tx| {
-        let tile = ty.scaled(g.tw as i64).plus(&tx);
+    // The last tile row and column may hang over the output: rows `>= rows_last` of the
+    // last tile row and columns `>= cols_last` of the last tile column are not stored.
+    let (rows_last, cols_last) = (lo.h - (g.th - 1) * m, lo.w - (g.tw - 1) * m);
+    let not_last_row = Cond::lt(ty.clone(), g.th as i64 - 1);
+    let emit_tile = |b: &mut Builder, tx: &Index, cols: usize| {
+        let tile = ty.scaled(g.tw as i64).plus(tx);
         let m_at = |xi: usize| Addr { arg: 1, index: g.scratch(xi, cblocks, &cb, &tile) };
-        // Rows: s[i][c] = sum_j M[i][j] A[j][c], into M[i][c] (c < m).
+        // Rows: s[i][c] = sum_j M[i][j] A[j][c], into M[i][c] (c < cols).
         for i in 0..n {
             for (jx, &r) in d.iter().enumerate() {
                 b.set(r, Expr::Src(Src::Load(m_at(i * n + jx))));
             }
-            for (col, &dst) in s.iter().take(m).enumerate() {
+            for (col, &dst) in s.iter().take(cols).enumerate() {
                 k.combine(b, dst, None, (0..n).map(|jx| (tr.at[col * n + jx], d[jx])));
                 b.push(Stmt::Store { addr: m_at(i * n + col), src: dst });
             }
         }
         // Columns: y[r][c] = bias + sum_i A^T[r][i] s[i][c], then the epilogue.
-        for col in 0..m {
+        for col in 0..cols {
             for (i, &r) in d.iter().enumerate() {
                 b.set(r, Expr::Src(Src::Load(m_at(i * n + col))));
             }
             for (row, &dst) in s.iter().take(m).enumerate() {
-                k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (tr.at[row * n + i], d[i])));
                 let y = ty.scaled(m as i64).offset(row as i64);
                 let x = tx.scaled(m as i64).offset(col as i64);
-                if let Some(rb) = res {
-                    let at = Addr { arg: 3, index: pixel(&rb.layout, &cb, &y, &x) };
-                    b.set(dst, Expr::Add(dst, Src::Load(at)));
+                let emit_row = |b: &mut Builder| {
+                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (tr.at[row * n + i], d[i])));
+                    if let Some(rb) = res {
+                        let at = Addr { arg: 3, index: pixel(&rb.layout, &cb, &y, &x) };
+                        b.set(dst, Expr::Add(dst, Src::Load(at)));
+                    }
+                    if c.relu {
+                        b.set(dst, Expr::Relu(dst));
+                    }
+                    b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(lo, &cb, &y, &x) }, src: dst });
+                };
+                if row < rows_last {
+                    emit_row(b);
+                } else {
+                    b.when(not_last_row.clone(), emit_row);
                 }
-                if c.relu {
-                    b.set(dst, Expr::Relu(dst));
-                }
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(lo, &cb, &y, &x) }, src: dst });
             }
         }
-    });
+    };
+    let full = if cols_last == m { g.tw } else { g.tw - 1 };
+    b.for_loop(full, |b, tx| emit_tile(b, &tx, m));
+    if full < g.tw {
+        emit_tile(&mut b, &Index::constant(full as i64), cols_last);
+    }
     for row in 0..m {
-        zero_halo_of_row(&mut b, lanes, 0, lo, &cb, &ty.scaled(m as i64).offset(row as i64));
+        let y = ty.scaled(m as i64).offset(row as i64);
+        if row < rows_last {
+            zero_halo_of_row(&mut b, lanes, 0, lo, &cb, &y);
+        } else {
+            b.when(not_last_row.clone(), |b| zero_halo_of_row(b, lanes, 0, lo, &cb, &y));
+        }
     }
     let mut name = format!("wino{m}_out_{shape}");
     if c.residual {
