@@ -59,8 +59,14 @@ int main(int argc, char **argv) {
     FILE *f = fopen(argv[2], "rb");
     if (fread(x, sizeof(float), n * AOTNET_INPUT_FLOATS, f) != (size_t)(n * AOTNET_INPUT_FLOATS)) return 2;
     fclose(f);
-    if (aotnet_forward(arena, x, y, 0) != 1) return 3;      /* n < 1 is refused */
-    if (aotnet_forward(NULL, x, y, n) != 1) return 4;       /* so is a NULL arena */
+    /* The error path: every bad argument is refused with status 1, nothing is written. */
+    y[0] = 12345.0f;
+    if (aotnet_forward(arena, x, y, 0) != 1) return 3;      /* n < 1 */
+    if (aotnet_forward(arena, x, y, -7) != 1) return 3;
+    if (aotnet_forward(NULL, x, y, n) != 1) return 4;       /* NULL arena, input, output */
+    if (aotnet_forward(arena, NULL, y, n) != 1) return 4;
+    if (aotnet_forward(arena, x, NULL, n) != 1) return 4;
+    if (y[0] != 12345.0f) return 6;
     if (aotnet_forward(arena, x, y, n) != 0) return 5;
     f = fopen(argv[3], "wb");
     fwrite(y, sizeof(float), n * AOTNET_OUTPUT_FLOATS, f);
@@ -114,15 +120,24 @@ fn executable_runs_from_a_temp_dir_and_matches_the_jit() {
         support::agree(&y, &want).unwrap();
         assert_eq!(y.data(), want.data(), "threads {threads}");
     }
-    let bad = Command::new(alone.join("aotnet"))
-        .current_dir(&alone)
-        .args(["--input", "missing.npy", "--output", "y2.npy"])
-        .output()
-        .unwrap();
-    assert_eq!(bad.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&bad.stderr);
-    assert!(err.contains("missing.npy") && err.lines().count() == 1, "{err}");
-    assert!(!alone.join("y2.npy").exists());
+    // The runtime's C entry point reports every error as status 1 and one line.
+    std::fs::write(alone.join("text.npy"), b"not an array").unwrap();
+    npy::write(&alone.join("wrong.npy"), &Tensor::zeros(vec![1, 1, 2, 2])).unwrap();
+    let cases: &[(&[&str], &str)] = &[
+        (&["--input", "missing.npy", "--output", "y2.npy"], "missing.npy"),
+        (&["--input", "text.npy", "--output", "y2.npy"], "text.npy"),
+        (&["--input", "wrong.npy", "--output", "y2.npy"], "[1, 1, 2, 2]"),
+        (&["--input", "x.npy", "--output", "y2.npy", "--threads", "0"], "--threads"),
+        (&["--input", "x.npy"], "--output"),
+        (&["--frobnicate"], "--frobnicate"),
+    ];
+    for (args, needle) in cases {
+        let bad = Command::new(alone.join("aotnet")).current_dir(&alone).args(*args).output().unwrap();
+        let err = String::from_utf8_lossy(&bad.stderr);
+        assert_eq!(bad.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
+        assert!(!alone.join("y2.npy").exists(), "{args:?} left an output file");
+    }
 }
 
 #[test]

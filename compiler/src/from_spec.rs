@@ -74,8 +74,13 @@ impl Builder<'_> {
     fn check_size(&self, at: &str, name: &str, shape: Shape) -> Result<()> {
         let bytes = shape.numel().checked_mul(4).filter(|&b| b <= MAX_ACTIVATION_BYTES);
         if bytes.is_none() {
+            let what = if name == "input" {
+                format!("the input itself ({shape})")
+            } else {
+                format!("the output {shape} of {name} ({at})")
+            };
             bail!(
-                "input {:?} is too large: {at} ({name}) output {shape} needs more than {} GiB per image",
+                "key `input`: {:?} is too large: {what} needs more than {} GiB per image",
                 self.spec.input,
                 MAX_ACTIVATION_BYTES >> 30
             );
