@@ -231,31 +231,90 @@ def openvino_engine(ov, onnx_path: Path, threads: int, x: np.ndarray, args) -> E
     return Engine(f"openvino {ov.__version__.split('-')[0]}", measure, compile_ms=compile_ms, note=note)
 
 
-def resnetc_engine(resnetc: Path, model: str, backend: str, threads: int, batch: int, weights: Path, args) -> Engine:
+def run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float | None]:
+    """Runs `cmd`; returns the completed process and its peak RSS in MB (from wait4)."""
+    import tempfile
+
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        # Reap the child ourselves: wait4 is the only call that returns its own rusage.
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return subprocess.CompletedProcess(cmd, proc.returncode, out.read(), err.read()), usage.ru_maxrss / 1024
+
+
+def resnetc_engine(resnetc: Path, model: str, backend: str, threads: int, batch: int, weights: Path, args,
+                   executable: Path | None = None, build_ms: float | None = None) -> Engine:
+    """`cranelift`: `resnetc bench` (JIT in the resnetc process). `rust` and `aot`: the
+    executable `resnetc build` wrote (Rust backend or Cranelift object linked with the
+    runtime), timed by its own `--bench` mode."""
     engine = Engine(f"resnetc {backend}", None)
-    cmd = [
-        str(resnetc), "bench", model,
-        "--backend", backend,
-        "--threads", str(threads),
-        "--batch", str(batch),
-        "--weights", str(weights),
-        "--runs", str(args.runs),
-        "--json",
-    ]
+    if executable is None:
+        cmd = [str(resnetc), "bench", model, "--backend", backend, "--threads", str(threads), "--batch", str(batch),
+               "--weights", str(weights), "--runs", str(args.runs), "--json"]
+    else:
+        cmd = [str(executable), "--bench", str(args.runs), "--batch", str(batch), "--threads", str(threads)]
 
     def measure():
-        proc = subprocess.run(cmd, capture_output=True, text=True)
+        proc, rss_mb = run_measured(cmd)
         if proc.returncode != 0:
             message = (proc.stderr.strip() or proc.stdout.strip() or f"exit {proc.returncode}").splitlines()[-1]
             raise RuntimeError(f"resnetc rejected it: {message}")
         out = proc.stdout
         report = json.loads(out[out.index("{"):])
         stats = Stats(report["median_ms"], report["min_ms"], report["max_ms"], int(report.get("runs", 0)))
-        engine.compile_ms = report.get("compile_ms")
-        return stats, {"gflops": report.get("gflops"), "compile_ms": report.get("compile_ms")}
+        engine.compile_ms = report.get("compile_ms", build_ms)
+        return stats, {"gflops": report.get("gflops"), "compile_ms": engine.compile_ms, "rss_mb": rss_mb}
 
     engine.measure = measure
     return engine
+
+
+def build_executable(resnetc: Path, model: str, backend: str, weights: Path, out: Path) -> tuple[Path, float]:
+    """`resnetc build` for `rust` or `aot` (Cranelift object + runtime): path and wall ms."""
+    exe = out / f"{model}-{backend}"
+    cmd = [str(resnetc), "build", model, "--weights", str(weights), "-o", str(exe), "--emit", "exe",
+           "--backend", "rust" if backend == "rust" else "cranelift"]
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError((proc.stderr.strip() or f"exit {proc.returncode}").splitlines()[-1])
+    cached = "reusing" in proc.stderr
+    return exe, (None if cached else (time.perf_counter() - t0) * 1e3)
+
+
+RSS_PROBE = r"""
+import resource, sys, numpy as np
+kind, path, threads, batch = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+x = np.zeros((batch, 3, 224, 224), dtype=np.float32)
+if kind == "ort":
+    import onnxruntime as ort
+    so = ort.SessionOptions(); so.intra_op_num_threads = threads; so.inter_op_num_threads = 1
+    s = ort.InferenceSession(path, sess_options=so, providers=["CPUExecutionProvider"])
+    run = lambda: s.run(None, {s.get_inputs()[0].name: x})
+else:
+    import openvino as ov
+    c = ov.Core().compile_model(path, "CPU", {"INFERENCE_NUM_THREADS": threads, "PERFORMANCE_HINT": "LATENCY",
+                                              "INFERENCE_PRECISION_HINT": "f32"})
+    r = c.create_infer_request()
+    run = lambda: r.infer({0: x})
+for _ in range(5):
+    run()
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+"""
+
+
+def peer_rss_mb(kind: str, onnx_path: Path, threads: int, batch: int) -> float | None:
+    """Peak RSS of a fresh Python process that loads only the peer and runs it 5 times
+    (the benchmark process itself also holds torch, so its RSS says nothing)."""
+    proc = subprocess.run([sys.executable, "-c", RSS_PROBE, kind, str(onnx_path), str(threads), str(batch)],
+                          capture_output=True, text=True)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return None
 
 
 # ----------------------------------------------------------------------------- model preparation
@@ -324,24 +383,26 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
         f"- Protocol: {meta['protocol']}",
         f"- Load average at start / end: {meta['loadavg_start']} / {meta['loadavg_end']}",
         "",
-        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | other CPU % |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|",
+        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | peak RSS MB | other CPU % |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.get("failed"):
             lines.append(
-                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – |"
+                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – | – |"
             )
             continue
         ratio = r.get("ratio_to_ort")
         lines.append(
             f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | {fmt(r['median_ms'])}"
             f" | {fmt(r['min_ms'])}–{fmt(r['max_ms'])} | {fmt(r['images_per_s'], 1)}"
-            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} |"
+            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('rss_mb'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} |"
         )
     lines += [
         "",
         "vs ORT = engine median / ONNX Runtime median in the same configuration (< 1: faster than ORT).",
+        "peak RSS = maximum resident set of the measuring process (resnetc: the `resnetc bench` or model "
+        "executable process; ORT/OpenVINO: a fresh Python process that loads only that engine and runs it).",
         "other CPU % = CPU time of other processes during the measurement, share of the whole machine "
         "(a background job competing for the cores shows up here).",
     ]
@@ -379,6 +440,10 @@ def main() -> int:
     parser.add_argument("--resnetc", type=Path, default=Path(os.environ.get("RESNETC_BIN", REPO / "target/release/resnetc")),
                         help="resnetc binary (default: $RESNETC_BIN or target/release/resnetc)")
     parser.add_argument("--out", type=Path, default=REPO / "bench/out", help="output directory (default: bench/out)")
+    parser.add_argument("--benchmarks-md", type=Path, default=None,
+                        help="also write the report there (e.g. BENCHMARKS.md at the repository root)")
+    parser.add_argument("--jit-max-batch", type=int, default=1 << 30,
+                        help="measure the Cranelift backends (cranelift, aot) only up to this batch size")
     args = parser.parse_args()
 
     if not args.resnetc.exists():
@@ -467,6 +532,15 @@ def main() -> int:
             log("   " + "; ".join(f"{c['what']}: {c['value']}" for c in checks if c["model"] == model))
         del net
 
+        executables: dict[str, tuple[Path, float | None]] = {}
+        for backend in args.backends:
+            if backend in ("rust", "aot") and backend not in rejected:
+                log(f"   building the {backend} executable")
+                try:
+                    executables[backend] = build_executable(args.resnetc, model, backend, weights, args.out)
+                except Exception as e:
+                    rejected[backend] = f"resnetc build failed: {e}"
+
         for batch in args.batch:
             x = np.random.default_rng(args.seed).standard_normal((batch, 3, 224, 224), dtype=np.float32)
             for threads in args.threads:
@@ -478,10 +552,16 @@ def main() -> int:
                     except Exception as e:
                         notes.append(f"OpenVINO failed for {model} threads={threads} batch={batch}: {e}")
                 for backend in args.backends:
-                    engine = resnetc_engine(args.resnetc, model, backend, threads, batch, weights, args)
+                    if backend in ("cranelift", "aot") and batch > args.jit_max_batch:
+                        continue
+                    exe, build_ms = executables.get(backend, (None, None))
+                    engine = resnetc_engine(args.resnetc, model, backend, threads, batch, weights, args, exe, build_ms)
                     if backend in rejected:
                         engine.failed = rejected[backend]
                     engines.append(engine)
+                peer_rss = {"ort": peer_rss_mb("ort", onnx_paths[batch], threads, batch)}
+                if ov is not None:
+                    peer_rss["ov"] = peer_rss_mb("ov", onnx_paths[batch], threads, batch)
 
                 for rnd in range(args.rounds):
                     order = engines if rnd % 2 == 0 else list(reversed(engines))
@@ -512,6 +592,11 @@ def main() -> int:
                         continue
                     median = statistics.median(r["median_ms"] for r in engine.rounds)
                     others = [r["other_cpu_pct"] for r in engine.rounds if r["other_cpu_pct"] is not None]
+                    rss = [r["rss_mb"] for r in engine.rounds if r.get("rss_mb") is not None]
+                    if engine.name.startswith("onnxruntime"):
+                        rss = [peer_rss["ort"]] if peer_rss.get("ort") else []
+                    elif engine.name.startswith("openvino"):
+                        rss = [peer_rss["ov"]] if peer_rss.get("ov") else []
                     if engine is engines[0]:
                         ort_median = median
                     row.update({
@@ -521,6 +606,7 @@ def main() -> int:
                         "images_per_s": batch * 1e3 / median,
                         "ratio_to_ort": median / ort_median if ort_median else None,
                         "compile_ms": engine.compile_ms,
+                        "rss_mb": max(rss) if rss else None,
                         "other_cpu_pct": statistics.mean(others) if others else None,
                         "rounds": engine.rounds,
                     })
@@ -534,12 +620,16 @@ def main() -> int:
     for row in rows:
         if row.get("note") and row["engine"].startswith("openvino"):
             notes.append(f"OpenVINO effective settings ({row['model']}, threads={row['threads']}): {row['note']}")
-    notes.append("compile ms: ORT session creation, OpenVINO read+compile_model, resnetc's compile time "
-                 "as reported by `resnetc bench` (excludes weight loading).")
+    notes.append("compile ms: ORT session creation, OpenVINO read+compile_model; resnetc cranelift: JIT compile "
+                 "time reported by `resnetc bench` (excludes weight loading); resnetc rust / aot: wall time of "
+                 "`resnetc build --emit exe` (rust: cargo building the generated crate, with the runtime's "
+                 "dependencies already built; '–' when an identical earlier build was reused).")
     meta["loadavg_end"] = load_average()
 
     text = markdown(meta, rows, checks, notes)
     (args.out / "results.md").write_text(text)
+    if args.benchmarks_md is not None:
+        args.benchmarks_md.write_text(text)
     (args.out / "results.json").write_text(json.dumps({"meta": meta, "results": rows, "correctness": checks,
                                                        "notes": notes}, indent=2) + "\n")
     print(text, end="")

@@ -42,7 +42,39 @@ fn main_rs(spec: &Spec) -> Result<String> {
     ))
 }
 
-/// Builds the executable at `out`. Progress goes to stderr (cargo's own output).
+/// A hash of everything a built executable depends on: the generated crate, the weights
+/// and the runtime's sources. Equal keys give the same executable, so it is reused.
+fn cache_key(main_rs: &str, manifest: &str, weights: &[u8], runtime: &Path) -> Result<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (env!("CARGO_PKG_VERSION"), main_rs, manifest, weights).hash(&mut h);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(runtime.join("src"))
+        .with_context(|| format!("{}: cannot list the runtime's sources", runtime.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.push(runtime.join("Cargo.toml"));
+    files.sort();
+    for f in files {
+        if f.is_file() {
+            (f.file_name(), std::fs::read(&f)?).hash(&mut h);
+        }
+    }
+    Ok(h.finish())
+}
+
+fn install(exe: &Path, out: &Path) -> Result<()> {
+    let bytes = std::fs::read(exe).with_context(|| format!("{}: cannot read the built executable", exe.display()))?;
+    resnetc_runtime::write_file_atomic(out, &bytes)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o755))?;
+    }
+    Ok(())
+}
+
+/// Builds the executable at `out`, or copies the one an identical earlier build left in
+/// the cache (`<target dir>/exe-cache`). Progress goes to stderr (cargo's own output).
 pub fn build_executable(spec: &Spec, tensors: &Tensors, out: &Path) -> Result<()> {
     let runtime = runtime_dir()?;
     let name = format!("resnetc-model-{}", crate::identifier(&spec.name).replace('_', "-"));
@@ -57,10 +89,17 @@ pub fn build_executable(spec: &Spec, tensors: &Tensors, out: &Path) -> Result<()
          [profile.release]\ndebug = false\ncodegen-units = 16\n\n[workspace]\n",
         runtime.display().to_string()
     );
+    let code = main_rs(spec)?;
+    let weights = safetensors::to_bytes(tensors);
+    let cached = target_dir().join("exe-cache").join(format!("{name}-{:016x}", cache_key(&code, &manifest, &weights, &runtime)?));
+    if cached.is_file() {
+        eprintln!("reusing {} (same code, weights and runtime)", cached.display());
+        return install(&cached, out);
+    }
     let result = (|| -> Result<()> {
-        std::fs::write(dir.join("Cargo.toml"), manifest)?;
-        std::fs::write(dir.join("src/main.rs"), main_rs(spec)?)?;
-        safetensors::write(&dir.join("weights.safetensors"), tensors)?;
+        std::fs::write(dir.join("Cargo.toml"), &manifest)?;
+        std::fs::write(dir.join("src/main.rs"), &code)?;
+        std::fs::write(dir.join("weights.safetensors"), &weights)?;
         let target = target_dir();
         eprintln!("building {name} with cargo (target dir {})", target.display());
         let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
@@ -73,13 +112,10 @@ pub fn build_executable(spec: &Spec, tensors: &Tensors, out: &Path) -> Result<()
             bail!("cargo failed to build the generated crate in {}", dir.display());
         }
         let exe = target.join("release").join(&name);
-        let bytes =
-            std::fs::read(&exe).with_context(|| format!("{}: cannot read the built executable", exe.display()))?;
-        resnetc_runtime::write_file_atomic(out, &bytes)?;
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(out, std::fs::Permissions::from_mode(0o755))?;
+        install(&exe, out)?;
+        // Best effort: a failed cache write only costs the next build its time.
+        if let (Ok(()), Ok(bytes)) = (std::fs::create_dir_all(cached.parent().unwrap()), std::fs::read(&exe)) {
+            let _ = resnetc_runtime::write_file_atomic(&cached, &bytes);
         }
         Ok(())
     })();
