@@ -6,6 +6,8 @@ mod support;
 
 use resnetc::graph::{Conv, Op};
 use resnetc::jit_model::JitModel;
+use resnetc::passes::Pass;
+use resnetc::target::Target;
 use resnetc::{from_spec, passes, reference, spec, weights};
 use support::random_spec::{random_spec, Rng};
 
@@ -45,7 +47,9 @@ fn jit_matches_reference_on_200_random_specs() {
     for i in 0..200 {
         let s = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&s).unwrap();
-        for n in passes::fuse(&graph).0.g.node_weights() {
+        let mut fused = passes::fuse(&graph).0;
+        passes::ChooseAlgorithm { target: Target::CRANELIFT_X64 }.run(&mut fused);
+        for n in fused.g.node_weights() {
             if let Op::Conv(Conv { winograd: Some(m), .. }) = n.op {
                 winograd[m / 4] += 1;
             }

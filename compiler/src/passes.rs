@@ -13,7 +13,8 @@
 //! The last pass, `choose_algorithm`, rewrites nothing: it is the cost model that marks
 //! which stride-1 3x3 convs run as Winograd F(m x m, 3 x 3).
 
-use crate::graph::{Graph, Op};
+use crate::graph::{Conv, Graph, Op, Shape};
+use crate::target::Target;
 use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::EdgeRef;
 use petgraph::Direction;
@@ -128,34 +129,56 @@ impl Pass for FuseRelu {
 
 /// Largest number of convs run as F(4x4, 3x3) in one model; later ones fall back to
 /// F(2x2, 3x3). F(4,3)'s float32 error grows with depth (DESIGN.md: <= 3.4e-5 on
-/// ResNet-18/34/50 where at most 13 layers qualify, ~1e-4 when the 14x14 layers of
-/// ResNet-101/152 are included), and the tolerance is 1e-4.
+/// ResNet-18/34/50, ~1e-4 with every 3x3 conv of ResNet-101/152), and the tolerance is 1e-4.
 pub const MAX_F4_LAYERS: usize = 16;
 
-/// The cost model: Winograd for stride-1, pad-1, ungrouped 3x3 convs with at least 16
-/// input and output channels, with the output tile `m` (4 or 2) that needs the fewest
-/// transformed-domain multiplies per output, when that is at most half of direct
-/// convolution's 9. Sizes that do not tile evenly (7x7, 14x14 at m = 4) compute whole
-/// tiles and store the valid part. Below 16 channels the transforms, a few flops per
-/// element each, no longer amortize over the channel sums.
-pub struct ChooseAlgorithm;
+/// Winograd must beat direct convolution by this factor in the cost model: the model is
+/// coarse, and a wrong Winograd choice also costs accuracy.
+const WINOGRAD_MARGIN: f64 = 0.8;
 
-/// Multiplies per output and input channel of F(m, 3) on an `h x w` output: `(m+2)^2` per
-/// tile over the tiles that cover it (direct convolution: 9).
-pub fn winograd_cost(m: usize, h: usize, w: usize) -> f64 {
-    ((m + 2) * (m + 2) * h.div_ceil(m) * w.div_ceil(m)) as f64 / (h * w) as f64
+/// The cost model of the conv algorithm, per target: for stride-1, pad-1, ungrouped 3x3
+/// convs with at least 16 input and output channels, Winograd F(m, 3) (m = 4 or 2) when
+/// its estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. Times are
+/// `max(flops / gflops, weight bytes / weight_gbytes)`, plus, for Winograd, its scratch
+/// traffic over `transform_gbytes`. What decides: Winograd cuts multiplies 4x (m = 4) or
+/// 2.25x (m = 2) but its transformed weights are 4x (1.8x) larger and are streamed once
+/// per image, so on small outputs with many channels (7x7x512) it loses to direct
+/// convolution on a fast target and still wins on a slow one. Sizes that do not tile
+/// evenly compute whole tiles and store the valid part.
+pub struct ChooseAlgorithm {
+    pub target: Target,
 }
 
-/// The output tile `m` a conv would run with (ignoring the F(4,3) budget), or `None`.
-pub fn winograd_tile(c: &crate::graph::Conv, out: crate::graph::Shape) -> Option<usize> {
+/// Estimated seconds of one image's conv, direct (`m = None`) or Winograd F(m, 3).
+pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
+    let (cin, cout) = (c.cin as f64, c.cout as f64);
+    let compute = |macs: f64| 2.0 * macs / (t.gflops as f64 * 1e9);
+    let stream = |bytes: f64| bytes / (t.weight_gbytes as f64 * 1e9);
+    match m {
+        None => {
+            let macs = (out.h * out.w) as f64 * cin * cout * (c.kernel * c.kernel / c.groups) as f64;
+            compute(macs).max(stream(4.0 * c.weight_count() as f64))
+        }
+        Some(m) => {
+            let nn = ((m + 2) * (m + 2)) as f64;
+            let tiles = (out.h.div_ceil(m) * out.w.div_ceil(m)) as f64;
+            let products = compute(nn * tiles * cin * cout).max(stream(4.0 * nn * cin * cout));
+            let scratch = 4.0 * nn * tiles * (cin + cout);
+            products + scratch / (t.transform_gbytes as f64 * 1e9)
+        }
+    }
+}
+
+/// The output tile `m` the cost model picks for a conv on `t` (ignoring the F(4,3)
+/// budget), or `None` for direct convolution.
+pub fn winograd_tile(t: Target, c: &Conv, out: Shape) -> Option<usize> {
     let eligible = c.kernel == 3 && c.stride == 1 && c.pad == 1 && c.groups == 1 && c.cin >= 16 && c.cout >= 16;
     if !eligible {
         return None;
     }
-    let best = [4, 2]
-        .into_iter()
-        .min_by(|&a, &b| winograd_cost(a, out.h, out.w).total_cmp(&winograd_cost(b, out.h, out.w)))?;
-    (winograd_cost(best, out.h, out.w) <= 4.5).then_some(best)
+    let cost = |m| conv_seconds(t, c, out, m);
+    let best = [4, 2].into_iter().min_by(|&a, &b| cost(Some(a)).total_cmp(&cost(Some(b))))?;
+    (cost(Some(best)) < WINOGRAD_MARGIN * cost(None)).then_some(best)
 }
 
 impl Pass for ChooseAlgorithm {
@@ -169,11 +192,12 @@ impl Pass for ChooseAlgorithm {
         for n in graph.schedule() {
             let shape = graph.node(n).shape;
             let Op::Conv(c) = &mut graph.g[n].op else { continue };
-            let mut m = winograd_tile(c, shape);
+            let mut m = winograd_tile(self.target, c, shape);
             if m == Some(4) {
                 f4 += 1;
                 if f4 > MAX_F4_LAYERS {
-                    m = (winograd_cost(2, shape.h, shape.w) <= 4.5).then_some(2);
+                    let cost = |m| conv_seconds(self.target, c, shape, m);
+                    m = (cost(Some(2)) < WINOGRAD_MARGIN * cost(None)).then_some(2);
                 }
             }
             c.winograd = m;
@@ -185,7 +209,7 @@ impl Pass for ChooseAlgorithm {
 
 /// The middle-end's passes, in order.
 pub fn standard() -> Vec<Box<dyn Pass>> {
-    vec![Box::new(FoldBatchNorm), Box::new(FuseResidual), Box::new(FuseRelu), Box::new(ChooseAlgorithm)]
+    vec![Box::new(FoldBatchNorm), Box::new(FuseResidual), Box::new(FuseRelu)]
 }
 
 /// Runs the standard passes; returns the fused graph and per-pass rewrite counts.
@@ -226,7 +250,30 @@ mod tests {
         let (fused, counts) = fuse(&graph);
         let convs = fused.schedule().into_iter().filter(|&n| matches!(fused.node(n).op, Op::Conv(_))).count();
         assert_eq!(convs, 53);
-        // Winograd: every stride-1 3x3 conv (3 + 3 + 5 + 2); the strided ones stay direct.
-        assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49), ("choose_algorithm", 13)]);
+        assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49)]);
+    }
+
+    #[test]
+    fn cost_model_picks_winograd_where_it_pays() {
+        let graph = crate::from_spec::build(&preset("resnet18").unwrap()).unwrap();
+        let (fused, _) = fuse(&graph);
+        let chosen = |target: Target| {
+            let mut g = fused.clone();
+            ChooseAlgorithm { target }.run(&mut g);
+            g.schedule()
+                .into_iter()
+                .filter_map(|n| match &g.node(n).op {
+                    Op::Conv(c) if c.kernel == 3 && c.stride == 1 => Some((g.node(n).shape.h, c.winograd)),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        // AVX-512: F(4,3) down to 14x14; at 7x7x512 the 4x larger transformed weights
+        // (37.7 MB per conv) cost more than the multiplies saved.
+        for (h, m) in chosen(Target::AVX512) {
+            assert_eq!(m, if h >= 14 { Some(4) } else { None }, "avx512, {h}x{h}");
+        }
+        // Cranelift computes 4.6x slower, so Winograd pays everywhere.
+        assert!(chosen(Target::CRANELIFT_X64).iter().all(|&(_, m)| m == Some(4)));
     }
 }

@@ -11,6 +11,7 @@
 //! (the halo with zeros), so a buffer never depends on what the arena held before.
 
 use crate::graph::{Conv, Graph, MaxPool, Op, Shape};
+use crate::passes::Pass;
 use crate::target::Target;
 use anyhow::{bail, Result};
 use petgraph::stable_graph::NodeIndex;
@@ -175,6 +176,10 @@ fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
 
 /// Builds the plan of a fused graph for `target` and lays out its arena.
 pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
+    // The algorithm of each conv depends on the target's speed: decided here, per plan.
+    let mut chosen = fused.clone();
+    crate::passes::ChooseAlgorithm { target }.run(&mut chosen);
+    let fused = &chosen;
     let order = fused.schedule();
     let mut buf_of: HashMap<NodeIndex, BufId> = HashMap::new();
     let mut buffers: Vec<Buffer> = Vec::new();

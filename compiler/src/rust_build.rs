@@ -91,7 +91,9 @@ pub fn build_executable(spec: &Spec, tensors: &Tensors, out: &Path) -> Result<()
     );
     let code = main_rs(spec)?;
     let weights = safetensors::to_bytes(tensors);
-    let cached = target_dir().join("exe-cache").join(format!("{name}-{:016x}", cache_key(&code, &manifest, &weights, &runtime)?));
+    let cached = target_dir()
+        .join("exe-cache")
+        .join(format!("{name}-{:016x}", cache_key(&code, &manifest, &weights, &runtime)?));
     if cached.is_file() {
         eprintln!("reusing {} (same code, weights and runtime)", cached.display());
         return install(&cached, out);

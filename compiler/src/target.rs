@@ -9,11 +9,20 @@ pub struct Target {
     pub lanes: usize,
     /// Vector registers available to a micro-kernel's tile.
     pub vregs: usize,
+    /// Sustained single-thread convolution throughput, GFLOP/s (measured on the
+    /// development machine; the cost model only compares algorithms with it).
+    pub gflops: u32,
+    /// Sustained single-thread memory bandwidth for streamed weights, GB/s.
+    pub weight_gbytes: u32,
+    /// Effective bandwidth of the Winograd transforms over their scratch buffers, GB/s.
+    pub transform_gbytes: u32,
 }
 
 impl Target {
     /// Cranelift on x86-64: 128-bit xmm registers only, 16 of them.
-    pub const CRANELIFT_X64: Target = Target { name: "cranelift-x64", lanes: 4, vregs: 16 };
+    pub const CRANELIFT_X64: Target =
+        Target { name: "cranelift-x64", lanes: 4, vregs: 16, gflops: 25, weight_gbytes: 10, transform_gbytes: 5 };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
-    pub const AVX512: Target = Target { name: "avx512", lanes: 16, vregs: 32 };
+    pub const AVX512: Target =
+        Target { name: "avx512", lanes: 16, vregs: 32, gflops: 115, weight_gbytes: 10, transform_gbytes: 7 };
 }

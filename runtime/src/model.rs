@@ -51,6 +51,11 @@ impl Model {
         self.pool = Pool::new(threads.max(1));
     }
 
+    /// Kernel calls per image.
+    pub fn num_calls(&self) -> usize {
+        self.calls.len()
+    }
+
     pub fn threads(&self) -> usize {
         self.pool.threads()
     }

@@ -192,6 +192,17 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
         }
         times.sort_by(f64::total_cmp);
         let median = if runs % 2 == 1 { times[runs / 2] } else { (times[runs / 2 - 1] + times[runs / 2]) / 2.0 };
+        if std::env::var_os("RESNETC_PROFILE").is_some() {
+            // Mean milliseconds per kernel call over `runs` more runs, in call order (the
+            // order of `resnetc emit MODEL kernels`'s call list), on stderr.
+            let mut per_call = vec![0.0f64; model.num_calls()];
+            for _ in 0..runs {
+                model.forward_timed(&x, &mut y, o.batch, Some(&mut per_call))?;
+            }
+            for (i, s) in per_call.iter().enumerate() {
+                eprintln!("call {i:>3}: {:9.4} ms", s * 1e3 / runs as f64);
+            }
+        }
         println!(
             "{{\"median_ms\": {median}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {runs}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}}}",
             times[0],

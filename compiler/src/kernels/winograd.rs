@@ -14,7 +14,7 @@
 //! Both transforms run separably (rows, then columns) through the scratch buffer itself,
 //! which keeps the live registers to about `2n` plus the constants.
 
-use super::conv::{j_candidates, tile_pixels};
+use super::conv::{channel_unroll, j_candidates, tile_pixels};
 use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::Conv;
@@ -184,8 +184,10 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
     let cin_pad = cbi * lanes;
     let mut b = Builder::new(2);
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
-    let p_max = tile_pixels(t, j, count);
-    let fold_weights = t.vregs < 32;
+    // No seventh tile here (unlike the direct conv's rows): LLVM then keeps the broadcast
+    // in a register, needs 33, and spills inside the loop (seen in the disassembly).
+    let p_max = tile_pixels(t, j, count).min(if t.vregs >= 32 { 24 / j } else { usize::MAX });
+    let unroll = channel_unroll(t, lanes);
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     // [xi][cblock][tile][lane] with a variable position.
@@ -199,20 +201,17 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
             }
         }
         b.for_loop(cbi, |b, icb| {
-            b.for_loop(lanes, |b, icl| {
+            b.for_loop_unrolled(lanes, unroll, |b, icl| {
                 let ic = icb.scaled(lanes as i64).plus(&icl);
                 let wk = xi.scaled(ktiles as i64).plus(&kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
-                let w_at = |jj: usize| Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) });
-                if !fold_weights {
-                    for (jj, &wr) in wreg.iter().enumerate() {
-                        b.set(wr, Expr::Src(w_at(jj)));
-                    }
+                for (jj, &wr) in wreg.iter().enumerate() {
+                    b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
                 }
                 for (pp, a) in acc.iter().take(p).enumerate() {
                     let x = at(cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
                     for jj in 0..j {
-                        let wv = if fold_weights { w_at(jj) } else { Src::Reg(wreg[jj]) };
-                        b.set(a[jj], Expr::Fma(a[jj], Src::Bcast(Addr { arg: 1, index: x.clone() }), wv));
+                        let xv = Src::Bcast(Addr { arg: 1, index: x.clone() });
+                        b.set(a[jj], Expr::Fma(a[jj], xv, Src::Reg(wreg[jj])));
                     }
                 }
             });
