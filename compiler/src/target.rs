@@ -16,13 +16,29 @@ pub struct Target {
     pub weight_gbytes: u32,
     /// Effective bandwidth of the Winograd transforms over their scratch buffers, GB/s.
     pub transform_gbytes: u32,
+    /// Bandwidth of weights re-read from L2 by a kernel whose per-tile weights miss L1, GB/s.
+    pub l2_gbytes: u32,
 }
 
 impl Target {
     /// Cranelift on x86-64: 128-bit xmm registers only, 16 of them.
-    pub const CRANELIFT_X64: Target =
-        Target { name: "cranelift-x64", lanes: 4, vregs: 16, gflops: 25, weight_gbytes: 10, transform_gbytes: 5 };
+    pub const CRANELIFT_X64: Target = Target {
+        name: "cranelift-x64",
+        lanes: 4,
+        vregs: 16,
+        gflops: 25,
+        weight_gbytes: 10,
+        transform_gbytes: 5,
+        l2_gbytes: 20,
+    };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
-    pub const AVX512: Target =
-        Target { name: "avx512", lanes: 16, vregs: 32, gflops: 115, weight_gbytes: 10, transform_gbytes: 7 };
+    pub const AVX512: Target = Target {
+        name: "avx512",
+        lanes: 16,
+        vregs: 32,
+        gflops: 115,
+        weight_gbytes: 10,
+        transform_gbytes: 7,
+        l2_gbytes: 40,
+    };
 }
