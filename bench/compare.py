@@ -266,7 +266,10 @@ def resnetc_engine(resnetc: Path, model: str, backend: str, threads: int, batch:
         report = json.loads(out[out.index("{"):])
         stats = Stats(report["median_ms"], report["min_ms"], report["max_ms"], int(report.get("runs", 0)))
         engine.compile_ms = report.get("compile_ms", build_ms)
-        return stats, {"gflops": report.get("gflops"), "compile_ms": engine.compile_ms, "rss_mb": rss_mb}
+        # The process's own VmHWM; wait4's ru_maxrss would include the high-water mark this
+        # Python process (with torch loaded) had when it forked the child.
+        rss = report.get("peak_rss_mb") or rss_mb
+        return stats, {"gflops": report.get("gflops"), "compile_ms": engine.compile_ms, "rss_mb": rss}
 
     engine.measure = measure
     return engine
@@ -302,7 +305,9 @@ else:
     run = lambda: r.infer({0: x})
 for _ in range(5):
     run()
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+# VmHWM, not ru_maxrss: the latter keeps the forking parent's high-water mark across exec.
+hwm = [l for l in open("/proc/self/status") if l.startswith("VmHWM:")][0]
+print(int(hwm.split()[1]) / 1024)
 """
 
 
@@ -401,7 +406,7 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
     lines += [
         "",
         "vs ORT = engine median / ONNX Runtime median in the same configuration (< 1: faster than ORT).",
-        "peak RSS = maximum resident set of the measuring process (resnetc: the `resnetc bench` or model "
+        "peak RSS = maximum resident set (VmHWM) of the measuring process (resnetc: the `resnetc bench` or model "
         "executable process; ORT/OpenVINO: a fresh Python process that loads only that engine and runs it).",
         "other CPU % = CPU time of other processes during the measurement, share of the whole machine "
         "(a background job competing for the cores shows up here).",

@@ -78,6 +78,7 @@ impl Report {
             "runs": self.stats.runs,
             "gflops": self.gflops(),
             "images_per_s": self.batch as f64 * 1e3 / self.stats.median,
+            "peak_rss_mb": resnetc_runtime::peak_rss_mb(),
             "compile_ms": self.compile_ms,
             "layers": self.layers.iter().map(|l| json!({
                 "name": l.name, "kernel": l.kernel, "macs": l.macs, "median_ms": l.median_ms,

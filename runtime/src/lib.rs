@@ -26,6 +26,16 @@ pub use tensor::Tensor;
 use anyhow::{bail, Context, Result};
 use std::path::Path;
 
+/// This process's peak resident set in MB (`VmHWM`, Linux), or `None` elsewhere. Unlike
+/// `getrusage`'s `ru_maxrss`, it does not carry over the high-water mark of the process
+/// image before `exec`, so a child of a large parent reports its own peak.
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb / 1024.0)
+}
+
 /// Reads a whole file, with errors that name it and refuse directories up front.
 pub fn read_file(path: &Path) -> Result<Vec<u8>> {
     if path.is_dir() {

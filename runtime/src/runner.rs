@@ -204,11 +204,12 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
             }
         }
         println!(
-            "{{\"median_ms\": {median}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {runs}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}}}",
+            "{{\"median_ms\": {median}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {runs}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}, \"peak_rss_mb\": {}}}",
             times[0],
             times[runs - 1],
             o.batch,
-            o.threads
+            o.threads,
+            crate::peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}"))
         );
         return Ok(());
     }
