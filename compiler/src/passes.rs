@@ -207,12 +207,14 @@ impl Pass for ChooseAlgorithm {
     }
 
     fn run(&self, graph: &mut Graph) -> usize {
+        // An escape hatch for measurements and bit-level comparisons with direct convolution.
+        let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
         let mut count = 0;
         let mut f4 = 0;
         for n in graph.schedule() {
             let shape = graph.node(n).shape;
             let Op::Conv(c) = &mut graph.g[n].op else { continue };
-            let mut m = winograd_tile(self.target, c, shape);
+            let mut m = if disabled { None } else { winograd_tile(self.target, c, shape) };
             if m == Some(4) {
                 f4 += 1;
                 if f4 > MAX_F4_LAYERS {
