@@ -6,6 +6,7 @@ mod conv;
 mod simple;
 mod winograd;
 
+use crate::graph::Conv;
 use crate::kir::Kernel;
 use crate::plan::{Plan, StepOp};
 use anyhow::Result;
@@ -70,14 +71,10 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         // (kernel, arguments, multiply-adds) of each call this step makes.
         let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize)> = vec![];
         let (kernel, args, recipe) = match &step.op {
-            StepOp::Conv(c) if c.winograd.is_some() => {
+            StepOp::Conv(c @ Conv { winograd: Some(m), .. }) => {
                 let res = step.residual.map(|r| buf(Some(r)));
-                let m = c.winograd.unwrap();
-                let g = winograd::generate(t, c, m, buf(step.input), buf(step.output), res, &mut weights);
-                let (v, mm) = (
-                    ArgRef::Arena(plan.buffers[step.scratch[0]].offset / 4),
-                    ArgRef::Arena(plan.buffers[step.scratch[1]].offset / 4),
-                );
+                let g = winograd::generate(t, c, *m, buf(step.input), buf(step.output), res, &mut weights);
+                let (v, mm) = (arena(Some(step.scratch[0])), arena(Some(step.scratch[1])));
                 let [k_in, k_gemm, k_out] = g.kernels;
                 step_calls.push((k_in, vec![v, arena(step.input)], 0));
                 step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], macs));

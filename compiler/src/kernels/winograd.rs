@@ -190,10 +190,6 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
     let unroll = channel_unroll(t, lanes);
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
-    // [xi][cblock][tile][lane] with a variable position.
-    let at = |cblocks: usize, cblock: &Index, tile: &Index| {
-        xi.scaled(cblocks as i64).plus(cblock).scaled(count as i64).plus(tile).scaled(lanes as i64)
-    };
     let emit = |b: &mut Builder, p0: &Index, p: usize| {
         for a in acc.iter().take(p) {
             for &r in a {
@@ -208,7 +204,7 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
                     b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
                 }
                 for (pp, a) in acc.iter().take(p).enumerate() {
-                    let x = at(cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
+                    let x = g.scratch(&xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
                     for jj in 0..j {
                         let xv = Src::Bcast(Addr { arg: 1, index: x.clone() });
                         b.set(a[jj], Expr::Fma(a[jj], xv, Src::Reg(wreg[jj])));
@@ -219,7 +215,10 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
         for (pp, a) in acc.iter().take(p).enumerate() {
             for (jj, &r) in a.iter().enumerate() {
                 let ob = kt.scaled(j as i64).offset(jj as i64);
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: at(cbo, &ob, &p0.offset(pp as i64)) }, src: r });
+                b.push(Stmt::Store {
+                    addr: Addr { arg: 0, index: g.scratch(&xi, cbo, &ob, &p0.offset(pp as i64)) },
+                    src: r,
+                });
             }
         }
     };
