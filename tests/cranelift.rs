@@ -67,3 +67,35 @@ fn jit_matches_reference_on_200_random_specs() {
     eprintln!("Winograd convs: {} F(2,3), {} F(4,3)", winograd[0], winograd[1]);
     assert!(winograd.iter().all(|&c| c >= 10), "too few Winograd convs in the random specs: {winograd:?}");
 }
+
+/// Batches run weight-heavy calls task-major (every image per task, see
+/// `exec::Call::task_major`): each image of a batch must come out bit-identical to the same
+/// image run alone, at one and two threads.
+#[test]
+fn task_major_batches_match_single_images_bit_for_bit() {
+    // A stride-2 3x3 conv 256 -> 512 (4.7 MB of weights, direct) and Winograd products.
+    let text = "block = \"basic\"\nlayers = [1, 1]\nwidths = [256, 512]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 8, 8]\n";
+    let s = spec::parse(text, "task_major").unwrap();
+    let w = weights::seeded(&from_spec::build(&s).unwrap(), 5);
+    for threads in [1, 2] {
+        let m = JitModel::new(&s, &w, threads).unwrap();
+        let kinds: Vec<&str> = m
+            .program
+            .calls
+            .iter()
+            .filter(|c| c.task_major)
+            .map(|c| m.program.kernels[c.kernel].name.as_str())
+            .collect();
+        assert!(kinds.iter().any(|k| k.starts_with("conv3x3s2")), "no task-major direct conv: {kinds:?}");
+        assert!(kinds.iter().any(|k| k.contains("_gemm_")), "no task-major Winograd product: {kinds:?}");
+        let batch = 5;
+        let x = weights::seeded_input(s.input, batch, 77);
+        let y = m.forward(&x).unwrap();
+        let per = x.data().len() / batch;
+        for i in 0..batch {
+            let xi = resnetc_runtime::tensor::Tensor::new(vec![1, 3, 8, 8], x.data()[i * per..][..per].to_vec());
+            let yi = m.forward(&xi).unwrap();
+            assert_eq!(&y.data()[i * 10..][..10], yi.data(), "image {i} of the batch, {threads} threads");
+        }
+    }
+}

@@ -194,7 +194,15 @@ pub fn generate(spec: &Spec, type_name: &str, vis: &str, rt: &str) -> Result<Str
     let _ = writeln!(o, "        ],\n        calls: &[");
     for c in &p.calls {
         let args: Vec<String> = c.args.iter().map(arg).collect();
-        let _ = writeln!(o, "            ({}, {}, &[{}]), // {}", c.kernel, p.tasks(c), args.join(", "), c.name);
+        let _ = writeln!(
+            o,
+            "            ({}, {}, {}, &[{}]), // {}",
+            c.kernel,
+            p.tasks(c),
+            c.task_major,
+            args.join(", "),
+            c.name
+        );
     }
     let _ = writeln!(o, "        ],\n    }};\n");
 

@@ -18,6 +18,9 @@ pub struct Target {
     pub transform_gbytes: u32,
     /// Bandwidth of weights re-read from L2 by a kernel whose per-tile weights miss L1, GB/s.
     pub l2_gbytes: u32,
+    /// L2 cache per core, bytes: a call whose weights exceed it cannot keep them in cache
+    /// from one image of a batch to the next.
+    pub l2_bytes: usize,
 }
 
 impl Target {
@@ -30,6 +33,7 @@ impl Target {
         weight_gbytes: 10,
         transform_gbytes: 5,
         l2_gbytes: 20,
+        l2_bytes: 2 << 20,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
     pub const AVX512: Target = Target {
@@ -40,5 +44,6 @@ impl Target {
         weight_gbytes: 10,
         transform_gbytes: 7,
         l2_gbytes: 40,
+        l2_bytes: 2 << 20,
     };
 }

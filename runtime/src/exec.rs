@@ -29,6 +29,12 @@ pub struct Call {
     pub f: KernelFn,
     pub args: Vec<Arg>,
     pub tasks: usize,
+    /// With a batch, global task `t` is task `t / n` of image `t % n` (task-major) instead
+    /// of task `t % tasks` of image `t / tasks`: the weights one task reads (a tile of
+    /// output channels, a Winograd position) then serve every image while they are in
+    /// cache, and each thread streams only its share of the weights. The compiler sets it
+    /// for calls whose weights do not stay in cache from one image to the next.
+    pub task_major: bool,
 }
 
 /// A 64-byte aligned, zero-initialized float buffer.
@@ -141,11 +147,7 @@ pub unsafe fn run(
     for (i, call) in calls.iter().enumerate() {
         let start = timings.is_some().then(std::time::Instant::now);
         let f = &|begin: usize, end: usize| {
-            // A participant's range may span images: one kernel call per image.
-            let mut t = begin;
-            while t < end {
-                let image = t / call.tasks;
-                let stop = end.min((image + 1) * call.tasks);
+            let args = |image: usize| {
                 let mut ptrs = [std::ptr::null_mut::<f32>(); 8];
                 for (p, a) in ptrs.iter_mut().zip(&call.args) {
                     // SAFETY: offsets come from the plan and stay within each region.
@@ -158,9 +160,24 @@ pub unsafe fn run(
                         }
                     };
                 }
+                ptrs
+            };
+            if call.task_major && n > 1 {
+                for t in begin..end {
+                    let (task, image) = (t / n, t % n);
+                    // SAFETY: the caller guarantees the kernel's validity.
+                    unsafe { (call.f)(args(image).as_ptr(), task as i64, task as i64 + 1) };
+                }
+                return;
+            }
+            // Image-major: a participant's range may span images, one kernel call per image.
+            let mut t = begin;
+            while t < end {
+                let image = t / call.tasks;
+                let stop = end.min((image + 1) * call.tasks);
                 let local = t - image * call.tasks;
-                // SAFETY: the caller guarantees the kernel's validity.
-                unsafe { (call.f)(ptrs.as_ptr(), local as i64, (local + stop - t) as i64) };
+                // SAFETY: as above.
+                unsafe { (call.f)(args(image).as_ptr(), local as i64, (local + stop - t) as i64) };
                 t = stop;
             }
         };

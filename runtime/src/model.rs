@@ -115,8 +115,8 @@ pub struct ModelDef {
     /// Tensors the weights file must hold: torchvision name and shape.
     pub expected: &'static [(&'static str, &'static [usize])],
     pub recipes: &'static [crate::pack::Recipe],
-    /// Per call: kernel index, tasks per image, arguments.
-    pub calls: &'static [(usize, usize, &'static [crate::exec::Arg])],
+    /// Per call: kernel index, tasks per image, task-major with a batch, arguments.
+    pub calls: &'static [(usize, usize, bool, &'static [crate::exec::Arg])],
 }
 
 impl Model {
@@ -132,8 +132,11 @@ impl Model {
     ) -> Result<Model> {
         crate::check::check_tensors(def.expected, tensors)?;
         let blob = crate::pack::build_blob(def.recipes, def.weight_floats, tensors)?;
-        let calls =
-            def.calls.iter().map(|&(k, tasks, args)| Call { f: kernels[k], args: args.to_vec(), tasks }).collect();
+        let calls = def
+            .calls
+            .iter()
+            .map(|&(k, tasks, task_major, args)| Call { f: kernels[k], args: args.to_vec(), tasks, task_major })
+            .collect();
         // SAFETY: forwarded from the caller.
         unsafe { Model::new(def.name, def.input, def.classes, calls, &blob, def.arena_floats, threads) }
     }

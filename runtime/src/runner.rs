@@ -19,7 +19,7 @@ use std::ffi::{c_char, c_int, CStr};
 use std::path::PathBuf;
 
 /// Layout version of [`ModelDesc`]; bumped on any change.
-pub const DESC_VERSION: u64 = 1;
+pub const DESC_VERSION: u64 = 2;
 
 /// One kernel argument: `kind` 0 arena, 1 weights, 2 input, 3 output; float `offset`.
 #[repr(C)]
@@ -36,6 +36,8 @@ pub const MAX_ARGS: usize = 6;
 pub struct CallDesc {
     pub f: KernelFn,
     pub tasks: u64,
+    /// 1: task-major with a batch ([`Call::task_major`]), 0: image-major.
+    pub task_major: u64,
     pub nargs: u64,
     pub args: [ArgDesc; MAX_ARGS],
 }
@@ -84,6 +86,7 @@ pub unsafe extern "C" fn resnetc_runner_main(
             .map(|c| Call {
                 f: c.f,
                 tasks: c.tasks as usize,
+                task_major: c.task_major != 0,
                 args: c.args[..c.nargs as usize]
                     .iter()
                     .map(|a| match a.kind {

@@ -19,7 +19,7 @@ use cranelift_codegen::ir::{
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext};
 use cranelift_module::{default_libcall_names, DataDescription, DataId, FuncId, Linkage, Module};
 use cranelift_object::{ObjectBuilder, ObjectModule};
-use resnetc_runtime::runner::{DESC_VERSION, MAX_ARGS};
+use resnetc_runtime::runner::{CallDesc, DESC_VERSION, MAX_ARGS};
 
 fn err(e: impl std::fmt::Display) -> anyhow::Error {
     anyhow!("object file: {e}")
@@ -78,7 +78,9 @@ pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], 
 
     // The runner's descriptor: calls table, name, then the model header.
     let calls_id = module.declare_data(&format!("{prefix}_calls"), Linkage::Local, false, false).map_err(err)?;
-    let call_size = 8 * (3 + 2 * MAX_ARGS);
+    // Field by field as `runner::CallDesc` lays them out: f, tasks, task_major, nargs, args.
+    let call_size = std::mem::size_of::<CallDesc>();
+    debug_assert_eq!(call_size, 8 * (4 + 2 * MAX_ARGS));
     let mut table = vec![0u8; call_size * program.calls.len()];
     let mut d = DataDescription::new();
     let mut relocs = vec![];
@@ -87,11 +89,12 @@ pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], 
         let put = |t: &mut Vec<u8>, off: usize, v: u64| t[off..off + 8].copy_from_slice(&v.to_le_bytes());
         relocs.push((at, kernel_ids[c.kernel]));
         put(&mut table, at + 8, program.tasks(c) as u64);
-        put(&mut table, at + 16, c.args.len() as u64);
+        put(&mut table, at + 16, u64::from(c.task_major));
+        put(&mut table, at + 24, c.args.len() as u64);
         for (j, &a) in c.args.iter().enumerate() {
             let (kind, off) = arg_kind(a);
-            put(&mut table, at + 24 + 16 * j, kind);
-            put(&mut table, at + 32 + 16 * j, off);
+            put(&mut table, at + 32 + 16 * j, kind);
+            put(&mut table, at + 40 + 16 * j, off);
         }
     }
     d.define(table.into_boxed_slice());
