@@ -14,7 +14,7 @@ fn run_ir(spec: &resnetc::spec::Spec, target: Target, weight_seed: u64, x: &resn
     let p = plan::build(&passes::fuse(&graph).0, target).unwrap();
     let prog = kernels::lower(&p).unwrap();
     let blob = pack::build_blob(&prog.recipes, prog.weight_floats, &weights::seeded(&graph, weight_seed)).unwrap();
-    kernels::interpret(&prog, &blob, x.data(), x.shape()[0])
+    kernels::interpret(&prog, blob.as_slice(), x.data(), x.shape()[0])
 }
 
 #[test]

@@ -26,7 +26,7 @@ fn object_and_header(spec: &Spec, tensors: &Tensors, with_main: bool) -> Result<
     let p = program(spec)?;
     let blob = pack::build_blob(&p.recipes, p.weight_floats, tensors)?;
     let prefix = crate::identifier(&spec.name);
-    let obj = aot::object(&p, &blob, &prefix, spec.input, with_main)?;
+    let obj = aot::object(&p, blob.as_slice(), &prefix, spec.input, with_main)?;
     Ok((obj, aot::header(&p, &prefix, spec.input, &spec.name)))
 }
 

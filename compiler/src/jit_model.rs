@@ -8,7 +8,7 @@ use crate::target::Target;
 use crate::{from_spec, passes, plan, weights};
 use anyhow::Result;
 use resnetc_runtime::exec::Call;
-use resnetc_runtime::model::Model;
+use resnetc_runtime::model::{Model, Weights};
 use resnetc_runtime::pack;
 use resnetc_runtime::safetensors::Tensors;
 
@@ -64,7 +64,15 @@ impl JitModel {
         let stats = CompileStats { lower_ms, codegen_ms: jit.compile_ms, pack_ms, code_bytes: jit.code_bytes };
         // SAFETY: the kernels come from this program, whose sizes and blob we pass.
         let model = unsafe {
-            Model::new(&spec.name, spec.input, spec.num_classes, calls, &blob, program.arena_floats, threads)?
+            Model::new(
+                &spec.name,
+                spec.input,
+                spec.num_classes,
+                calls,
+                Weights::Owned(blob),
+                program.arena_floats,
+                threads,
+            )?
         };
         Ok(JitModel { spec: spec.clone(), program, stats, _jit: jit, model })
     }

@@ -291,6 +291,20 @@ impl {ty} {{
         Ok(Self {{ model, isa }})
     }}
 
+    /// Runs on a weight blob that resnetc packed for exactly this model at build time
+    /// (`resnetc build --backend rust` embeds one), in place: no parsing, no copy.
+    ///
+    /// # Safety
+    /// `blob` must be the packed blob of this model and these weights (a wrong blob of
+    /// the right length gives wrong results, not memory errors).
+    pub unsafe fn from_packed_static(blob: &'static [f32]) -> {rt}::anyhow::Result<Self> {{
+        let (isa, kernels) = {m}::kernels();
+        let weights = {rt}::model::Weights::from_static(blob)?;
+        // SAFETY: the kernels were generated together with DEF; the blob's length is checked.
+        let model = unsafe {{ {rt}::model::Model::from_def_packed(&{m}::DEF, kernels, weights, 1)? }};
+        Ok(Self {{ model, isa }})
+    }}
+
     /// Uses `threads` threads per forward call.
     pub fn set_threads(&mut self, threads: usize) {{
         self.model.set_threads(threads);

@@ -126,7 +126,7 @@ unsafe impl Sync for Frame {}
 pub unsafe fn run(
     calls: &[Call],
     sizes: Sizes,
-    weights: &Aligned,
+    weights: &[f32],
     arena: &mut Aligned,
     input: &[f32],
     output: &mut [f32],
@@ -139,7 +139,7 @@ pub unsafe fn run(
     assert_eq!(output.len(), n * sizes.output_floats, "output length");
     let frame = Frame {
         arena: arena.as_ptr(),
-        weights: weights.as_ptr(),
+        weights: weights.as_ptr() as *mut f32,
         input: input.as_ptr() as *mut f32,
         output: output.as_mut_ptr(),
     };

@@ -8,13 +8,39 @@ use crate::tensor::{shape_str, Tensor};
 use anyhow::{bail, Result};
 use std::sync::Mutex;
 
+/// A model's packed weight blob: built at load time, or compiled into the executable
+/// (the AOT object's data, the Rust executable's embedded blob) and used in place.
+pub enum Weights {
+    Owned(Aligned),
+    Static(&'static [f32]),
+}
+
+impl Weights {
+    /// Uses `blob` in place when it is 64-byte aligned (as resnetc lays out embedded
+    /// blobs), else copies it into an aligned buffer.
+    pub fn from_static(blob: &'static [f32]) -> Result<Weights> {
+        Ok(if blob.as_ptr() as usize % 64 == 0 {
+            Weights::Static(blob)
+        } else {
+            Weights::Owned(Aligned::from_slice(blob)?)
+        })
+    }
+
+    pub fn as_slice(&self) -> &[f32] {
+        match self {
+            Weights::Owned(a) => a.as_slice(),
+            Weights::Static(s) => s,
+        }
+    }
+}
+
 pub struct Model {
     pub name: String,
     /// `[C, H, W]` of one input image.
     pub input: [usize; 3],
     pub classes: usize,
     calls: Vec<Call>,
-    weights: Aligned,
+    weights: Weights,
     sizes: Sizes,
     pool: Pool,
     /// Arenas of finished calls, reused by the next ones (one per concurrent caller).
@@ -29,7 +55,7 @@ impl Model {
         input: [usize; 3],
         classes: usize,
         calls: Vec<Call>,
-        weights: &[f32],
+        weights: Weights,
         arena_floats: usize,
         threads: usize,
     ) -> Result<Model> {
@@ -39,7 +65,7 @@ impl Model {
             input,
             classes,
             calls,
-            weights: Aligned::from_slice(weights)?,
+            weights,
             sizes,
             pool: Pool::new(threads),
             arenas: Mutex::new(Vec::new()),
@@ -99,7 +125,19 @@ impl Model {
             _ => Aligned::zeroed(need)?,
         };
         // SAFETY: the kernels were generated for these sizes (constructor's contract).
-        unsafe { exec::run(&self.calls, self.sizes, &self.weights, &mut arena, input, output, n, &self.pool, timings) };
+        unsafe {
+            exec::run(
+                &self.calls,
+                self.sizes,
+                self.weights.as_slice(),
+                &mut arena,
+                input,
+                output,
+                n,
+                &self.pool,
+                timings,
+            )
+        };
         self.arenas.lock().unwrap_or_else(|e| e.into_inner()).push(arena);
         Ok(())
     }
@@ -132,12 +170,36 @@ impl Model {
     ) -> Result<Model> {
         crate::check::check_tensors(def.expected, tensors)?;
         let blob = crate::pack::build_blob(def.recipes, def.weight_floats, tensors)?;
+        // SAFETY: forwarded from the caller; the blob was packed by `def`'s recipes.
+        unsafe { Model::from_def_packed(def, kernels, Weights::Owned(blob), threads) }
+    }
+
+    /// Assembles the model from generated parts and a blob packed by `def`'s recipes
+    /// (`resnetc build --backend rust` packs at build time and embeds the blob).
+    ///
+    /// # Safety
+    /// `kernels` must be the kernels generated together with `def`, and `weights` a blob
+    /// packed by `def.recipes`.
+    pub unsafe fn from_def_packed(
+        def: &ModelDef,
+        kernels: &[crate::exec::KernelFn],
+        weights: Weights,
+        threads: usize,
+    ) -> Result<Model> {
+        if weights.as_slice().len() != def.weight_floats {
+            bail!(
+                "{}: packed weights hold {} floats, the model needs {}",
+                def.name,
+                weights.as_slice().len(),
+                def.weight_floats
+            );
+        }
         let calls = def
             .calls
             .iter()
             .map(|&(k, tasks, task_major, args)| Call { f: kernels[k], args: args.to_vec(), tasks, task_major })
             .collect();
         // SAFETY: forwarded from the caller.
-        unsafe { Model::new(def.name, def.input, def.classes, calls, &blob, def.arena_floats, threads) }
+        unsafe { Model::new(def.name, def.input, def.classes, calls, weights, def.arena_floats, threads) }
     }
 }

@@ -3,6 +3,7 @@
 //! BatchNorm on the way). The JIT, the AOT build and macro-generated models all call
 //! [`build_blob`], so every backend reads weights packed by the same code.
 
+use crate::exec::Aligned;
 use crate::fold::{fold, BatchNorm};
 use crate::safetensors::Tensors;
 use anyhow::{Context, Result};
@@ -179,14 +180,16 @@ pub fn pack_linear(p: &LinearPacking, tensors: &Tensors, blob: &mut [f32]) -> Re
     Ok(())
 }
 
-/// Builds the weight blob of `floats` floats from torchvision tensors.
-pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Result<Vec<f32>> {
-    let mut blob = vec![0.0f32; floats];
+/// Builds the weight blob of `floats` floats from torchvision tensors, straight into the
+/// 64-byte aligned buffer the model runs on (no further copy).
+pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Result<Aligned> {
+    let mut blob = Aligned::zeroed(floats)?;
     for r in recipes {
+        let out = blob.as_mut_slice();
         match r {
-            Recipe::Conv(p) => pack_conv(p, tensors, &mut blob)?,
-            Recipe::Winograd(p) => pack_winograd(p, tensors, &mut blob)?,
-            Recipe::Linear(p) => pack_linear(p, tensors, &mut blob)?,
+            Recipe::Conv(p) => pack_conv(p, tensors, out)?,
+            Recipe::Winograd(p) => pack_winograd(p, tensors, out)?,
+            Recipe::Linear(p) => pack_linear(p, tensors, out)?,
         }
     }
     Ok(blob)

@@ -101,6 +101,7 @@ pub unsafe extern "C" fn resnetc_runner_main(
         // SAFETY: as above; the kernels were generated for these sizes and weights.
         unsafe {
             let weights = std::slice::from_raw_parts(m.weights, m.weight_floats as usize);
+            let weights = crate::model::Weights::from_static(weights)?;
             Model::new("model", shape, m.classes as usize, calls, weights, m.arena_floats as usize, threads)
         }
     })
