@@ -166,6 +166,12 @@ pub enum Stmt {
         src: VReg,
         n: usize,
     },
+    /// A hint that the cache line at `addr` will be read soon. The address may lie past
+    /// the argument's memory (it is never dereferenced); no effect on the results, so the
+    /// interpreter skips it, and so do backends without a prefetch instruction.
+    Prefetch {
+        addr: Addr,
+    },
 }
 
 /// One kernel shape.
@@ -320,6 +326,7 @@ fn print_body(k: &Kernel, body: &[Stmt], depth: usize, out: &mut String) {
             }
             Stmt::Store { addr: a, src } => writeln!(out, "{pad}store {}, v{src}", addr(k, a)),
             Stmt::StorePartial { addr: a, src, n } => writeln!(out, "{pad}store{n} {}, v{src}", addr(k, a)),
+            Stmt::Prefetch { addr: a } => writeln!(out, "{pad}prefetch {}", addr(k, a)),
         };
     }
 }
@@ -431,6 +438,7 @@ fn run(k: &Kernel, body: &[Stmt], vars: &mut Vec<i64>, regs: &mut Vec<Vec<f32>>,
                 let v = regs[*src][..*n].to_vec();
                 m.slice(addr, vars, *n).copy_from_slice(&v);
             }
+            Stmt::Prefetch { .. } => {}
         }
     }
 }

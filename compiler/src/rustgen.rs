@@ -95,6 +95,13 @@ fn body(isa: Isa, stmts: &[Stmt], depth: usize, out: &mut String) {
                 }
                 Isa::Portable => writeln!(out, "{pad}pv::store_partial({}, v{src}, {n});", ptr(addr)),
             },
+            // `wrapping_offset`: the hinted address may lie past the argument's memory.
+            Stmt::Prefetch { addr } => writeln!(
+                out,
+                "{pad}#[cfg(target_arch = \"x86_64\")]\n{pad}core::arch::x86_64::_mm_prefetch::<{{ core::arch::x86_64::_MM_HINT_T0 }}>(a{}.wrapping_offset({}) as *const i8);",
+                addr.arg,
+                index(&addr.index)
+            ),
         };
     }
 }

@@ -21,6 +21,8 @@ pub struct Target {
     /// L2 cache per core, bytes: a call whose weights exceed it cannot keep them in cache
     /// from one image of a batch to the next.
     pub l2_bytes: usize,
+    /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).
+    pub prefetch: bool,
 }
 
 impl Target {
@@ -34,6 +36,7 @@ impl Target {
         transform_gbytes: 5,
         l2_gbytes: 20,
         l2_bytes: 2 << 20,
+        prefetch: false,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
     pub const AVX512: Target = Target {
@@ -45,5 +48,6 @@ impl Target {
         transform_gbytes: 7,
         l2_gbytes: 40,
         l2_bytes: 2 << 20,
+        prefetch: true,
     };
 }

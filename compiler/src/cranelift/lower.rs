@@ -293,6 +293,8 @@ impl Lowerer<'_, '_> {
                 let f = self.flags(addr.arg, false);
                 self.b.ins().store(f, v, p, off);
             }
+            // CLIF has no prefetch instruction.
+            Stmt::Prefetch { .. } => {}
             Stmt::StorePartial { addr, src, n } => {
                 let v = self.b.use_var(self.regs[*src]);
                 let (p, off) = self.address(addr);
@@ -327,6 +329,7 @@ fn addresses(body: &[Stmt]) -> Vec<Addr> {
                 Expr::Zero | Expr::Splat(_) | Expr::Relu(_) => {}
             },
             Stmt::Store { addr, .. } | Stmt::StorePartial { addr, .. } => out.push(addr.clone()),
+            Stmt::Prefetch { .. } => {}
         }
     }
     out
