@@ -12,7 +12,7 @@ use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::Conv;
 use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
-use crate::plan::Buffer;
+use crate::plan::{Buffer, Layout};
 use crate::target::Target;
 use anyhow::Result;
 use resnetc_runtime::pack::ConvPacking;
@@ -49,14 +49,14 @@ pub(super) fn j_candidates(t: Target) -> Vec<usize> {
     }
 }
 
-fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize) -> Tiling {
+fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize, wide: bool) -> Tiling {
     let lanes = t.lanes;
     let (cin_g, cout_g) = (c.cin / c.groups, c.cout / c.groups);
     let dense =
         |j: usize| Tiling { j, icr: cin_pad, groups: 1, per_group: cblocks_out / j, group_stride: 0, tile_stride: 0 };
     let js: Vec<usize> = j_candidates(t).into_iter().filter(|j| cblocks_out % j == 0).collect();
     if c.groups == 1 {
-        return dense(js[0]);
+        return dense(if wide { WIDE_TILE.1 } else { js[0] });
     }
     for &j in &js {
         let jl = j * lanes;
@@ -96,6 +96,29 @@ pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
     }
 }
 
+/// Pixels x output vectors of the wide register tile.
+const WIDE_TILE: (usize, usize) = (14, 2);
+
+/// Whether a conv uses [`WIDE_TILE`] instead of 7 pixels x 4 vectors: with 32 registers,
+/// when rows are multiples of 14 wide and a tile's weights (`k * k * cin` x 4 vectors)
+/// miss L1, so every register tile re-reads them from L2: 14 x 2 reads half the weight
+/// bytes per FMA. The price is twice the channel tiles, each re-reading the input; a 1x1
+/// conv pays it only when its input stays in L2. Measured on ResNet-50 (1 thread): 14x14
+/// 1x1 convs 0.90-0.96x the time, strided 3x3 and the 7x7 stem 0.83-0.92x; 1x1 convs on
+/// 28x28 inputs of 512 channels 1.03-1.04x, hence the input condition.
+fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usize) -> bool {
+    let tile_weight_bytes = c.kernel * c.kernel * input.cpad() * 4 * t.lanes * 4;
+    t.vregs >= 32
+        && c.groups == 1
+        && width % WIDE_TILE.0 == 0
+        && cblocks_out % WIDE_TILE.1 == 0
+        && tile_weight_bytes > L1_WEIGHT_BYTES
+        && (c.kernel > 1 || input.bytes() <= t.l2_bytes / 2)
+}
+
+/// Weights of one register tile that stay in a 48 KB L1 beside the input they meet.
+const L1_WEIGHT_BYTES: usize = 32 << 10;
+
 /// Output pixels per register tile.
 pub(super) fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
     let budget = if t.vregs >= 32 { 24 } else { 12 };
@@ -119,7 +142,8 @@ pub fn generate(
     let lanes = t.lanes;
     let (li, lo) = (input.layout, out.layout);
     let cb_in = li.cb;
-    let tl = tiling(t, c, lo.cblocks(), li.cpad(), cb_in);
+    let wide = wide_tile(t, c, &li, lo.w, lo.cblocks());
+    let tl = tiling(t, c, lo.cblocks(), li.cpad(), cb_in, wide);
     let (j, jl, k) = (tl.j, tl.j * lanes, c.kernel);
     let tiles = tl.groups * tl.per_group;
     let packing = ConvPacking {
@@ -155,7 +179,7 @@ pub fn generate(
     let shift = (li.halo - c.pad) as i64; // padded input coordinate of output pixel 0, tap 0
     let (hpi, wpi, cbi) = (li.hp() as i64, li.wp() as i64, cb_in as i64);
     let ow_total = lo.w;
-    let p_max = tile_pixels(t, j, ow_total);
+    let p_max = if wide { WIDE_TILE.0 } else { tile_pixels(t, j, ow_total) };
     let unroll = channel_unroll(t, cb_in);
     // Weights that do not stay in L2 stream from memory on a task's first pass: prefetch
     // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
