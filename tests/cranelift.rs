@@ -69,10 +69,10 @@ fn jit_matches_reference_on_200_random_specs() {
 }
 
 /// Batches run weight-heavy calls task-major (every image per task, see
-/// `exec::Call::task_major`): each image of a batch must come out bit-identical to the same
+/// `exec::Order`), the rest depth-first: each image of a batch must come out bit-identical to the same
 /// image run alone, at one and two threads.
 #[test]
-fn task_major_batches_match_single_images_bit_for_bit() {
+fn batch_orders_match_single_images_bit_for_bit() {
     // A stride-2 3x3 conv 256 -> 512 (4.7 MB of weights, direct) and Winograd products.
     let text = "block = \"basic\"\nlayers = [1, 1]\nwidths = [256, 512]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 8, 8]\n";
     let s = spec::parse(text, "task_major").unwrap();
@@ -83,7 +83,7 @@ fn task_major_batches_match_single_images_bit_for_bit() {
             .program
             .calls
             .iter()
-            .filter(|c| c.task_major)
+            .filter(|c| c.order == resnetc::kernels::Order::TaskMajor)
             .map(|c| m.program.kernels[c.kernel].name.as_str())
             .collect();
         assert!(kinds.iter().any(|k| k.starts_with("conv3x3s2")), "no task-major direct conv: {kinds:?}");

@@ -54,12 +54,7 @@ impl JitModel {
         let calls = program
             .calls
             .iter()
-            .map(|c| Call {
-                f: jit.fns[c.kernel],
-                args: c.args.clone(),
-                tasks: program.tasks(c),
-                task_major: c.task_major,
-            })
+            .map(|c| Call { f: jit.fns[c.kernel], args: c.args.clone(), tasks: program.tasks(c), order: c.order })
             .collect();
         let stats = CompileStats { lower_ms, codegen_ms: jit.compile_ms, pack_ms, code_bytes: jit.code_bytes };
         // SAFETY: the kernels come from this program, whose sizes and blob we pass.

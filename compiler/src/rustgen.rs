@@ -206,7 +206,7 @@ pub fn generate(spec: &Spec, type_name: &str, vis: &str, rt: &str) -> Result<Str
             "            ({}, {}, {}, &[{}]), // {}",
             c.kernel,
             p.tasks(c),
-            c.task_major,
+            format!("rt::exec::Order::{:?}", c.order),
             args.join(", "),
             c.name
         );

@@ -29,12 +29,30 @@ pub struct Call {
     pub f: KernelFn,
     pub args: Vec<Arg>,
     pub tasks: usize,
-    /// With a batch, global task `t` is task `t / n` of image `t % n` (task-major) instead
-    /// of task `t % tasks` of image `t / tasks`: the weights one task reads (a tile of
-    /// output channels, a Winograd position) then serve every image while they are in
-    /// cache, and each thread streams only its share of the weights. The compiler sets it
-    /// for calls whose weights do not stay in cache from one image to the next.
-    pub task_major: bool,
+    /// How the call runs a batch.
+    pub order: Order,
+}
+
+/// How a call runs a batch of `n` images (with one image both are the same).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Order {
+    /// Task `t / n` of image `t % n`: the weights one task reads (a tile of output
+    /// channels, a Winograd position) serve every image while they are in cache, and each
+    /// thread streams only its share of them. For calls whose weights do not stay in cache
+    /// from one image to the next.
+    TaskMajor = 1,
+    /// Consecutive depth-first calls run as a segment, image by image: image 0 through
+    /// the whole segment, then image 1, ... For calls with small weights (or none), so
+    /// one image's activations flow from call to call through cache instead of the whole
+    /// batch's going out to memory between calls.
+    DepthFirst = 2,
+}
+
+impl Order {
+    /// The descriptor encoding of AOT objects (`runner::CallDesc::order`).
+    pub fn from_code(code: u64) -> Option<Order> {
+        [Order::TaskMajor, Order::DepthFirst].into_iter().find(|o| *o as u64 == code)
+    }
 }
 
 /// A 64-byte aligned, zero-initialized float buffer.
@@ -144,46 +162,70 @@ pub unsafe fn run(
         output: output.as_mut_ptr(),
     };
     let frame = &frame;
-    for (i, call) in calls.iter().enumerate() {
+    let mut timed = |i: usize, first: usize, count: usize| {
         let start = timings.is_some().then(std::time::Instant::now);
-        let f = &|begin: usize, end: usize| {
-            let args = |image: usize| {
-                let mut ptrs = [std::ptr::null_mut::<f32>(); 8];
-                for (p, a) in ptrs.iter_mut().zip(&call.args) {
-                    // SAFETY: offsets come from the plan and stay within each region.
-                    *p = unsafe {
-                        match *a {
-                            Arg::Arena(o) => frame.arena.add(image * sizes.arena_floats + o),
-                            Arg::Weights(o) => frame.weights.add(o),
-                            Arg::Input => frame.input.add(image * sizes.input_floats),
-                            Arg::Output => frame.output.add(image * sizes.output_floats),
-                        }
-                    };
-                }
-                ptrs
-            };
-            if call.task_major && n > 1 {
-                for t in begin..end {
-                    let (task, image) = (t / n, t % n);
-                    // SAFETY: the caller guarantees the kernel's validity.
-                    unsafe { (call.f)(args(image).as_ptr(), task as i64, task as i64 + 1) };
-                }
-                return;
-            }
-            // Image-major: a participant's range may span images, one kernel call per image.
-            let mut t = begin;
-            while t < end {
-                let image = t / call.tasks;
-                let stop = end.min((image + 1) * call.tasks);
-                let local = t - image * call.tasks;
-                // SAFETY: as above.
-                unsafe { (call.f)(args(image).as_ptr(), local as i64, (local + stop - t) as i64) };
-                t = stop;
-            }
-        };
-        pool.split(n * call.tasks, f);
+        // SAFETY: forwarded from the caller.
+        unsafe { run_call(&calls[i], frame, sizes, first, count, pool) };
         if let (Some(t), Some(start)) = (timings.as_deref_mut(), start) {
             t[i] += start.elapsed().as_secs_f64();
         }
+    };
+    let mut i = 0;
+    while i < calls.len() {
+        if n > 1 && calls[i].order == Order::DepthFirst {
+            let end = i + calls[i..].iter().take_while(|c| c.order == Order::DepthFirst).count();
+            for image in 0..n {
+                for k in i..end {
+                    timed(k, image, 1);
+                }
+            }
+            i = end;
+        } else {
+            timed(i, 0, n);
+            i += 1;
+        }
     }
+}
+
+/// Runs `call` on images `first .. first + count`, its tasks split across `pool`.
+///
+/// # Safety
+/// As [`run`].
+unsafe fn run_call(call: &Call, frame: &Frame, sizes: Sizes, first: usize, count: usize, pool: &Pool) {
+    let args = |image: usize| {
+        let mut ptrs = [std::ptr::null_mut::<f32>(); 8];
+        for (p, a) in ptrs.iter_mut().zip(&call.args) {
+            // SAFETY: offsets come from the plan and stay within each region.
+            *p = unsafe {
+                match *a {
+                    Arg::Arena(o) => frame.arena.add(image * sizes.arena_floats + o),
+                    Arg::Weights(o) => frame.weights.add(o),
+                    Arg::Input => frame.input.add(image * sizes.input_floats),
+                    Arg::Output => frame.output.add(image * sizes.output_floats),
+                }
+            };
+        }
+        ptrs
+    };
+    let f = &|begin: usize, end: usize| {
+        if call.order == Order::TaskMajor && count > 1 {
+            for t in begin..end {
+                let (task, image) = (t / count, first + t % count);
+                // SAFETY: the caller guarantees the kernel's validity.
+                unsafe { (call.f)(args(image).as_ptr(), task as i64, task as i64 + 1) };
+            }
+            return;
+        }
+        // A participant's range may span images: one kernel call per image.
+        let mut t = begin;
+        while t < end {
+            let image = t / call.tasks;
+            let stop = end.min((image + 1) * call.tasks);
+            let local = t - image * call.tasks;
+            // SAFETY: as above.
+            unsafe { (call.f)(args(first + image).as_ptr(), local as i64, (local + stop - t) as i64) };
+            t = stop;
+        }
+    };
+    pool.split(count * call.tasks, f);
 }

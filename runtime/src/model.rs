@@ -153,8 +153,8 @@ pub struct ModelDef {
     /// Tensors the weights file must hold: torchvision name and shape.
     pub expected: &'static [(&'static str, &'static [usize])],
     pub recipes: &'static [crate::pack::Recipe],
-    /// Per call: kernel index, tasks per image, task-major with a batch, arguments.
-    pub calls: &'static [(usize, usize, bool, &'static [crate::exec::Arg])],
+    /// Per call: kernel index, tasks per image, batch order, arguments.
+    pub calls: &'static [(usize, usize, crate::exec::Order, &'static [crate::exec::Arg])],
 }
 
 impl Model {
@@ -197,7 +197,7 @@ impl Model {
         let calls = def
             .calls
             .iter()
-            .map(|&(k, tasks, task_major, args)| Call { f: kernels[k], args: args.to_vec(), tasks, task_major })
+            .map(|&(k, tasks, order, args)| Call { f: kernels[k], args: args.to_vec(), tasks, order })
             .collect();
         // SAFETY: forwarded from the caller.
         unsafe { Model::new(def.name, def.input, def.classes, calls, weights, def.arena_floats, threads) }

@@ -36,8 +36,8 @@ pub const MAX_ARGS: usize = 6;
 pub struct CallDesc {
     pub f: KernelFn,
     pub tasks: u64,
-    /// 1: task-major with a batch ([`Call::task_major`]), 0: image-major.
-    pub task_major: u64,
+    /// [`crate::exec::Order`] as its code.
+    pub order: u64,
     pub nargs: u64,
     pub args: [ArgDesc; MAX_ARGS],
 }
@@ -86,7 +86,7 @@ pub unsafe extern "C" fn resnetc_runner_main(
             .map(|c| Call {
                 f: c.f,
                 tasks: c.tasks as usize,
-                task_major: c.task_major != 0,
+                order: crate::exec::Order::from_code(c.order).unwrap_or(crate::exec::Order::DepthFirst),
                 args: c.args[..c.nargs as usize]
                     .iter()
                     .map(|a| match a.kind {

@@ -78,7 +78,7 @@ pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], 
 
     // The runner's descriptor: calls table, name, then the model header.
     let calls_id = module.declare_data(&format!("{prefix}_calls"), Linkage::Local, false, false).map_err(err)?;
-    // Field by field as `runner::CallDesc` lays them out: f, tasks, task_major, nargs, args.
+    // Field by field as `runner::CallDesc` lays them out: f, tasks, order, nargs, args.
     let call_size = std::mem::size_of::<CallDesc>();
     debug_assert_eq!(call_size, 8 * (4 + 2 * MAX_ARGS));
     let mut table = vec![0u8; call_size * program.calls.len()];
@@ -89,7 +89,7 @@ pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], 
         let put = |t: &mut Vec<u8>, off: usize, v: u64| t[off..off + 8].copy_from_slice(&v.to_le_bytes());
         relocs.push((at, kernel_ids[c.kernel]));
         put(&mut table, at + 8, program.tasks(c) as u64);
-        put(&mut table, at + 16, u64::from(c.task_major));
+        put(&mut table, at + 16, c.order as u64);
         put(&mut table, at + 24, c.args.len() as u64);
         for (j, &a) in c.args.iter().enumerate() {
             let (kind, off) = arg_kind(a);

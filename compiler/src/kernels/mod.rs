@@ -14,6 +14,22 @@ use resnetc_runtime::pack::Recipe;
 use std::collections::HashMap;
 
 pub use resnetc_runtime::exec::Arg as ArgRef;
+pub use resnetc_runtime::exec::Order;
+
+/// A call's batch order from the bytes of weights it reads. Weights well past L2 (over
+/// twice its size) are read once per batch, task-major (ResNet-50 batch 8, per image vs
+/// batch 1: the 7x7 Winograd products 0.85x, the classifier 0.73x); everything else runs
+/// depth-first, so activations stay in cache between calls: run batch-wide, the Winograd
+/// transforms took 1.2-2.9x and 2 MB convs 1.3-1.7x their batch-1 time per image, and
+/// depth-first they re-read their weights from L3 instead. Threshold measured at 1, 2 and
+/// 4 times L2 (batch 8, 1 and 2 threads): 2 was best.
+fn order(t: crate::target::Target, weight_bytes: usize) -> Order {
+    if weight_bytes > 2 * t.l2_bytes {
+        Order::TaskMajor
+    } else {
+        Order::DepthFirst
+    }
+}
 
 /// One kernel invocation of the schedule.
 #[derive(Clone, Debug, PartialEq)]
@@ -24,9 +40,8 @@ pub struct Call {
     pub args: Vec<ArgRef>,
     /// Multiply-adds of one image.
     pub macs: usize,
-    /// With a batch, run each task for every image before the next task (see
-    /// [`resnetc_runtime::exec::Call::task_major`]).
-    pub task_major: bool,
+    /// How the call runs a batch.
+    pub order: Order,
 }
 
 /// A lowered model: kernels, the calls of one image, and the weight blob's recipe.
@@ -71,19 +86,17 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         let buf = |b: Option<usize>| &plan.buffers[b.expect("step operand")];
         let arena = |b: Option<usize>| ArgRef::Arena(buf(b).offset / 4);
         let macs = crate::emit::macs(step);
-        // (kernel, arguments, multiply-adds, task-major) of each call this step makes.
-        let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize, bool)> = vec![];
+        // (kernel, arguments, multiply-adds, batch order) of each call this step makes.
+        let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize, Order)> = vec![];
         let (kernel, args, recipe) = match &step.op {
             StepOp::Conv(c @ Conv { winograd: Some(m), .. }) => {
                 let res = step.residual.map(|r| buf(Some(r)));
                 let g = winograd::generate(t, c, *m, buf(step.input), buf(step.output), res, &mut weights);
                 let (v, mm) = (arena(Some(step.scratch[0])), arena(Some(step.scratch[1])));
                 let [k_in, k_gemm, k_out] = g.kernels;
-                // The products stream every transformed weight once per image: measured
-                // 0.57-0.94x the time task-major at batch 8 (ResNet-50), while the
-                // transforms, which read no weights, lose locality that way.
-                step_calls.push((k_in, vec![v, arena(step.input)], 0, false));
-                step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], macs, true));
+                let u_bytes = g.packing.weight_floats() * 4;
+                step_calls.push((k_in, vec![v, arena(step.input)], 0, Order::DepthFirst));
+                step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], macs, order(t, u_bytes)));
                 let mut args = vec![arena(step.output), mm, ArgRef::Weights(g.packing.bias_offset)];
                 if step.residual.is_some() {
                     args.push(arena(step.residual));
@@ -131,19 +144,16 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 (simple::unpack_output(t, buf(step.input)), vec![ArgRef::Output, arena(step.input)], None)
             }
         };
-        // Direct convs and the classifier go task-major when their weights do not stay in
-        // L2 across images; smaller ones lose more (input rows shared by consecutive tasks
-        // of one image) than they gain (measured 1.1-1.4x slower at 1 MB of weights).
-        let big_weights = match &recipe {
-            Some(Recipe::Conv(p)) => p.weight_floats() * 4 > t.l2_bytes,
-            Some(Recipe::Linear(p)) => p.cinp * p.coutp * 4 > t.l2_bytes,
-            _ => false,
+        let weight_bytes = match &recipe {
+            Some(Recipe::Conv(p)) => p.weight_floats() * 4,
+            Some(Recipe::Linear(p)) => p.cinp * p.coutp * 4,
+            _ => 0, // a Winograd output transform reads only the bias
         };
         recipes.extend(recipe);
         // A Winograd conv's MACs are counted at its matrix products, as direct MACs.
         let last_macs = if step_calls.is_empty() { macs } else { 0 };
-        step_calls.push((kernel, args, last_macs, big_weights));
-        for (kernel, args, macs, task_major) in step_calls {
+        step_calls.push((kernel, args, last_macs, order(t, weight_bytes)));
+        for (kernel, args, macs, order) in step_calls {
             let id = match index.get(&kernel) {
                 Some(&id) => id,
                 None => {
@@ -159,7 +169,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                     kernels.len() - 1
                 }
             };
-            calls.push(Call { name: step.name.clone(), kernel: id, args, macs, task_major });
+            calls.push(Call { name: step.name.clone(), kernel: id, args, macs, order });
         }
     }
     Ok(Program {
@@ -184,7 +194,7 @@ pub fn to_text(p: &Program) -> String {
     out.push_str("calls:\n");
     for c in &p.calls {
         let args: Vec<String> = c.args.iter().map(|a| format!("{a:?}")).collect();
-        let order = if c.task_major { "  [task-major]" } else { "" };
+        let order = if c.order == Order::TaskMajor { "  [task-major]" } else { "" };
         out.push_str(&format!("  {:<24} {}({}){order}\n", c.name, p.kernels[c.kernel].name, args.join(", ")));
     }
     out
