@@ -44,3 +44,24 @@ fn interpreted_kernels_match_reference_on_random_specs() {
         }
     }
 }
+
+/// The AVX-512 register tiles for short rows: 14 pixels of one 14-wide row, and two
+/// 7-wide rows per task with an odd height (the last task has one row), with stride 2, a
+/// residual and a 1x1 downsample, against the reference.
+#[test]
+fn wide_register_tiles_match_reference() {
+    let text = "block = \"basic\"\nlayers = [1, 1, 1]\nwidths = [32, 64, 128]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 26, 28]\n";
+    let spec = resnetc::spec::parse(text, "wide_tiles").unwrap();
+    let graph = from_spec::build(&spec).unwrap();
+    let p = plan::build(&passes::fuse(&graph).0, Target::AVX512).unwrap();
+    let prog = kernels::lower(&p).unwrap();
+    // 3x3 stride 2 to 7x7: 4 tiles of 2 output vectors by 4 row pairs (one row tiles
+    // would make 4 x 7 or, at 4 vectors, 2 x 7 tasks).
+    let k = prog.kernels.iter().find(|k| k.name.starts_with("conv3x3s2_64x13x14_to128x7x7")).expect("the 7x7 conv");
+    assert_eq!(k.tasks(), 16, "two rows per task expected: {:?}", k.task_dims);
+    let x = weights::seeded_input(spec.input, 2, 9);
+    let want = reference::run(&graph, &weights::seeded(&graph, 4), &x).unwrap();
+    let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, Target::AVX512, 4, &x));
+    let rel = support::agree(&y, &want).unwrap();
+    eprintln!("wide tiles rel err {rel:.2e}");
+}

@@ -11,7 +11,7 @@
 use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::Conv;
-use crate::kir::{Addr, Builder, Expr, Index, Kernel, Src, Stmt, VReg};
+use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
 use crate::plan::{Buffer, Layout};
 use crate::target::Target;
 use anyhow::Result;
@@ -100,7 +100,8 @@ pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
 const WIDE_TILE: (usize, usize) = (14, 2);
 
 /// Whether a conv uses [`WIDE_TILE`] instead of 7 pixels x 4 vectors: with 32 registers,
-/// when rows are multiples of 14 wide and a tile's weights (`k * k * cin` x 4 vectors)
+/// when rows are multiples of 14 wide (or 7 wide: then a task takes two rows, the 14
+/// pixels of its register tile) and a tile's weights (`k * k * cin` x 4 vectors)
 /// miss L1, so every register tile re-reads them from L2: 14 x 2 reads half the weight
 /// bytes per FMA. The price is twice the channel tiles, each re-reading the input; a 1x1
 /// conv pays it only when its input stays in L2. Measured on ResNet-50 (1 thread): 14x14
@@ -110,7 +111,7 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
     let tile_weight_bytes = c.kernel * c.kernel * input.cpad() * 4 * t.lanes * 4;
     t.vregs >= 32
         && c.groups == 1
-        && width % WIDE_TILE.0 == 0
+        && (width % WIDE_TILE.0 == 0 || width * 2 == WIDE_TILE.0)
         && cblocks_out % WIDE_TILE.1 == 0
         && tile_weight_bytes > L1_WEIGHT_BYTES
         && (c.kernel > 1 || input.bytes() <= t.l2_bytes / 2)
@@ -164,11 +165,16 @@ pub fn generate(
     };
     // Arguments: 0 out, 1 in, 2 weights, 3 bias, 4 residual.
     // Task order: output-channel tiles outside rows re-reads the input once per tile;
-    // rows outside tiles re-reads the weights once per row. Take the smaller traffic.
+    // rows outside tiles re-reads the weights once per task row. Take the smaller traffic.
+    // Output rows per task: two when a wide tile spans two short rows.
+    let rows = if wide && lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
+    let row_tasks = lo.h.div_ceil(rows);
     let w_bytes = tiles * k * k * tl.icr * jl * 4;
-    let rows_outer = li.bytes() + lo.h * w_bytes < w_bytes + tiles * li.bytes();
+    let rows_outer = li.bytes() + row_tasks * w_bytes < w_bytes + tiles * li.bytes();
     let mut b = Builder::new(3);
-    let (vg, vo, oh) = if rows_outer {
+    // Tasks whose rows all exist; with an odd height the last task has one row.
+    let full_row_tasks = lo.h / rows;
+    let (vg, vo, task_row) = if rows_outer {
         (Index::var(1, 1), Index::var(2, 1), Index::var(0, 1))
     } else {
         (Index::var(0, 1), Index::var(1, 1), Index::var(2, 1))
@@ -179,21 +185,25 @@ pub fn generate(
     let shift = (li.halo - c.pad) as i64; // padded input coordinate of output pixel 0, tap 0
     let (hpi, wpi, cbi) = (li.hp() as i64, li.wp() as i64, cb_in as i64);
     let ow_total = lo.w;
-    let p_max = if wide { WIDE_TILE.0 } else { tile_pixels(t, j, ow_total) };
+    let p_max = if wide { WIDE_TILE.0 / rows } else { tile_pixels(t, j, ow_total) };
+    let oh0 = task_row.scaled(rows as i64);
+    let oh_of = |r: usize| oh0.offset(r as i64);
     let unroll = channel_unroll(t, cb_in);
     // Weights that do not stay in L2 stream from memory on a task's first pass: prefetch
     // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
     // hits, where the extra instruction only costs (1.01-1.09x).
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes;
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
-    let out_at = |jj: usize, ow: &Index, l: &crate::plan::Layout| pixel(l, &out_block(jj), &oh, ow);
-    let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
+    let out_at = |jj: usize, r: usize, ow: &Index, l: &crate::plan::Layout| pixel(l, &out_block(jj), &oh_of(r), ow);
+    let acc: Vec<Vec<VReg>> = (0..p_max * rows).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
-    // One register tile of `p` pixels starting at output column `ow0`.
-    let emit_tile = |b: &mut Builder, ow0: &Index, p: usize| {
+    // One register tile of `p` pixels starting at output column `ow0`, in each of the
+    // task's first `nr` rows (accumulator `r * p + pp` is row `r`, column `ow0 + pp`).
+    let emit_tile = |b: &mut Builder, ow0: &Index, p: usize, nr: usize| {
+        let pixels: Vec<(usize, usize)> = (0..nr).flat_map(|r| (0..p).map(move |pp| (r, pp))).collect();
         for jj in 0..j {
             let bias = Src::Load(Addr { arg: 3, index: tile.scaled(jl as i64).offset((jj * lanes) as i64) });
-            for a in acc.iter().take(p) {
+            for a in acc.iter().take(pixels.len()) {
                 b.set(a[jj], Expr::Src(bias.clone()));
             }
         }
@@ -203,7 +213,7 @@ pub fn generate(
                     b.for_loop_unrolled(cb_in, unroll, |b, icl| {
                         let icb_abs = ic_start.plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
                         let row =
-                            icb_abs.scaled(hpi).plus(&oh.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
+                            icb_abs.scaled(hpi).plus(&oh0.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
                         // ((ic_block * hp + ih) * wp + iw) * cb + icl, with ic_block * cb = icb_abs.
                         let wk = tile
                             .scaled((k * k * tl.icr * jl) as i64)
@@ -219,9 +229,9 @@ pub fn generate(
                                 b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: ahead } });
                             }
                         }
-                        for (pp, a) in acc.iter().take(p).enumerate() {
+                        for (&(r, pp), a) in pixels.iter().zip(&acc) {
                             let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
-                            let x = row.scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl);
+                            let x = row.offset(r as i64 * s * cbi).scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl);
                             for jj in 0..j {
                                 let x = Src::Bcast(Addr { arg: 1, index: x.clone() });
                                 b.set(a[jj], Expr::Fma(a[jj], x, Src::Reg(wreg[jj])));
@@ -231,26 +241,37 @@ pub fn generate(
                 });
             });
         });
-        for (pp, a) in acc.iter().take(p).enumerate() {
+        for (&(row, pp), a) in pixels.iter().zip(&acc) {
             let ow = ow0.offset(pp as i64);
             for (jj, &r) in a.iter().enumerate() {
                 if let Some(rb) = res {
-                    b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: out_at(jj, &ow, &rb.layout) })));
+                    b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: out_at(jj, row, &ow, &rb.layout) })));
                 }
                 if c.relu {
                     b.set(r, Expr::Relu(r));
                 }
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: out_at(jj, &ow, &lo) }, src: r });
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: out_at(jj, row, &ow, &lo) }, src: r });
             }
         }
     };
-    let full = ow_total / p_max;
-    b.for_loop(full, |b, tix| emit_tile(b, &tix.scaled(p_max as i64), p_max));
-    if ow_total % p_max > 0 {
-        emit_tile(&mut b, &Index::constant((full * p_max) as i64), ow_total % p_max);
-    }
-    for jj in 0..j {
-        zero_halo_of_row(&mut b, lanes, 0, &lo, &out_block(jj), &oh);
+    // The row(s) of one task: register tiles along the row, then the rows' zero halo.
+    let emit_rows = |b: &mut Builder, nr: usize| {
+        let full = ow_total / p_max;
+        b.for_loop(full, |b, tix| emit_tile(b, &tix.scaled(p_max as i64), p_max, nr));
+        if ow_total % p_max > 0 {
+            emit_tile(b, &Index::constant((full * p_max) as i64), ow_total % p_max, nr);
+        }
+        for r in 0..nr {
+            for jj in 0..j {
+                zero_halo_of_row(b, lanes, 0, &lo, &out_block(jj), &oh_of(r));
+            }
+        }
+    };
+    if full_row_tasks == row_tasks {
+        emit_rows(&mut b, rows);
+    } else {
+        b.when(Cond::lt(task_row.clone(), full_row_tasks as i64), |b| emit_rows(b, rows));
+        b.when(Cond::eq(task_row.clone(), full_row_tasks as i64), |b| emit_rows(b, lo.h % rows));
     }
     let mut name = format!("conv{k}x{k}s{}_{}x{}x{}_to{}x{}x{}", c.stride, li.c, li.h, li.w, lo.c, lo.h, lo.w);
     if c.groups > 1 {
@@ -266,7 +287,8 @@ pub fn generate(
     if res.is_some() {
         args.push("res");
     }
-    let dims = if rows_outer { vec![lo.h, tl.groups, tl.per_group] } else { vec![tl.groups, tl.per_group, lo.h] };
+    let dims =
+        if rows_outer { vec![row_tasks, tl.groups, tl.per_group] } else { vec![tl.groups, tl.per_group, row_tasks] };
     let kernel = b.finish(name, args, lanes, dims);
     Ok(Generated { kernel, packing })
 }
