@@ -178,7 +178,14 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
         Some(m) => {
             let nn = ((m + 2) * (m + 2)) as f64;
             let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);
-            let per_block = if t.vregs >= 32 { 6 } else { 12 };
+            // As `kernels::winograd` blocks the products.
+            let per_block = if tiles <= t.winograd_tiles_in_registers() {
+                tiles
+            } else if t.vregs >= 32 {
+                6
+            } else {
+                12
+            };
             let bytes = 4.0 * nn * cin * cout;
             let blocks = tiles.div_ceil(per_block) as f64;
             let products =

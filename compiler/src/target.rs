@@ -26,6 +26,16 @@ pub struct Target {
 }
 
 impl Target {
+    /// Winograd products keep every tile of a position in registers (one output vector
+    /// wide) when there are at most this many tiles; otherwise blocks of a few tiles.
+    pub fn winograd_tiles_in_registers(&self) -> usize {
+        if self.vregs >= 32 {
+            24
+        } else {
+            0
+        }
+    }
+
     /// Cranelift on x86-64: 128-bit xmm registers only, 16 of them.
     pub const CRANELIFT_X64: Target = Target {
         name: "cranelift-x64",

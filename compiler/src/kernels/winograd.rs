@@ -25,9 +25,6 @@ use resnetc_runtime::pack::WinogradPacking;
 use resnetc_runtime::winograd::{transform, Transform};
 use std::collections::BTreeMap;
 
-/// Accumulators of a one-vector-wide product tile (plus the weight and the broadcast).
-const MAX_TILES_IN_REGISTERS: usize = 24;
-
 pub struct Generated {
     /// Input transform, matrix products, output transform, in call order.
     pub kernels: [Kernel; 3],
@@ -112,7 +109,7 @@ pub fn generate(
     // it streams in from memory. With `j` vectors and 6 tiles per register block, the
     // first block waits for memory and the others run from cache, one after the other:
     // measured 2.66 ms for a 7x7x512 product that computes in 1.2 ms and streams 16.8 MB.
-    let all_tiles = t.vregs >= 32 && tiles.count() <= MAX_TILES_IN_REGISTERS;
+    let all_tiles = tiles.count() <= t.winograd_tiles_in_registers();
     let j = if all_tiles { 1 } else { j_candidates(t).into_iter().find(|j| lo.cblocks() % j == 0).unwrap_or(1) };
     let jl = j * t.lanes;
     let ktiles = lo.cblocks() / j;
@@ -195,7 +192,7 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
     // No seventh tile here (unlike the direct conv's rows): LLVM then keeps the broadcast
     // in a register, needs 33, and spills inside the loop (seen in the disassembly).
-    let p_max = if j == 1 && t.vregs >= 32 && count <= MAX_TILES_IN_REGISTERS {
+    let p_max = if j == 1 && count <= t.winograd_tiles_in_registers() {
         count
     } else {
         tile_pixels(t, j, count).min(if t.vregs >= 32 { 24 / j } else { usize::MAX })
