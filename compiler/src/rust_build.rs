@@ -41,11 +41,9 @@ fn main_rs(spec: &Spec) -> Result<String> {
              let args: Vec<String> = std::env::args().skip(1).collect();\n    \
              let code = resnetc_runtime::runner::main_with(&args, Model::INPUT, Model::CLASSES, |threads| {{\n        \
                  let bytes = &WEIGHTS.0;\n        \
-                 // SAFETY: 64-byte aligned, and resnetc packed it for this model.\n        \
-                 let m = unsafe {{\n            \
-                     let blob = std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4);\n            \
-                     Model::from_packed_static(blob)?\n        \
-                 }};\n        \
+                 // SAFETY: the blob is 64-byte aligned (so f32-aligned) and bytes.len() / 4 floats long.\n        \
+                 let blob = unsafe {{ std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }};\n        \
+                 let m = Model::from_packed_static(blob)?;\n        \
                  Ok(m.with_threads(threads).into_model())\n    \
              }});\n    \
              std::process::exit(code);\n\

@@ -203,10 +203,10 @@ pub fn generate(spec: &Spec, type_name: &str, vis: &str, rt: &str) -> Result<Str
         let args: Vec<String> = c.args.iter().map(arg).collect();
         let _ = writeln!(
             o,
-            "            ({}, {}, {}, &[{}]), // {}",
+            "            ({}, {}, rt::exec::Order::{:?}, &[{}]), // {}",
             c.kernel,
             p.tasks(c),
-            format!("rt::exec::Order::{:?}", c.order),
+            c.order,
             args.join(", "),
             c.name
         );
@@ -299,15 +299,14 @@ impl {ty} {{
     }}
 
     /// Runs on a weight blob that resnetc packed for exactly this model at build time
-    /// (`resnetc build --backend rust` embeds one), in place: no parsing, no copy.
-    ///
-    /// # Safety
-    /// `blob` must be the packed blob of this model and these weights (a wrong blob of
-    /// the right length gives wrong results, not memory errors).
-    pub unsafe fn from_packed_static(blob: &'static [f32]) -> {rt}::anyhow::Result<Self> {{
+    /// (`resnetc build --backend rust` embeds one), in place: no parsing, no copy. Its
+    /// length is checked; a blob of that length packed from other weights gives other
+    /// (wrong) logits, never an access outside it.
+    pub fn from_packed_static(blob: &'static [f32]) -> {rt}::anyhow::Result<Self> {{
         let (isa, kernels) = {m}::kernels();
         let weights = {rt}::model::Weights::from_static(blob)?;
-        // SAFETY: the kernels were generated together with DEF; the blob's length is checked.
+        // SAFETY: the kernels were generated together with DEF and read the blob only at
+        // offsets below its length, which `from_def_packed` checks.
         let model = unsafe {{ {rt}::model::Model::from_def_packed(&{m}::DEF, kernels, weights, 1)? }};
         Ok(Self {{ model, isa }})
     }}

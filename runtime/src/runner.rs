@@ -81,23 +81,27 @@ pub unsafe extern "C" fn resnetc_runner_main(
             bail!("model descriptor version {} is not the runtime's {DESC_VERSION}", m.version);
         }
         // SAFETY: the descriptor's pointers come from the same object file.
-        let calls: Vec<Call> = unsafe { std::slice::from_raw_parts(m.calls, m.ncalls as usize) }
+        let calls = unsafe { std::slice::from_raw_parts(m.calls, m.ncalls as usize) }
             .iter()
-            .map(|c| Call {
-                f: c.f,
-                tasks: c.tasks as usize,
-                order: crate::exec::Order::from_code(c.order).unwrap_or(crate::exec::Order::DepthFirst),
-                args: c.args[..c.nargs as usize]
-                    .iter()
-                    .map(|a| match a.kind {
-                        0 => Arg::Arena(a.offset as usize),
-                        1 => Arg::Weights(a.offset as usize),
-                        2 => Arg::Input,
-                        _ => Arg::Output,
-                    })
-                    .collect(),
+            .enumerate()
+            .map(|(i, c)| {
+                Ok(Call {
+                    f: c.f,
+                    tasks: c.tasks as usize,
+                    order: crate::exec::Order::from_code(c.order)
+                        .with_context(|| format!("model descriptor: call {i} has unknown batch order {}", c.order))?,
+                    args: c.args[..c.nargs as usize]
+                        .iter()
+                        .map(|a| match a.kind {
+                            0 => Arg::Arena(a.offset as usize),
+                            1 => Arg::Weights(a.offset as usize),
+                            2 => Arg::Input,
+                            _ => Arg::Output,
+                        })
+                        .collect(),
+                })
             })
-            .collect();
+            .collect::<Result<Vec<Call>>>()?;
         // SAFETY: as above; the kernels were generated for these sizes and weights.
         unsafe {
             let weights = std::slice::from_raw_parts(m.weights, m.weight_floats as usize);
