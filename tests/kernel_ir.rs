@@ -65,3 +65,18 @@ fn wide_register_tiles_match_reference() {
     let rel = support::agree(&y, &want).unwrap();
     eprintln!("wide tiles rel err {rel:.2e}");
 }
+
+/// Packing that frees each tensor once packed gives the same blob, bit for bit.
+#[test]
+fn consuming_pack_gives_the_same_blob() {
+    for target in [Target::CRANELIFT_X64, Target::AVX512] {
+        let spec = resnetc::spec::preset("resnet20").unwrap();
+        let graph = from_spec::build(&spec).unwrap();
+        let p = plan::build(&passes::fuse(&graph).0, target).unwrap();
+        let prog = kernels::lower(&p).unwrap();
+        let w = weights::seeded(&graph, 6);
+        let a = pack::build_blob(&prog.recipes, prog.weight_floats, &w).unwrap();
+        let b = pack::build_blob_consuming(&prog.recipes, prog.weight_floats, w).unwrap();
+        assert!(a.as_slice().iter().zip(b.as_slice()).all(|(x, y)| x.to_bits() == y.to_bits()), "{}", target.name);
+    }
+}

@@ -282,12 +282,20 @@ impl {ty} {{
 
     /// Loads torchvision-named weights from a safetensors file.
     pub fn load(path: impl AsRef<std::path::Path>) -> {rt}::anyhow::Result<Self> {{
-        Self::from_tensors(&{rt}::safetensors::read(path.as_ref())?)
+        Self::consume({rt}::safetensors::read(path.as_ref())?)
     }}
 
     /// Loads torchvision-named weights from the bytes of a safetensors file.
     pub fn from_safetensors(bytes: &[u8]) -> {rt}::anyhow::Result<Self> {{
-        Self::from_tensors(&{rt}::safetensors::parse(bytes)?)
+        Self::consume({rt}::safetensors::parse(bytes)?)
+    }}
+
+    /// Packs tensors this type owns, freeing each once packed (lower peak memory).
+    fn consume(tensors: {rt}::safetensors::Tensors) -> {rt}::anyhow::Result<Self> {{
+        let (isa, kernels) = {m}::kernels();
+        // SAFETY: the kernels were generated together with DEF.
+        let model = unsafe {{ {rt}::model::Model::from_def_consuming(&{m}::DEF, kernels, tensors, 1)? }};
+        Ok(Self {{ model, isa }})
     }}
 
     /// Packs already loaded tensors. Single-threaded until [`Self::set_threads`].

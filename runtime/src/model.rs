@@ -174,6 +174,23 @@ impl Model {
         unsafe { Model::from_def_packed(def, kernels, Weights::Owned(blob), threads) }
     }
 
+    /// [`from_def`](Self::from_def), taking the tensors and freeing each once packed (see
+    /// [`crate::pack::build_blob_consuming`]).
+    ///
+    /// # Safety
+    /// `kernels` must be the kernels generated together with `def`.
+    pub unsafe fn from_def_consuming(
+        def: &ModelDef,
+        kernels: &[crate::exec::KernelFn],
+        tensors: crate::safetensors::Tensors,
+        threads: usize,
+    ) -> Result<Model> {
+        crate::check::check_tensors(def.expected, &tensors)?;
+        let blob = crate::pack::build_blob_consuming(def.recipes, def.weight_floats, tensors)?;
+        // SAFETY: forwarded from the caller; the blob was packed by `def`'s recipes.
+        unsafe { Model::from_def_packed(def, kernels, Weights::Owned(blob), threads) }
+    }
+
     /// Assembles the model from generated parts and a blob packed by `def`'s recipes
     /// (`resnetc build --backend rust` packs at build time and embeds the blob).
     ///

@@ -180,16 +180,49 @@ pub fn pack_linear(p: &LinearPacking, tensors: &Tensors, blob: &mut [f32]) -> Re
     Ok(())
 }
 
+fn pack(r: &Recipe, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
+    match r {
+        Recipe::Conv(p) => pack_conv(p, tensors, blob),
+        Recipe::Winograd(p) => pack_winograd(p, tensors, blob),
+        Recipe::Linear(p) => pack_linear(p, tensors, blob),
+    }
+}
+
+/// The tensors a recipe reads.
+fn tensor_names(r: &Recipe) -> Vec<String> {
+    let conv = |weight: &str, bn: &Option<Name>| {
+        let mut names = vec![format!("{weight}.weight")];
+        if let Some(bn) = bn {
+            names.extend(["weight", "bias", "running_mean", "running_var"].map(|s| format!("{bn}.{s}")));
+        }
+        names
+    };
+    match r {
+        Recipe::Conv(p) => conv(&p.weight, &p.bn),
+        Recipe::Winograd(p) => conv(&p.weight, &p.bn),
+        Recipe::Linear(p) => vec![format!("{}.weight", p.param), format!("{}.bias", p.param)],
+    }
+}
+
 /// Builds the weight blob of `floats` floats from torchvision tensors, straight into the
 /// 64-byte aligned buffer the model runs on (no further copy).
 pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Result<Aligned> {
     let mut blob = Aligned::zeroed(floats)?;
     for r in recipes {
-        let out = blob.as_mut_slice();
-        match r {
-            Recipe::Conv(p) => pack_conv(p, tensors, out)?,
-            Recipe::Winograd(p) => pack_winograd(p, tensors, out)?,
-            Recipe::Linear(p) => pack_linear(p, tensors, out)?,
+        pack(r, tensors, blob.as_mut_slice())?;
+    }
+    Ok(blob)
+}
+
+/// [`build_blob`], freeing each tensor once packed: memory then peaks at about the larger
+/// of the tensors and the blob instead of their sum (the blob's pages are untouched zeros
+/// until packed).
+pub fn build_blob_consuming(recipes: &[Recipe], floats: usize, mut tensors: Tensors) -> Result<Aligned> {
+    let mut blob = Aligned::zeroed(floats)?;
+    for r in recipes {
+        pack(r, &tensors, blob.as_mut_slice())?;
+        for name in tensor_names(r) {
+            tensors.remove(&name);
         }
     }
     Ok(blob)

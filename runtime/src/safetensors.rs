@@ -16,10 +16,43 @@ const MAX_HEADER: u64 = 100 << 20;
 /// Tensors by name, in name order.
 pub type Tensors = BTreeMap<String, Tensor>;
 
-/// Reads a safetensors file.
+/// Reads a safetensors file. Each tensor is read from the file into its own buffer, so
+/// the file is never held in memory whole beside the tensors.
 pub fn read(path: &Path) -> Result<Tensors> {
-    let bytes = crate::read_file(path)?;
-    parse(&bytes).with_context(|| path.display().to_string())
+    use std::io::{Read, Seek, SeekFrom};
+    if path.is_dir() {
+        bail!("{}: is a directory, expected a file", path.display());
+    }
+    let cannot_read = || format!("{}: cannot read", path.display());
+    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
+    let len = file.metadata().with_context(cannot_read)?.len();
+    // Messages below get the path as context, like `parse`'s.
+    let parsed = (|| -> Result<Tensors> {
+        let mut prefix = [0u8; 8];
+        if len >= 8 {
+            file.read_exact(&mut prefix).context("cannot read")?;
+        }
+        let header_len = header_length(&prefix, len)?;
+        let mut header = vec![0u8; header_len as usize];
+        file.read_exact(&mut header).context("cannot read")?;
+        let mut out = Tensors::new();
+        for e in entries(&header, len - 8 - header_len)? {
+            file.seek(SeekFrom::Start(8 + header_len + e.begin as u64)).context("cannot read")?;
+            // Straight into the tensor's buffer: no temporary to free, which would also
+            // make the allocator keep later tensors on its heap, where freeing them after
+            // packing returns nothing to the system.
+            let mut data = vec![0.0f32; (e.end - e.begin) / 4];
+            // SAFETY: any bytes are a valid f32; the view covers exactly the vector.
+            let view = unsafe { std::slice::from_raw_parts_mut(data.as_mut_ptr().cast::<u8>(), data.len() * 4) };
+            file.read_exact(view).context("cannot read")?;
+            for v in &mut data {
+                *v = f32::from_bits(u32::from_le(v.to_bits()));
+            }
+            out.insert(e.name, Tensor::new(e.shape, data));
+        }
+        Ok(out)
+    })();
+    parsed.with_context(|| path.display().to_string())
 }
 
 fn dtype_size(dtype: &str) -> Option<usize> {
@@ -32,23 +65,36 @@ fn dtype_size(dtype: &str) -> Option<usize> {
     })
 }
 
-/// Parses the bytes of a safetensors file.
-pub fn parse(bytes: &[u8]) -> Result<Tensors> {
-    if bytes.len() < 8 {
-        bail!("not a safetensors file: {} bytes, shorter than the 8-byte header length", bytes.len());
+/// The header length from the first 8 bytes (`prefix`, read only when `len >= 8`) of a
+/// file of `len` bytes, checked against the format's limit and the file's length.
+fn header_length(prefix: &[u8], len: u64) -> Result<u64> {
+    if len < 8 {
+        bail!("not a safetensors file: {len} bytes, shorter than the 8-byte header length");
     }
-    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    let header_len = u64::from_le_bytes(prefix[..8].try_into().unwrap());
     if header_len > MAX_HEADER {
         bail!("safetensors header length {header_len} exceeds the {MAX_HEADER}-byte limit");
     }
-    let body_start = 8 + header_len as usize;
-    if body_start > bytes.len() {
-        bail!("safetensors header length {header_len} runs past the end of the file ({} bytes)", bytes.len());
+    if 8 + header_len > len {
+        bail!("safetensors header length {header_len} runs past the end of the file ({len} bytes)");
     }
-    let header: Map<String, Value> = serde_json::from_slice(&bytes[8..body_start])
-        .map_err(|e| anyhow::anyhow!("safetensors header is not a JSON object: {e}"))?;
-    let body = &bytes[body_start..];
-    let mut out = Tensors::new();
+    Ok(header_len)
+}
+
+/// One float32 tensor of the header: name, shape and byte range in the data section.
+struct Entry {
+    name: String,
+    shape: Vec<usize>,
+    begin: usize,
+    end: usize,
+}
+
+/// The float32 tensors the JSON `header` describes over a data section of `body_len`
+/// bytes (`num_batches_tracked` skipped), every entry checked.
+fn entries(header: &[u8], body_len: u64) -> Result<Vec<Entry>> {
+    let header: Map<String, Value> =
+        serde_json::from_slice(header).map_err(|e| anyhow::anyhow!("safetensors header is not a JSON object: {e}"))?;
+    let mut out = vec![];
     for (name, info) in &header {
         if name == "__metadata__" {
             continue;
@@ -66,8 +112,8 @@ pub fn parse(bytes: &[u8]) -> Result<Tensors> {
             .filter(|o: &Vec<u64>| o.len() == 2)
             .with_context(|| format!("tensor `{name}`: data_offsets is not [begin, end]"))?;
         let (begin, end) = (offsets[0], offsets[1]);
-        if begin > end || end > body.len() as u64 {
-            bail!("tensor `{name}`: data_offsets [{begin}, {end}] lie outside the {}-byte data section", body.len());
+        if begin > end || end > body_len {
+            bail!("tensor `{name}`: data_offsets [{begin}, {end}] lie outside the {body_len}-byte data section");
         }
         let count = shape.iter().try_fold(1usize, |a, &d| a.checked_mul(d));
         let want = count.and_then(|c| c.checked_mul(size));
@@ -84,9 +130,23 @@ pub fn parse(bytes: &[u8]) -> Result<Tensors> {
         if dtype != "F32" {
             bail!("tensor `{name}` has dtype {dtype}; resnetc loads float32 (F32) weights only");
         }
-        let raw = &body[begin as usize..end as usize];
-        let data = raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
-        out.insert(name.clone(), Tensor::new(shape, data));
+        out.push(Entry { name: name.clone(), shape, begin: begin as usize, end: end as usize });
+    }
+    Ok(out)
+}
+
+fn floats(raw: &[u8]) -> Vec<f32> {
+    raw.chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// Parses the bytes of a safetensors file.
+pub fn parse(bytes: &[u8]) -> Result<Tensors> {
+    let header_len = header_length(bytes, bytes.len() as u64)?;
+    let body_start = 8 + header_len as usize;
+    let body = &bytes[body_start..];
+    let mut out = Tensors::new();
+    for e in entries(&bytes[8..body_start], body.len() as u64)? {
+        out.insert(e.name, Tensor::new(e.shape, floats(&body[e.begin..e.end])));
     }
     Ok(out)
 }
@@ -143,6 +203,26 @@ mod tests {
     #[test]
     fn round_trips() {
         assert_eq!(parse(&to_bytes(&sample())).unwrap(), sample());
+    }
+
+    /// Reading a file tensor by tensor gives what parsing its bytes gives, faults included.
+    #[test]
+    fn read_matches_parse() {
+        let dir = std::env::temp_dir().join(format!("resnetc-st-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let good = to_bytes(&sample());
+        let cases = [good.clone(), good[..good.len() - 3].to_vec(), good[..5].to_vec(), vec![]];
+        for (i, bytes) in cases.iter().enumerate() {
+            let path = dir.join(format!("{i}.safetensors"));
+            std::fs::write(&path, bytes).unwrap();
+            let (from_file, from_bytes) = (read(&path), parse(bytes));
+            match (from_file, from_bytes) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "case {i}"),
+                (Err(a), Err(b)) => assert_eq!(format!("{a:#}"), format!("{}: {b:#}", path.display()), "case {i}"),
+                (a, b) => panic!("case {i}: read {:?} but parse {:?}", a.is_ok(), b.is_ok()),
+            }
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
