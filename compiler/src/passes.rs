@@ -150,9 +150,6 @@ pub struct ChooseAlgorithm {
     pub target: Target,
 }
 
-/// Bytes of weights one task's tile keeps reading; beyond this they come from L2.
-const L1_BYTES: f64 = 32.0 * 1024.0;
-
 /// Estimated seconds of one image's conv, direct (`m = None`) or Winograd F(m, 3).
 pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
     let (cin, cout) = (c.cin as f64, c.cout as f64);
@@ -160,7 +157,7 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
     let memory = |bytes: f64| bytes / (t.weight_gbytes as f64 * 1e9);
     // Re-reads of `bytes` of weights, `times` over, when a tile's share misses L1.
     let l2 = |bytes: f64, tile_bytes: f64, times: f64| {
-        if tile_bytes > L1_BYTES {
+        if tile_bytes > t.l1_tile_weight_bytes as f64 {
             bytes * times / (t.l2_gbytes as f64 * 1e9)
         } else {
             0.0

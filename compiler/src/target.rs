@@ -21,6 +21,9 @@ pub struct Target {
     /// L2 cache per core, bytes: a call whose weights exceed it cannot keep them in cache
     /// from one image of a batch to the next.
     pub l2_bytes: usize,
+    /// Weights of one register tile that stay in L1 (48 KB) beside the input they meet;
+    /// a tile whose weights exceed this re-reads them from L2 for every register tile.
+    pub l1_tile_weight_bytes: usize,
     /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).
     pub prefetch: bool,
 }
@@ -46,6 +49,7 @@ impl Target {
         transform_gbytes: 5,
         l2_gbytes: 20,
         l2_bytes: 2 << 20,
+        l1_tile_weight_bytes: 32 << 10,
         prefetch: false,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
@@ -58,6 +62,7 @@ impl Target {
         transform_gbytes: 7,
         l2_gbytes: 40,
         l2_bytes: 2 << 20,
+        l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
     };
 }

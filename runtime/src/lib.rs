@@ -36,12 +36,20 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-/// Reads a whole file, with errors that name it and refuse directories up front.
-pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+/// Opens a file for reading, with errors that name it and refuse directories up front.
+pub fn open_file(path: &Path) -> Result<std::fs::File> {
     if path.is_dir() {
         bail!("{}: is a directory, expected a file", path.display());
     }
-    std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))
+    std::fs::File::open(path).with_context(|| format!("{}: cannot read", path.display()))
+}
+
+/// Reads a whole file, with the errors of [`open_file`].
+pub fn read_file(path: &Path) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![];
+    open_file(path)?.read_to_end(&mut bytes).with_context(|| format!("{}: cannot read", path.display()))?;
+    Ok(bytes)
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,

@@ -20,12 +20,8 @@ pub type Tensors = BTreeMap<String, Tensor>;
 /// the file is never held in memory whole beside the tensors.
 pub fn read(path: &Path) -> Result<Tensors> {
     use std::io::{Read, Seek, SeekFrom};
-    if path.is_dir() {
-        bail!("{}: is a directory, expected a file", path.display());
-    }
-    let cannot_read = || format!("{}: cannot read", path.display());
-    let mut file = std::fs::File::open(path).with_context(cannot_read)?;
-    let len = file.metadata().with_context(cannot_read)?.len();
+    let mut file = crate::open_file(path)?;
+    let len = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?.len();
     // Messages below get the path as context, like `parse`'s.
     let parsed = (|| -> Result<Tensors> {
         let mut prefix = [0u8; 8];

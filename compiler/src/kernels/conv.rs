@@ -113,12 +113,9 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
         && c.groups == 1
         && (width % WIDE_TILE.0 == 0 || width * 2 == WIDE_TILE.0)
         && cblocks_out % WIDE_TILE.1 == 0
-        && tile_weight_bytes > L1_WEIGHT_BYTES
+        && tile_weight_bytes > t.l1_tile_weight_bytes
         && (c.kernel > 1 || input.bytes() <= t.l2_bytes / 2)
 }
-
-/// Weights of one register tile that stay in a 48 KB L1 beside the input they meet.
-const L1_WEIGHT_BYTES: usize = 32 << 10;
 
 /// Output pixels per register tile.
 pub(super) fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
