@@ -44,6 +44,7 @@ fn jit_matches_reference_on_presets_not_in_goldens() {
 fn jit_matches_reference_on_200_random_specs() {
     let mut rng = Rng::new(0xc1f);
     let mut winograd = [0usize; 2];
+    let mut panels = 0;
     for i in 0..200 {
         let s = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&s).unwrap();
@@ -59,10 +60,15 @@ fn jit_matches_reference_on_200_random_specs() {
         let threads = rng.range(1, 3);
         let x = weights::seeded_input(s.input, batch, 1000 + i);
         let want = reference::run(&graph, &w, &x).unwrap();
-        let got = JitModel::new(&s, &w, threads).unwrap().forward(&x).unwrap();
+        let m = JitModel::new(&s, &w, threads).unwrap();
+        let p = &m.program;
+        panels += p.calls.iter().filter(|c| p.kernels[c.kernel].name.starts_with("pack_panel")).count();
+        let got = m.forward(&x).unwrap();
         support::agree(&got, &want)
             .unwrap_or_else(|e| panic!("random spec {i} (batch {batch}, {threads} threads): {e}\n{s}"));
     }
+    // ... and 1x1 convs that read their input from a panel.
+    assert!(panels >= 10, "too few 1x1 convs with a panel in the random specs: {panels}");
     // The differential test covers both Winograd tile sizes, not only direct convolution.
     eprintln!("Winograd convs: {} F(2,3), {} F(4,3)", winograd[0], winograd[1]);
     assert!(winograd.iter().all(|&c| c >= 10), "too few Winograd convs in the random specs: {winograd:?}");

@@ -66,6 +66,30 @@ fn wide_register_tiles_match_reference() {
     eprintln!("wide tiles rel err {rel:.2e}");
 }
 
+/// 1x1 convs that read a panel (Cranelift target): a stride-2 downsample and a 1x1 conv
+/// over 1024 channels of 15x13 (rows over 32 KB: 7 + 6 pixel tiles, so the last tile of
+/// each row is short), against the reference.
+#[test]
+fn panel_convs_match_reference() {
+    let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 30, 26]\n";
+    let spec = resnetc::spec::parse(text, "panels").unwrap();
+    let graph = from_spec::build(&spec).unwrap();
+    let p = plan::build(&passes::fuse(&graph).0, Target::CRANELIFT_X64).unwrap();
+    let prog = kernels::lower(&p).unwrap();
+    for name in ["pack_panel_256x30x26_s2_to15x13_p7", "pack_panel_1024x15x13_s1_to15x13_p7"] {
+        assert!(
+            prog.kernels.iter().any(|k| k.name == name),
+            "no {name} in {:?}",
+            prog.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
+        );
+    }
+    let x = weights::seeded_input(spec.input, 2, 3);
+    let want = reference::run(&graph, &weights::seeded(&graph, 5), &x).unwrap();
+    let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, Target::CRANELIFT_X64, 5, &x));
+    let rel = support::agree(&y, &want).unwrap();
+    eprintln!("panels rel err {rel:.2e}");
+}
+
 /// Packing that frees each tensor once packed gives the same blob, bit for bit.
 #[test]
 fn consuming_pack_gives_the_same_blob() {

@@ -125,7 +125,7 @@ pub struct Step {
     pub output: Option<BufId>,
     /// Buffers written and read only inside this step: for a Winograd conv, the
     /// transformed input tiles `V` and the transformed output tiles `M` (see
-    /// [`winograd_layouts`]).
+    /// [`winograd_layouts`]); for a 1x1 conv, its input panel (see [`panel_layout`]).
     pub scratch: Vec<BufId>,
     /// Shape of the input and output of one image.
     pub in_shape: Shape,
@@ -155,6 +155,16 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
     let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);
     let l = |ch: usize| Layout { c: ch, cb: lanes, h: n * n, w: tiles, halo: 0 };
     (l(c.cin), l(c.cout))
+}
+
+/// The scratch layout of a 1x1 conv's input panel, on targets that pack one
+/// ([`Target::panel_1x1`]): the input pixels each register tile reads, gathered per
+/// output row and tile so the reduction over channels walks memory contiguously. The
+/// kernels index it `[output row][tile][channel block][pixel of the tile][lane]`; the
+/// layout's columns are `tiles * pixels per tile`.
+pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
+    let p = crate::kernels::panel_pixels(t, c, input, out)?;
+    Some(Layout { c: c.cin, cb: t.lanes, h: out.h, w: out.w.div_ceil(p) * p, halo: 0 })
 }
 
 /// Halo a consumer needs on its input.
@@ -196,6 +206,7 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         let cb = if node.op == Op::Input { 1 } else { target.lanes };
         let layout = Layout { c: node.shape.c, cb, h: node.shape.h, w: node.shape.w, halo };
         let step_index = steps.len();
+        let input_layout = args.first().map(|a| buffers[buf_of[a]].layout);
         let mut add_buffer = |name: &str, layout: Layout| {
             buffers.push(Buffer {
                 name: name.to_string(),
@@ -212,6 +223,10 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
             let (v, mm) = winograd_layouts(c, *m, node.shape, target.lanes);
             scratch.push(add_buffer(&format!("{}.wino_v", node.name), v));
             scratch.push(add_buffer(&format!("{}.wino_m", node.name), mm));
+        } else if let Op::Conv(c) = &node.op {
+            if let Some(panel) = panel_layout(target, c, &input_layout.expect("a conv has an input"), &layout) {
+                scratch.push(add_buffer(&format!("{}.panel", node.name), panel));
+            }
         }
         let mut new_buffer = |name: &str| add_buffer(name, layout);
         let in_shape = args.first().map_or(node.shape, |&a| fused.node(a).shape);

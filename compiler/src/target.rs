@@ -26,6 +26,11 @@ pub struct Target {
     pub l1_tile_weight_bytes: usize,
     /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).
     pub prefetch: bool,
+    /// Whether 1x1 convs first gather their input into a panel ([`crate::plan::panel_layout`]).
+    /// In the channel-blocked layout the reduction over input channels jumps a whole
+    /// plane per channel block, a new page each time, which the hardware prefetchers do
+    /// not follow; a short register tile (128-bit vectors) then waits on L2.
+    pub panel_1x1: bool,
 }
 
 impl Target {
@@ -51,6 +56,7 @@ impl Target {
         l2_bytes: 2 << 20,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: false,
+        panel_1x1: true,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
     pub const AVX512: Target = Target {
@@ -64,5 +70,6 @@ impl Target {
         l2_bytes: 2 << 20,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
+        panel_1x1: false,
     };
 }

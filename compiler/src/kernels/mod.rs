@@ -13,6 +13,7 @@ use anyhow::Result;
 use resnetc_runtime::pack::Recipe;
 use std::collections::HashMap;
 
+pub(crate) use conv::panel_pixels;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
 
@@ -108,10 +109,18 @@ pub fn lower(plan: &Plan) -> Result<Program> {
             }
             StepOp::Conv(c) => {
                 let res = step.residual.map(|r| buf(Some(r)));
-                let g = conv::generate(t, c, buf(step.input), buf(step.output), res, &mut weights)?;
+                // A 1x1 conv with a panel gathers its input into it first, then reads it.
+                let panel = step.scratch.first().map(|&p| &plan.buffers[p]);
+                let mut conv_input = arena(step.input);
+                if let Some(p) = panel {
+                    let pack = conv::pack_panel(t, c, buf(step.input), p, buf(step.output));
+                    step_calls.push((pack, vec![arena(Some(step.scratch[0])), conv_input], 0, Order::DepthFirst));
+                    conv_input = arena(Some(step.scratch[0]));
+                }
+                let g = conv::generate(t, c, buf(step.input), panel, buf(step.output), res, &mut weights)?;
                 let mut args = vec![
                     arena(step.output),
-                    arena(step.input),
+                    conv_input,
                     ArgRef::Weights(g.packing.offset),
                     ArgRef::Weights(g.packing.bias_offset),
                 ];
@@ -150,8 +159,9 @@ pub fn lower(plan: &Plan) -> Result<Program> {
             _ => 0, // a Winograd output transform reads only the bias
         };
         recipes.extend(recipe);
-        // A Winograd conv's MACs are counted at its matrix products, as direct MACs.
-        let last_macs = if step_calls.is_empty() { macs } else { 0 };
+        // A Winograd conv's MACs are counted at its matrix products, as direct MACs; a
+        // panel-packing call counts none.
+        let last_macs = if step_calls.iter().any(|c| c.2 > 0) { 0 } else { macs };
         step_calls.push((kernel, args, last_macs, order(t, weight_bytes)));
         for (kernel, args, macs, order) in step_calls {
             let id = match index.get(&kernel) {
