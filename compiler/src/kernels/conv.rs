@@ -85,14 +85,28 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize,
 /// How many input channels of a channel block one iteration of the reduction loop covers.
 /// Cranelift neither unrolls nor uses the accumulator-destination FMA form (x64
 /// `vfmadd231ps`): its FMA result lands in the broadcast's register, so the accumulators
-/// rotate through registers and the loop's back edge moves them back, one move per FMA.
-/// Two channels per iteration halve those moves (measured: ResNet-50 1 thread 382 -> 315
-/// ms; four channels spill). LLVM unrolls the Rust backend's loops itself.
+/// rotate through registers and the loop's back edge moves them back, one move per
+/// accumulator and iteration. Two channels per iteration halve those moves (measured:
+/// ResNet-50 1 thread 382 -> 315 ms). LLVM unrolls the Rust backend's loops itself.
 pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
     if t.vregs < 32 && cb_in % 2 == 0 {
         2
     } else {
         1
+    }
+}
+
+/// [`channel_unroll`] for direct convs: with 16 registers, the whole 4-channel block per
+/// iteration, which leaves room for 10 accumulators (4 weight vectors, a broadcast and
+/// the rotation's spare take the rest). Measured on the ResNet-50 JIT against two
+/// channels and 12 pixels: direct convs 0.67-0.93x the time, except expanding 1x1 convs
+/// and one strided 3x3 (1.02-1.09x); the Winograd products lose 16-19% with it (their
+/// tiles are shorter), so they keep two channels.
+fn direct_unroll(t: Target, cb_in: usize) -> usize {
+    if t.vregs < 32 && cb_in % 4 == 0 {
+        4
+    } else {
+        channel_unroll(t, cb_in)
     }
 }
 
@@ -117,9 +131,12 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
         && (c.kernel > 1 || input.bytes() <= t.l2_bytes / 2)
 }
 
-/// Output pixels per register tile.
-pub(crate) fn tile_pixels(t: Target, j: usize, width: usize) -> usize {
-    let budget = if t.vregs >= 32 { 24 } else { 12 };
+/// Output pixels per register tile of `j` output vectors, for a reduction loop that
+/// covers `unroll` input channels per iteration.
+pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> usize {
+    // With 16 registers: the weight vectors of one iteration, a broadcast and a spare for
+    // the accumulators' rotation (see `channel_unroll`) besides the accumulators.
+    let budget = if t.vregs >= 32 { 24 } else { (t.vregs - 2 - unroll).min(12) };
     let p = (budget / j).clamp(1, width);
     if t.vregs < 32 {
         // Tiles of equal size: a narrow remainder tile has too few independent FMA chains
@@ -181,7 +198,7 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
     let wide = wide_tile(t, c, li, lo.w, lo.cblocks());
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
     let rows = if wide && lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
-    let pixels = if wide { WIDE_TILE.0 / rows } else { tile_pixels(t, tiling.j, lo.w) };
+    let pixels = if wide { WIDE_TILE.0 / rows } else { tile_pixels(t, tiling.j, lo.w, direct_unroll(t, li.cb)) };
     RegisterTile { tiling, rows, pixels }
 }
 
@@ -261,7 +278,7 @@ pub fn generate(
     let ow_total = lo.w;
     let oh0 = task_row.scaled(rows as i64);
     let oh_of = |r: usize| oh0.offset(r as i64);
-    let unroll = channel_unroll(t, cb_in);
+    let unroll = direct_unroll(t, cb_in);
     // Weights that do not stay in L2 stream from memory on a task's first pass: prefetch
     // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
     // hits, where the extra instruction only costs (1.01-1.09x).

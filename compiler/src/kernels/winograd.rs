@@ -192,12 +192,12 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
     // No seventh tile here (unlike the direct conv's rows): LLVM then keeps the broadcast
     // in a register, needs 33, and spills inside the loop (seen in the disassembly).
+    let unroll = channel_unroll(t, lanes);
     let p_max = if j == 1 && count <= t.winograd_tiles_in_registers() {
         count
     } else {
-        tile_pixels(t, j, count).min(if t.vregs >= 32 { 24 / j } else { usize::MAX })
+        tile_pixels(t, j, count, unroll).min(if t.vregs >= 32 { 24 / j } else { usize::MAX })
     };
-    let unroll = channel_unroll(t, lanes);
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     let emit = |b: &mut Builder, p0: &Index, p: usize| {
