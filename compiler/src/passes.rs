@@ -127,20 +127,32 @@ impl Pass for FuseRelu {
     }
 }
 
-/// Largest number of convs run as F(4x4, 3x3) in one model; later ones fall back to
-/// F(2x2, 3x3). F(4,3)'s float32 error grows with depth (DESIGN.md: <= 3.4e-5 on
-/// ResNet-18/34/50, ~1e-4 with every 3x3 conv of ResNet-101/152), and the tolerance is 1e-4.
+/// Largest number of convs run as F(4x4, 3x3) in one model, the float32 error budget:
+/// F(4,3)'s error grows with depth (DESIGN.md: <= 3.4e-5 on ResNet-18/34/50, ~1e-4 with
+/// every 3x3 conv of ResNet-101/152), and the tolerance is 1e-4. An F(3,3) conv spends
+/// half an F(4,3) (measured in float32 over a 256-channel sum: 2.2e-6 against 4.3e-6),
+/// F(2,3) nothing (0.6e-6); once the budget is spent, convs fall back to smaller tiles.
 pub const MAX_F4_LAYERS: usize = 16;
+
+/// Error units of one conv at tile `m` (F(4,3) = 2), against a budget of
+/// `2 * MAX_F4_LAYERS`.
+fn error_units(m: usize) -> usize {
+    match m {
+        4 => 2,
+        3 => 1,
+        _ => 0,
+    }
+}
 
 /// Winograd must beat direct convolution by this factor in the cost model: the model is
 /// coarse, and a wrong Winograd choice also costs accuracy.
 const WINOGRAD_MARGIN: f64 = 0.8;
 
 /// The cost model of the conv algorithm, per target: for stride-1, pad-1, ungrouped 3x3
-/// convs with at least 16 input and output channels, Winograd F(m, 3) (m = 4 or 2) when
+/// convs with at least 16 input and output channels, Winograd F(m, 3) (m = 4, 3 or 2) when
 /// its estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. What decides:
-/// Winograd cuts multiplies 4x (m = 4) or 2.25x (m = 2), but its transformed weights are
-/// 4x (1.8x) larger, streamed from memory once per image and re-read from L2 once per
+/// Winograd cuts multiplies 4x (m = 4), 3.24x (m = 3) or 2.25x (m = 2), but its
+/// transformed weights are 4x (2.8x, 1.8x) larger, streamed from memory once per image and re-read from L2 once per
 /// block of tiles; direct convolution re-reads all its weights from L2 once per output
 /// row. So on 7x7x512 outputs F(4,3) loses to direct convolution on a fast target while
 /// F(2,3) wins, and on a slow target F(4,3) wins everywhere. Sizes that do not tile evenly
@@ -193,16 +205,22 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
     }
 }
 
-/// The output tile `m` the cost model picks for a conv on `t` (ignoring the F(4,3)
-/// budget), or `None` for direct convolution.
-pub fn winograd_tile(t: Target, c: &Conv, out: Shape) -> Option<usize> {
+/// The algorithms a conv may run on `t` with their estimated seconds: direct
+/// convolution (`None`) always, Winograd F(m, 3) where the conv is eligible and `m`'s
+/// estimate beats direct convolution's by [`WINOGRAD_MARGIN`].
+fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<usize>, f64)> {
+    let direct = conv_seconds(t, c, out, None);
+    let mut options = vec![(None, direct)];
     let eligible = c.kernel == 3 && c.stride == 1 && c.pad == 1 && c.groups == 1 && c.cin >= 16 && c.cout >= 16;
-    if !eligible {
-        return None;
+    if eligible {
+        for m in [2, 3, 4] {
+            let cost = conv_seconds(t, c, out, Some(m));
+            if cost < WINOGRAD_MARGIN * direct {
+                options.push((Some(m), cost));
+            }
+        }
     }
-    let cost = |m| conv_seconds(t, c, out, m);
-    let best = [4, 2].into_iter().min_by(|&a, &b| cost(Some(a)).total_cmp(&cost(Some(b))))?;
-    (cost(Some(best)) < WINOGRAD_MARGIN * cost(None)).then_some(best)
+    options
 }
 
 impl Pass for ChooseAlgorithm {
@@ -210,24 +228,52 @@ impl Pass for ChooseAlgorithm {
         "choose_algorithm"
     }
 
+    /// Each conv starts at its fastest algorithm that spends no error budget (direct or
+    /// F(2,3)); then, greedily, the upgrade to a larger tile that saves the most estimated
+    /// time per error unit is taken while the budget lasts ([`MAX_F4_LAYERS`]). So the
+    /// budget goes where Winograd saves most (on ResNet-34, F(3,3) on the 14x14 convs
+    /// instead of F(4,3) on the first convs met).
     fn run(&self, graph: &mut Graph) -> usize {
         // An escape hatch for measurements and bit-level comparisons with direct convolution.
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
-        let mut count = 0;
-        let mut f4 = 0;
+        let units = |m: Option<usize>| m.map_or(0, error_units);
+        let mut convs: Vec<(NodeIndex, Vec<(Option<usize>, f64)>, usize)> = vec![];
         for n in graph.schedule() {
-            let shape = graph.node(n).shape;
-            let Op::Conv(c) = &mut graph.g[n].op else { continue };
-            let mut m = if disabled { None } else { winograd_tile(self.target, c, shape) };
-            if m == Some(4) {
-                f4 += 1;
-                if f4 > MAX_F4_LAYERS {
-                    let cost = |m| conv_seconds(self.target, c, shape, m);
-                    m = (cost(Some(2)) < WINOGRAD_MARGIN * cost(None)).then_some(2);
+            let Op::Conv(c) = &graph.node(n).op else { continue };
+            let options = if disabled { vec![(None, 0.0)] } else { algorithms(self.target, c, graph.node(n).shape) };
+            let start = (0..options.len())
+                .filter(|&i| units(options[i].0) == 0)
+                .min_by(|&a, &b| options[a].1.total_cmp(&options[b].1))
+                .expect("direct convolution is always an option");
+            convs.push((n, options, start));
+        }
+        let mut budget = 2 * MAX_F4_LAYERS;
+        loop {
+            // (saving per unit, conv, option)
+            let mut best: Option<(f64, usize, usize)> = None;
+            for (k, (_, options, at)) in convs.iter().enumerate() {
+                let (m0, t0) = options[*at];
+                for (i, &(m, t)) in options.iter().enumerate() {
+                    let extra = units(m).saturating_sub(units(m0));
+                    if units(m) <= units(m0) || extra > budget || t >= t0 {
+                        continue;
+                    }
+                    let gain = (t0 - t) / extra as f64;
+                    if best.is_none_or(|(g, _, _)| gain > g) {
+                        best = Some((gain, k, i));
+                    }
                 }
             }
-            c.winograd = m;
-            count += m.is_some() as usize;
+            let Some((_, k, i)) = best else { break };
+            let (_, options, at) = &mut convs[k];
+            budget -= units(options[i].0) - units(options[*at].0);
+            *at = i;
+        }
+        let mut count = 0;
+        for (n, options, at) in convs {
+            let Op::Conv(c) = &mut graph.g[n].op else { unreachable!("collected as a conv") };
+            c.winograd = options[at].0;
+            count += c.winograd.is_some() as usize;
         }
         count
     }
@@ -279,6 +325,31 @@ mod tests {
         assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49)]);
     }
 
+    /// No preset spends more than the error budget on either target, and a deep network
+    /// spends all of it (the greedy allocation stops only when the budget is gone).
+    #[test]
+    fn winograd_error_budget_holds_on_every_preset() {
+        for name in PRESETS {
+            let (fused, _) = fuse(&crate::from_spec::build(&preset(name).unwrap()).unwrap());
+            for target in [Target::AVX512, Target::CRANELIFT_X64] {
+                let mut g = fused.clone();
+                ChooseAlgorithm { target }.run(&mut g);
+                let spent: usize = g
+                    .schedule()
+                    .into_iter()
+                    .filter_map(|n| match &g.node(n).op {
+                        Op::Conv(c) => c.winograd.map(error_units),
+                        _ => None,
+                    })
+                    .sum();
+                assert!(spent <= 2 * MAX_F4_LAYERS, "{name} on {}: {spent} error units", target.name);
+                if *name == "resnet152" {
+                    assert_eq!(spent, 2 * MAX_F4_LAYERS, "{name} on {}", target.name);
+                }
+            }
+        }
+    }
+
     #[test]
     fn cost_model_picks_winograd_where_it_pays() {
         let graph = crate::from_spec::build(&preset("resnet18").unwrap()).unwrap();
@@ -294,10 +365,17 @@ mod tests {
                 })
                 .collect::<Vec<_>>()
         };
-        // AVX-512: F(4,3) down to 14x14; at 7x7x512 the 4x larger transformed weights
-        // (37.7 MB per conv) cost more than the multiplies saved, F(2,3)'s 16.8 MB less.
+        // AVX-512: F(4,3) down to 28x28; at 14x14x256 F(4,3)'s products wait on its
+        // 9.4 MB of transformed weights, F(3,3)'s 6.6 MB arrive as fast as 25 tiles in
+        // registers use them; at 7x7x512 the 4x larger transformed weights (37.7 MB per
+        // conv) cost more than the multiplies saved, F(2,3)'s 16.8 MB less.
         for (h, m) in chosen(Target::AVX512) {
-            assert_eq!(m, if h >= 14 { Some(4) } else { Some(2) }, "avx512, {h}x{h}");
+            let want = match h {
+                28.. => Some(4),
+                14 => Some(3),
+                _ => Some(2),
+            };
+            assert_eq!(m, want, "avx512, {h}x{h}");
         }
         // Cranelift computes 4.6x slower, so Winograd pays everywhere.
         assert!(chosen(Target::CRANELIFT_X64).iter().all(|&(_, m)| m == Some(4)));

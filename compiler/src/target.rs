@@ -36,9 +36,11 @@ pub struct Target {
 impl Target {
     /// Winograd products keep every tile of a position in registers (one output vector
     /// wide) when there are at most this many tiles; otherwise blocks of a few tiles.
+    /// 25 = the 5x5 tiles of a 14x14 output at F(3,3); 25 accumulators and a weight
+    /// vector leave room in 32 registers (the broadcasts fold into the FMAs).
     pub fn winograd_tiles_in_registers(&self) -> usize {
         if self.vregs >= 32 {
-            24
+            25
         } else {
             0
         }

@@ -3,8 +3,8 @@
 //! `n x n` input tile `d` (`n = m + 2`) and the 3x3 filter `g`. The weight side `G g G^T`
 //! is computed once here, at load; the compiler's kernels apply `B^T` and `A^T`.
 //!
-//! The transforms for m = 2 and m = 4 (interpolation points 0, +-1, +-2 and infinity)
-//! live only here: the compiler reads them to generate the data transforms, the packer
+//! The transforms for m = 2, 3 and 4 (interpolation points 0, +-1 and infinity, plus 2
+//! for m = 3 and +-2 for m = 4) live only here: the compiler reads them to generate the data transforms, the packer
 //! applies `G` to the weights, so the two sides cannot disagree.
 
 /// The three matrices of one F(m, 3), row-major.
@@ -36,6 +36,39 @@ const F2_G: [f64; 12] = [
 const F2_AT: [f64; 8] = [
     1.0, 1.0, 1.0, 0.0, //
     0.0, 1.0, -1.0, -1.0,
+];
+
+// Points 0, 1, -1, 2 and infinity; of the candidates 2, -2, 1/2 and -1/2 for the fourth
+// point the float32 error over a 256-channel sum differed by under 30% (all about half of
+// F(4,3)'s), and 2 keeps `B^T` in small integers.
+const F3_BT: [f64; 25] = [
+    2.0, -1.0, -2.0, 1.0, 0.0, //
+    0.0, -2.0, -1.0, 1.0, 0.0, //
+    0.0, 2.0, -3.0, 1.0, 0.0, //
+    0.0, -1.0, 0.0, 1.0, 0.0, //
+    0.0, 2.0, -1.0, -2.0, 1.0,
+];
+const F3_G: [f64; 15] = [
+    1.0 / 2.0,
+    0.0,
+    0.0,
+    -1.0 / 2.0,
+    -1.0 / 2.0,
+    -1.0 / 2.0,
+    -1.0 / 6.0,
+    1.0 / 6.0,
+    -1.0 / 6.0,
+    1.0 / 6.0,
+    1.0 / 3.0,
+    2.0 / 3.0,
+    0.0,
+    0.0,
+    1.0,
+];
+const F3_AT: [f64; 15] = [
+    1.0, 1.0, 1.0, 1.0, 0.0, //
+    0.0, 1.0, -1.0, 2.0, 0.0, //
+    0.0, 1.0, 1.0, 4.0, 1.0,
 ];
 
 const F4_BT: [f64; 36] = [
@@ -73,10 +106,11 @@ const F4_AT: [f64; 24] = [
     0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
 ];
 
-/// The transform producing `m x m` output tiles; `m` is 2 or 4.
+/// The transform producing `m x m` output tiles; `m` is 2, 3 or 4.
 pub fn transform(m: usize) -> Option<Transform> {
     match m {
         2 => Some(Transform { m: 2, n: 4, bt: &F2_BT, g: &F2_G, at: &F2_AT }),
+        3 => Some(Transform { m: 3, n: 5, bt: &F3_BT, g: &F3_G, at: &F3_AT }),
         4 => Some(Transform { m: 4, n: 6, bt: &F4_BT, g: &F4_G, at: &F4_AT }),
         _ => None,
     }
@@ -111,7 +145,7 @@ mod tests {
     /// One output tile through the three transforms equals the direct correlation.
     #[test]
     fn tile_equals_direct_correlation() {
-        for m in [2, 4] {
+        for m in [2, 3, 4] {
             let tr = transform(m).unwrap();
             let n = tr.n;
             let d: Vec<f64> = (0..n * n).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();

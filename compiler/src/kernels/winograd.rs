@@ -101,7 +101,7 @@ pub fn generate(
     res: Option<&Buffer>,
     w: &mut WeightAlloc,
 ) -> Generated {
-    let tr = transform(m).expect("the cost model only picks F(2,3) and F(4,3)");
+    let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
     let tiles = Tiles { tr, tw: lo.w.div_ceil(m), th: lo.h.div_ceil(m), lanes: t.lanes };
     // Few tiles (14x14 at F(4,3), 7x7 at F(2,3): 16): one output vector by every tile in
