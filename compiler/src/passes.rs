@@ -188,15 +188,15 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
             let nn = ((m + 2) * (m + 2)) as f64;
             let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);
             // As `kernels::winograd` blocks the products.
-            let per_block = if tiles <= t.winograd_tiles_in_registers() {
-                tiles
-            } else if t.vregs >= 32 {
-                6
-            } else {
-                12
-            };
+            let pt = crate::kernels::winograd_product_tile(
+                t,
+                c.cin.div_ceil(t.lanes) * t.lanes,
+                c.cout.div_ceil(t.lanes),
+                tiles,
+            );
+            let jl = cout.min((pt.j * t.lanes) as f64);
             let bytes = 4.0 * nn * cin * cout;
-            let blocks = tiles.div_ceil(per_block) as f64;
+            let blocks = tiles.div_ceil(pt.tiles) as f64;
             let products =
                 compute(nn * tiles as f64 * cin * cout).max(memory(bytes)) + l2(bytes, 4.0 * cin * jl, blocks - 1.0);
             let scratch = 4.0 * nn * tiles as f64 * (cin + cout);

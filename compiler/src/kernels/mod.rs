@@ -16,6 +16,7 @@ use std::collections::HashMap;
 pub(crate) use conv::panel_pixels;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
+pub(crate) use winograd::product_tile as winograd_product_tile;
 
 /// A call's batch order from the bytes of weights it reads. Weights well past L2 (over
 /// twice its size) are read once per batch, task-major (ResNet-50 batch 8, per image vs

@@ -104,13 +104,7 @@ pub fn generate(
     let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
     let tiles = Tiles { tr, tw: lo.w.div_ceil(m), th: lo.h.div_ceil(m), lanes: t.lanes };
-    // Few tiles (14x14 at F(4,3), 7x7 at F(2,3): 16): one output vector by every tile in
-    // registers, so each transformed weight vector is loaded once and feeds all tiles as
-    // it streams in from memory. With `j` vectors and 6 tiles per register block, the
-    // first block waits for memory and the others run from cache, one after the other:
-    // measured 2.66 ms for a 7x7x512 product that computes in 1.2 ms and streams 16.8 MB.
-    let all_tiles = tiles.count() <= t.winograd_tiles_in_registers();
-    let j = if all_tiles { 1 } else { j_candidates(t).into_iter().find(|j| lo.cblocks() % j == 0).unwrap_or(1) };
+    let ProductTile { j, .. } = product_tile(t, li.cpad(), lo.cblocks(), tiles.count());
     let jl = j * t.lanes;
     let ktiles = lo.cblocks() / j;
     let n = tiles.tr.n;
@@ -180,6 +174,36 @@ fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     b.finish(name, vec!["v", "in"], lanes, vec![cblocks, g.th])
 }
 
+/// The register tile of a Winograd product: `j` output vectors by `tiles` tiles.
+pub(crate) struct ProductTile {
+    pub j: usize,
+    pub tiles: usize,
+}
+
+/// How a product with `cin_pad` input channels, `cblocks_out` output channel blocks and
+/// `count` tiles blocks its registers (the cost model asks too).
+///
+/// Few tiles (14x14 at F(3,3) or F(4,3), 7x7 at F(2,3)): one output vector by every tile
+/// in registers, so each transformed weight vector is loaded once and feeds all tiles as
+/// it streams in from memory. With `j` vectors and 6 tiles per register block, the first
+/// block waits for memory and the others run from cache, one after the other: measured
+/// 2.66 ms for a 7x7x512 product that computes in 1.2 ms and streams 16.8 MB. Otherwise 4
+/// vectors by 6 tiles, or 2 by 12 when a task's weights (`cin` x 4 vectors) miss L1, so
+/// each block of tiles re-reads them from L2: twice as many tiles per block halve those
+/// re-reads (ResNet-18's 28x28x128 products: 0.89x the time; 56x56x64: no change, so
+/// not there).
+pub(crate) fn product_tile(t: Target, cin_pad: usize, cblocks_out: usize, count: usize) -> ProductTile {
+    if count <= t.winograd_tiles_in_registers() {
+        return ProductTile { j: 1, tiles: count };
+    }
+    let wide = t.vregs >= 32 && cin_pad * 4 * t.lanes * 4 >= t.l1_tile_weight_bytes;
+    let j = j_candidates(t).into_iter().filter(|&j| !wide || j <= 2).find(|j| cblocks_out % j == 0).unwrap_or(1);
+    // No seventh tile here (unlike the direct conv's rows): LLVM then keeps the broadcast
+    // in a register, needs 33, and spills inside the loop (seen in the disassembly).
+    let p = tile_pixels(t, j, count, channel_unroll(t, t.lanes)).min(if t.vregs >= 32 { 24 / j } else { usize::MAX });
+    ProductTile { j, tiles: p }
+}
+
 /// `M[xi] = V[xi] U[xi]`: tiles of `p` tiles x `j` output vectors in registers, reduced
 /// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: (position, output tile).
 fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str) -> Kernel {
@@ -190,14 +214,8 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
     let cin_pad = cbi * lanes;
     let mut b = Builder::new(2);
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
-    // No seventh tile here (unlike the direct conv's rows): LLVM then keeps the broadcast
-    // in a register, needs 33, and spills inside the loop (seen in the disassembly).
     let unroll = channel_unroll(t, lanes);
-    let p_max = if j == 1 && count <= t.winograd_tiles_in_registers() {
-        count
-    } else {
-        tile_pixels(t, j, count, unroll).min(if t.vregs >= 32 { 24 / j } else { usize::MAX })
-    };
+    let p_max = product_tile(t, cin_pad, cbo, count).tiles;
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     let emit = |b: &mut Builder, p0: &Index, p: usize| {
