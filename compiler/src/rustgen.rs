@@ -160,8 +160,8 @@ fn recipe(r: &Recipe) -> String {
             p.cout, p.cin, p.m, p.jl, p.ktiles, p.cin_pad, p.offset, p.bias_offset
         ),
         Recipe::Linear(p) => format!(
-            "Recipe::Linear(LinearPacking {{ param: {}, cin: {}, cout: {}, cinp: {}, coutp: {}, offset: {}, bias_offset: {} }})",
-            cow(&p.param), p.cin, p.cout, p.cinp, p.coutp, p.offset, p.bias_offset
+            "Recipe::Linear(LinearPacking {{ param: {}, cin: {}, cout: {}, cinp: {}, coutp: {}, block: {}, offset: {}, bias_offset: {} }})",
+            cow(&p.param), p.cin, p.cout, p.cinp, p.coutp, p.block, p.offset, p.bias_offset
         ),
     }
 }

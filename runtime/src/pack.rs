@@ -48,7 +48,9 @@ impl ConvPacking {
     }
 }
 
-/// The classifier: weights `[cinp][coutp]` (transposed, padded with zeros), bias `[coutp]`.
+/// The classifier: weights `[coutp / block][cinp][block]` (transposed per block of
+/// `block` outputs, padded with zeros), bias `[coutp]`. A block's weights are contiguous,
+/// so the kernel task that reads them streams them in order.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct LinearPacking {
     pub param: Name,
@@ -56,6 +58,8 @@ pub struct LinearPacking {
     pub cout: usize,
     pub cinp: usize,
     pub coutp: usize,
+    /// Outputs per block (the vector width); divides `coutp`.
+    pub block: usize,
     pub offset: usize,
     pub bias_offset: usize,
 }
@@ -170,8 +174,9 @@ pub fn pack_linear(p: &LinearPacking, tensors: &Tensors, blob: &mut [f32]) -> Re
     let out = &mut blob[p.offset..p.offset + p.cinp * p.coutp];
     out.fill(0.0);
     for o in 0..p.cout {
+        let (blk, lane) = (o / p.block, o % p.block);
         for i in 0..p.cin {
-            out[i * p.coutp + o] = w[o * p.cin + i];
+            out[(blk * p.cinp + i) * p.block + lane] = w[o * p.cin + i];
         }
     }
     let bias = &mut blob[p.bias_offset..p.bias_offset + p.coutp];
