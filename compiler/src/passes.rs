@@ -152,8 +152,8 @@ const WINOGRAD_MARGIN: f64 = 0.8;
 /// convs with at least 16 input and output channels, Winograd F(m, 3) (m = 4, 3 or 2) when
 /// its estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. What decides:
 /// Winograd cuts multiplies 4x (m = 4), 3.24x (m = 3) or 2.25x (m = 2), but its
-/// transformed weights are 4x (2.8x, 1.8x) larger, streamed from memory once per image and re-read from L2 once per
-/// block of tiles; direct convolution re-reads all its weights from L2 once per output
+/// transformed weights are 4x (2.8x, 1.8x) larger, streamed from memory once per image
+/// and re-read from L2 once per block of tiles; direct convolution re-reads all its weights from L2 once per output
 /// row. So on 7x7x512 outputs F(4,3) loses to direct convolution on a fast target while
 /// F(2,3) wins, and on a slow target F(4,3) wins everywhere. Sizes that do not tile evenly
 /// compute whole tiles and store the valid part. The constants in [`Target`] were
@@ -231,8 +231,8 @@ impl Pass for ChooseAlgorithm {
     /// Each conv starts at its fastest algorithm that spends no error budget (direct or
     /// F(2,3)); then, greedily, the upgrade to a larger tile that saves the most estimated
     /// time per error unit is taken while the budget lasts ([`MAX_F4_LAYERS`]). So the
-    /// budget goes where Winograd saves most (on ResNet-34, F(3,3) on the 14x14 convs
-    /// instead of F(4,3) on the first convs met).
+    /// budget goes where larger tiles save most, not to the first convs met (on deep
+    /// networks whose 3x3 convs would spend it several times over).
     fn run(&self, graph: &mut Graph) -> usize {
         // An escape hatch for measurements and bit-level comparisons with direct convolution.
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");

@@ -18,10 +18,12 @@ pub struct Target {
     pub transform_gbytes: u32,
     /// Bandwidth of weights re-read from L2 by a kernel whose per-tile weights miss L1, GB/s.
     pub l2_gbytes: u32,
-    /// L2 cache per core, bytes: a call whose weights exceed it cannot keep them in cache
-    /// from one image of a batch to the next.
+    /// The cache size, bytes, past which a call's weights count as not staying in cache
+    /// from one image of a batch to the next (and prefetching pays). 2 MB, though this
+    /// Xeon has 1 MB of L2 per core: the thresholds built on it (batch order, prefetch,
+    /// wide tiles) were each measured best at this value.
     pub l2_bytes: usize,
-    /// Weights of one register tile that stay in L1 (48 KB) beside the input they meet;
+    /// Weights of one register tile that stay in L1 (32 KB here) beside the input they meet;
     /// a tile whose weights exceed this re-reads them from L2 for every register tile.
     pub l1_tile_weight_bytes: usize,
     /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).

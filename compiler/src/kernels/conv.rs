@@ -213,7 +213,7 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// 12-pixel tiles read three whole lines per channel block (1.04-1.15x with a panel),
 /// nor on inputs that stay in L1 (1.0-1.5x).
 pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
-    if !(t.panel_1x1 && c.kernel == 1 && c.groups == 1 && c.pad == 0) {
+    if !(t.panel_1x1 && c.kernel == 1 && c.groups == 1 && c.pad == 0 && li.cb == t.lanes) {
         return None;
     }
     let rt = register_tile(t, c, li, lo);
