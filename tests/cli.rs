@@ -259,6 +259,8 @@ fn cli_misuse_is_one_line() {
     fails(&["inspect"], &["MODEL"]);
     fails(&["emit", "resnet18", "bytecode"], &["bytecode"]);
     fails(&["inspect", "--compare-blocks", "2"], &["--compare-blocks"]);
+    fails(&["emit", "resnet18", "fused", "--max-weight-mb", "50"], &["--max-weight-mb", "--backend rust"]);
+    fails(&["emit", "resnet18", "fused", "--backend", "rust", "--max-weight-mb", "0"], &["--max-weight-mb 0"]);
     let help = ok(&["run", "--help"]);
     assert!(help.contains("--weights") && help.contains("--backend"), "{help}");
 }

@@ -77,6 +77,11 @@ enum Command {
         /// Which backend generates the code.
         #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
         backend: Backend,
+        /// With --backend rust: at most this many MB of packed conv weights. The cost
+        /// model then gives back the Winograd choices (whose weights are up to 4x larger)
+        /// that cost the least time per byte, trading speed for memory.
+        #[arg(long, value_name = "MB")]
+        max_weight_mb: Option<f64>,
     },
     /// Prints a stage of compilation.
     Emit {
@@ -94,6 +99,9 @@ enum Command {
         /// Show only the kernel with this name (kernels, clif, asm).
         #[arg(long, value_name = "NAME")]
         kernel: Option<String>,
+        /// With --backend rust: the weight budget of `build --max-weight-mb`, to see its choices.
+        #[arg(long, value_name = "MB")]
+        max_weight_mb: Option<f64>,
     },
     /// Measures latency: median over repeated runs, GFLOP/s, compile time.
     Bench {
@@ -330,7 +338,8 @@ fn execute(command: Command) -> Result<()> {
                 None => print!("{}", classes::top5_text(y.data(), spec.num_classes)),
             }
         }
-        Command::Build { model: name, weights: wpath, output, emit: kind, backend } => {
+        Command::Build { model: name, weights: wpath, output, emit: kind, backend, max_weight_mb } => {
+            let budget = weight_budget(max_weight_mb, backend)?;
             let (spec, graph) = model(&name)?;
             let tensors = weights::load(&graph, &wpath)?;
             match (backend, kind) {
@@ -341,7 +350,8 @@ fn execute(command: Command) -> Result<()> {
                     "build --backend rust --emit obj: use --emit exe, or `resnetc emit {name} rust` for the source"
                 ),
                 (Backend::Rust, EmitKind::Exe) => {
-                    rust_build::build_executable(&spec, &tensors, &output)?;
+                    let target = rustgen::TARGET.with_weight_budget(budget);
+                    rust_build::build_executable_for(&spec, target, &tensors, &output)?;
                     eprintln!("wrote {}", output.display());
                 }
                 (Backend::Cranelift, kind) => match kind {
@@ -356,9 +366,11 @@ fn execute(command: Command) -> Result<()> {
                 },
             }
         }
-        Command::Emit { model: name, stage, json, backend, kernel } => {
+        Command::Emit { model: name, stage, json, backend, kernel, max_weight_mb } => {
+            let budget = weight_budget(max_weight_mb, backend)?;
             let (spec, graph) = model(&name)?;
-            let plan = || -> Result<plan::Plan> { plan::build(&passes::fuse(&graph).0, target_of(backend)) };
+            let target = target_of(backend).with_weight_budget(budget);
+            let plan = || -> Result<plan::Plan> { plan::build(&passes::fuse(&graph).0, target) };
             let program = || -> Result<kernels::Program> {
                 let p = kernels::lower(&plan()?)?;
                 if let Some(k) = &kernel {
@@ -388,7 +400,9 @@ fn execute(command: Command) -> Result<()> {
                     cranelift_only(backend, "asm")?;
                     cranelift::asm::disassemble(&program()?.kernels, kernel.as_deref())?
                 }
-                (Stage::Rust, false) => rustgen::generate(&spec, &type_name(&spec.name), "pub", "::resnetc_runtime")?,
+                (Stage::Rust, false) => {
+                    rustgen::generate_for(&spec, target, &type_name(&spec.name), "pub", "::resnetc_runtime")?
+                }
                 (_, true) => bail!("--json is available for the fused and memory stages"),
             };
             write_stdout(&text)?;
@@ -539,6 +553,16 @@ fn type_name(model: &str) -> String {
         .filter(|p| !p.is_empty())
         .map(|p| p[..1].to_ascii_uppercase() + &p[1..])
         .collect()
+}
+
+/// `--max-weight-mb` in bytes; only the Rust backend takes it.
+fn weight_budget(mb: Option<f64>, backend: Backend) -> Result<Option<usize>> {
+    match mb {
+        None => Ok(None),
+        Some(_) if backend != Backend::Rust => bail!("--max-weight-mb: only with --backend rust"),
+        Some(mb) if !(mb.is_finite() && mb > 0.0) => bail!("--max-weight-mb {mb}: not a positive size"),
+        Some(mb) => Ok(Some((mb * (1u64 << 20) as f64) as usize)),
+    }
 }
 
 /// The code-generation target of a backend on this machine.

@@ -269,6 +269,36 @@ impl Pass for ChooseAlgorithm {
             budget -= units(options[i].0) - units(options[*at].0);
             *at = i;
         }
+        // A weight budget: give back the Winograd choices that cost the least time per
+        // byte saved until the convs' weights fit (or every conv is direct).
+        if let Some(budget) = self.target.weight_budget {
+            let bytes = |n: NodeIndex, m: Option<usize>| match &graph.node(n).op {
+                Op::Conv(c) => 4 * m.map_or(c.weight_count(), |m| (m + 2) * (m + 2) * c.cin * c.cout),
+                _ => 0,
+            };
+            let mut total: usize = convs.iter().map(|(n, o, at)| bytes(*n, o[*at].0)).sum();
+            while total > budget {
+                // (seconds added per byte saved, conv, option)
+                let mut best: Option<(f64, usize, usize)> = None;
+                for (k, (n, options, at)) in convs.iter().enumerate() {
+                    let (now, t0) = (bytes(*n, options[*at].0), options[*at].1);
+                    for (i, &(m, t)) in options.iter().enumerate() {
+                        let b = bytes(*n, m);
+                        if b >= now {
+                            continue;
+                        }
+                        let cost = (t - t0).max(0.0) / (now - b) as f64;
+                        if best.is_none_or(|(c, _, _)| cost < c) {
+                            best = Some((cost, k, i));
+                        }
+                    }
+                }
+                let Some((_, k, i)) = best else { break };
+                let (n, options, at) = &mut convs[k];
+                total -= bytes(*n, options[*at].0) - bytes(*n, options[i].0);
+                *at = i;
+            }
+        }
         let mut count = 0;
         for (n, options, at) in convs {
             let Op::Conv(c) = &mut graph.g[n].op else { unreachable!("collected as a conv") };
@@ -348,6 +378,38 @@ mod tests {
                 }
             }
         }
+    }
+
+    /// A weight budget bounds the convs' packed weights: ResNet-50 fits 110 MB by giving
+    /// back some Winograd convs (not all), and a budget below its direct weights leaves
+    /// only direct convolution.
+    #[test]
+    fn weight_budget_bounds_the_conv_weights() {
+        let (fused, _) = fuse(&crate::from_spec::build(&preset("resnet50").unwrap()).unwrap());
+        let choose = |budget: Option<usize>| {
+            let mut g = fused.clone();
+            ChooseAlgorithm { target: Target::AVX512.with_weight_budget(budget) }.run(&mut g);
+            g.schedule()
+                .into_iter()
+                .filter_map(|n| match &g.node(n).op {
+                    Op::Conv(c) => Some((
+                        c.winograd,
+                        4 * c.winograd.map_or(c.weight_count(), |m| (m + 2) * (m + 2) * c.cin * c.cout),
+                    )),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+        };
+        let total = |v: &[(Option<usize>, usize)]| v.iter().map(|x| x.1).sum::<usize>();
+        let winograd = |v: &[(Option<usize>, usize)]| v.iter().filter(|x| x.0.is_some()).count();
+        let free = choose(None);
+        let budget = 110 << 20;
+        assert!(total(&free) > budget, "the test needs a budget that binds");
+        let bound = choose(Some(budget));
+        assert!(total(&bound) <= budget, "{} bytes", total(&bound));
+        assert!(winograd(&bound) > 0 && winograd(&bound) <= winograd(&free));
+        let none = choose(Some(1));
+        assert_eq!(winograd(&none), 0);
     }
 
     #[test]

@@ -168,15 +168,25 @@ fn recipe(r: &Recipe) -> String {
 
 /// The kernel IR program of `spec` for the Rust backend.
 pub fn program(spec: &Spec) -> Result<Program> {
+    program_for(spec, TARGET)
+}
+
+/// [`program`] for a variant of [`TARGET`] (a weight budget).
+pub fn program_for(spec: &Spec, target: Target) -> Result<Program> {
     let graph = from_spec::build(spec)?;
-    kernels::lower(&plan::build(&passes::fuse(&graph).0, TARGET)?)
+    kernels::lower(&plan::build(&passes::fuse(&graph).0, target)?)
 }
 
 /// Rust source defining `type_name` (a model type) for `spec`. `rt` is the path of the
 /// runtime crate as seen from the generated code.
 pub fn generate(spec: &Spec, type_name: &str, vis: &str, rt: &str) -> Result<String> {
+    generate_for(spec, TARGET, type_name, vis, rt)
+}
+
+/// [`generate`] for a variant of [`TARGET`] (a weight budget).
+pub fn generate_for(spec: &Spec, target: Target, type_name: &str, vis: &str, rt: &str) -> Result<String> {
     let graph = from_spec::build(spec)?;
-    let p = program(spec)?;
+    let p = program_for(spec, target)?;
     let m = format!("__resnetc_{}", type_name.to_ascii_lowercase());
     let mut o = String::new();
     let _ = writeln!(

@@ -33,6 +33,10 @@ pub struct Target {
     /// plane per channel block, a new page each time, which the hardware prefetchers do
     /// not follow; a short register tile (128-bit vectors) then waits on L2.
     pub panel_1x1: bool,
+    /// Most bytes of packed conv weights the cost model may choose (Winograd weights are
+    /// up to 4x larger than direct ones): a memory-for-speed trade a user asks for
+    /// (`--max-weight-mb`); `None` chooses for speed alone.
+    pub weight_budget: Option<usize>,
 }
 
 impl Target {
@@ -48,6 +52,11 @@ impl Target {
         }
     }
 
+    /// This target with at most `bytes` of packed conv weights (see `weight_budget`).
+    pub fn with_weight_budget(self, bytes: Option<usize>) -> Target {
+        Target { weight_budget: bytes, ..self }
+    }
+
     /// Cranelift on x86-64: 128-bit xmm registers only, 16 of them.
     pub const CRANELIFT_X64: Target = Target {
         name: "cranelift-x64",
@@ -61,6 +70,7 @@ impl Target {
         l1_tile_weight_bytes: 32 << 10,
         prefetch: false,
         panel_1x1: true,
+        weight_budget: None,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
     pub const AVX512: Target = Target {
@@ -75,5 +85,6 @@ impl Target {
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
         panel_1x1: false,
+        weight_budget: None,
     };
 }
