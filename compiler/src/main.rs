@@ -77,9 +77,9 @@ enum Command {
         /// Which backend generates the code.
         #[arg(long, value_enum, default_value_t = Backend::Cranelift)]
         backend: Backend,
-        /// With --backend rust: at most this many MB of packed conv weights. The cost
-        /// model then gives back the Winograd choices (whose weights are up to 4x larger)
-        /// that cost the least time per byte, trading speed for memory.
+        /// With --backend rust: at most this many MB of packed weights (estimated). The
+        /// cost model then gives back the Winograd choices (whose weights are up to 4x
+        /// larger) that cost the least time per byte, trading speed for memory.
         #[arg(long, value_name = "MB")]
         max_weight_mb: Option<f64>,
     },
@@ -351,6 +351,15 @@ fn execute(command: Command) -> Result<()> {
                 ),
                 (Backend::Rust, EmitKind::Exe) => {
                     let target = rustgen::TARGET.with_weight_budget(budget);
+                    if let Some(b) = budget {
+                        let bytes = rustgen::program_for(&spec, target)?.weight_floats * 4;
+                        if bytes > b {
+                            eprintln!(
+                                "note: --max-weight-mb: the packed weights take {:.1} MB (the smallest choice, or the estimate's padding)",
+                                bytes as f64 / (1 << 20) as f64
+                            );
+                        }
+                    }
                     rust_build::build_executable_for(&spec, target, &tensors, &output)?;
                     eprintln!("wrote {}", output.display());
                 }

@@ -33,9 +33,10 @@ pub struct Target {
     /// plane per channel block, a new page each time, which the hardware prefetchers do
     /// not follow; a short register tile (128-bit vectors) then waits on L2.
     pub panel_1x1: bool,
-    /// Most bytes of packed conv weights the cost model may choose (Winograd weights are
-    /// up to 4x larger than direct ones): a memory-for-speed trade a user asks for
-    /// (`--max-weight-mb`); `None` chooses for speed alone.
+    /// Most bytes of weights the cost model may choose (Winograd weights are up to 4x
+    /// larger than direct ones; estimated without the padding to whole vectors): a
+    /// memory-for-speed trade a user asks for (`--max-weight-mb`); `None` chooses for
+    /// speed alone. Below the direct weights, every conv is direct.
     pub weight_budget: Option<usize>,
 }
 

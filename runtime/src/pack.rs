@@ -6,7 +6,7 @@
 use crate::exec::Aligned;
 use crate::fold::{fold, BatchNorm};
 use crate::safetensors::Tensors;
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::borrow::Cow;
 
 type Name = Cow<'static, str>;
@@ -171,6 +171,9 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
 pub fn pack_linear(p: &LinearPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let w = get(tensors, &format!("{}.weight", p.param))?;
     let b = get(tensors, &format!("{}.bias", p.param))?;
+    if p.block == 0 || p.coutp % p.block != 0 {
+        bail!("{}: classifier recipe with {} outputs in blocks of {}", p.param, p.coutp, p.block);
+    }
     let out = &mut blob[p.offset..p.offset + p.cinp * p.coutp];
     out.fill(0.0);
     for o in 0..p.cout {

@@ -4,8 +4,9 @@
 //! is computed once here, at load; the compiler's kernels apply `B^T` and `A^T`.
 //!
 //! The transforms for m = 2, 3 and 4 (interpolation points 0, +-1 and infinity, plus 2
-//! for m = 3 and +-2 for m = 4) live only here: the compiler reads them to generate the data transforms, the packer
-//! applies `G` to the weights, so the two sides cannot disagree.
+//! for m = 3 and +-2 for m = 4) live only here: the compiler reads them to generate the
+//! data transforms, the packer applies `G` to the weights, so the two sides cannot
+//! disagree.
 
 /// The three matrices of one F(m, 3), row-major.
 pub struct Transform {

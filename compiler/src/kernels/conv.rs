@@ -146,7 +146,7 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
     }
     // With 32 registers one more pixel fits (the broadcast folds into the FMA): take it when
     // it divides the row, so no narrow remainder tile is left (7, 14, 28, 56, 112 wide rows).
-    if t.vregs >= 32 && width % (p + 1) == 0 && (p + 1) * j <= 28 {
+    if width % (p + 1) == 0 && (p + 1) * j <= 28 {
         return p + 1;
     }
     p
@@ -206,12 +206,13 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// ([`crate::plan::panel_layout`]), or `None` if it reads its input in place.
 ///
 /// A panel pays when the reduction's reads are scattered and miss L1: stride 2 (every
-/// other pixel), or channel-block planes past the reach of the L1 stride prefetcher
-/// (2 KB) with an input row too big to stay in L1 across the output tiles (32 KB).
-/// Measured on the ResNet-50 JIT (1 thread, pack included): 1x1 convs on 1024x14x14
-/// 0.82x the time, 512x28x28 0.86x, stride 2 0.76-0.93x; not on 56-wide rows, whose
-/// 12-pixel tiles read three whole lines per channel block (1.04-1.15x with a panel),
-/// nor on inputs that stay in L1 (1.0-1.5x).
+/// other pixel), or channel-block planes of 2 KB or more (past the reach of the L1
+/// stride prefetcher) with an input row too big to stay in L1 across the output tiles
+/// (over 32 KB). Measured on the ResNet-50 JIT (1 thread, pack included, with the
+/// 12-pixel tiles of two-channel reduction steps): 1x1 convs on 1024x14x14 0.82x the
+/// time, 512x28x28 0.86x, stride 2 0.76-0.93x; not on 56-wide rows, whose tiles read
+/// whole lines per channel block (1.04-1.15x with a panel), nor on inputs that stay in
+/// L1 (1.0-1.5x).
 pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
     if !(t.panel_1x1 && c.kernel == 1 && c.groups == 1 && c.pad == 0 && li.cb == t.lanes) {
         return None;

@@ -104,8 +104,8 @@ pub fn generate(
     let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
     let tiles = Tiles { tr, tw: lo.w.div_ceil(m), th: lo.h.div_ceil(m), lanes: t.lanes };
-    let ProductTile { j, .. } = product_tile(t, li.cpad(), lo.cblocks(), tiles.count());
-    let jl = j * t.lanes;
+    let pt = product_tile(t, li.cpad(), lo.cblocks(), tiles.count());
+    let (j, jl) = (pt.j, pt.j * t.lanes);
     let ktiles = lo.cblocks() / j;
     let n = tiles.tr.n;
     let packing = WinogradPacking {
@@ -123,7 +123,7 @@ pub fn generate(
     let shape = format!("{}x{}x{}_to{}x{}x{}", li.c, li.h, li.w, lo.c, lo.h, lo.w);
     let kernels = [
         input_transform(&tiles, &li, &shape),
-        products(t, &tiles, j, li.cblocks(), lo.cblocks(), &shape),
+        products(t, &tiles, &pt, li.cblocks(), lo.cblocks(), &shape),
         output_transform(&tiles, c, &lo, res, &shape),
     ];
     Generated { kernels, packing }
@@ -206,7 +206,8 @@ pub(crate) fn product_tile(t: Target, cin_pad: usize, cblocks_out: usize, count:
 
 /// `M[xi] = V[xi] U[xi]`: tiles of `p` tiles x `j` output vectors in registers, reduced
 /// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: (position, output tile).
-fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+    let j = pt.j;
     let (n, lanes) = (g.tr.n, t.lanes);
     let jl = (j * lanes) as i64;
     let ktiles = cbo / j;
@@ -215,7 +216,7 @@ fn products(t: Target, g: &Tiles, j: usize, cbi: usize, cbo: usize, shape: &str)
     let mut b = Builder::new(2);
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
     let unroll = channel_unroll(t, lanes);
-    let p_max = product_tile(t, cin_pad, cbo, count).tiles;
+    let p_max = pt.tiles;
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     let emit = |b: &mut Builder, p0: &Index, p: usize| {
