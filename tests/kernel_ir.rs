@@ -4,17 +4,45 @@
 
 mod support;
 
+use resnetc::graph::Graph;
 use resnetc::target::Target;
 use resnetc::{from_spec, kernels, passes, plan, reference, weights};
 use resnetc_runtime::pack;
 use support::random_spec::{random_spec, Rng};
 
-fn run_ir(spec: &resnetc::spec::Spec, target: Target, weight_seed: u64, x: &resnetc_runtime::Tensor) -> Vec<f32> {
+/// The graph of `spec` and its kernel IR program for `target`.
+fn lower(spec: &resnetc::spec::Spec, target: Target) -> (Graph, kernels::Program) {
     let graph = from_spec::build(spec).unwrap();
     let p = plan::build(&passes::fuse(&graph).0, target).unwrap();
     let prog = kernels::lower(&p).unwrap();
-    let blob = pack::build_blob(&prog.recipes, prog.weight_floats, &weights::seeded(&graph, weight_seed)).unwrap();
-    kernels::interpret(&prog, blob.as_slice(), x.data(), x.shape()[0])
+    (graph, prog)
+}
+
+/// Runs `prog` (lowered from `graph`) with the interpreter on seeded weights.
+fn interpret(graph: &Graph, prog: &kernels::Program, weight_seed: u64, x: &resnetc_runtime::Tensor) -> Vec<f32> {
+    let blob = pack::build_blob(&prog.recipes, prog.weight_floats, &weights::seeded(graph, weight_seed)).unwrap();
+    kernels::interpret(prog, blob.as_slice(), x.data(), x.shape()[0])
+}
+
+fn run_ir(spec: &resnetc::spec::Spec, target: Target, weight_seed: u64, x: &resnetc_runtime::Tensor) -> Vec<f32> {
+    let (graph, prog) = lower(spec, target);
+    interpret(&graph, &prog, weight_seed, x)
+}
+
+/// Two seeded images of `spec` through `prog` (lowered from `graph`) against the
+/// reference executor on the same weights; returns the relative error (panics past the
+/// tolerance).
+fn agrees_with_reference(
+    spec: &resnetc::spec::Spec,
+    graph: &Graph,
+    prog: &kernels::Program,
+    weight_seed: u64,
+    input_seed: u64,
+) -> f64 {
+    let x = weights::seeded_input(spec.input, 2, input_seed);
+    let want = reference::run(graph, &weights::seeded(graph, weight_seed), &x).unwrap();
+    let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), interpret(graph, prog, weight_seed, &x));
+    support::agree(&y, &want).unwrap()
 }
 
 #[test]
@@ -52,17 +80,12 @@ fn interpreted_kernels_match_reference_on_random_specs() {
 fn wide_register_tiles_match_reference() {
     let text = "block = \"basic\"\nlayers = [1, 1, 1]\nwidths = [32, 64, 128]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 26, 28]\n";
     let spec = resnetc::spec::parse(text, "wide_tiles").unwrap();
-    let graph = from_spec::build(&spec).unwrap();
-    let p = plan::build(&passes::fuse(&graph).0, Target::AVX512).unwrap();
-    let prog = kernels::lower(&p).unwrap();
+    let (graph, prog) = lower(&spec, Target::AVX512);
     // 3x3 stride 2 to 7x7: 4 tiles of 2 output vectors by 4 row pairs (one row tiles
     // would make 4 x 7 or, at 4 vectors, 2 x 7 tasks).
     let k = prog.kernels.iter().find(|k| k.name.starts_with("conv3x3s2_64x13x14_to128x7x7")).expect("the 7x7 conv");
     assert_eq!(k.tasks(), 16, "two rows per task expected: {:?}", k.task_dims);
-    let x = weights::seeded_input(spec.input, 2, 9);
-    let want = reference::run(&graph, &weights::seeded(&graph, 4), &x).unwrap();
-    let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, Target::AVX512, 4, &x));
-    let rel = support::agree(&y, &want).unwrap();
+    let rel = agrees_with_reference(&spec, &graph, &prog, 4, 9);
     eprintln!("wide tiles rel err {rel:.2e}");
 }
 
@@ -73,9 +96,7 @@ fn wide_register_tiles_match_reference() {
 fn panel_convs_match_reference() {
     let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 30, 26]\n";
     let spec = resnetc::spec::parse(text, "panels").unwrap();
-    let graph = from_spec::build(&spec).unwrap();
-    let p = plan::build(&passes::fuse(&graph).0, Target::CRANELIFT_X64).unwrap();
-    let prog = kernels::lower(&p).unwrap();
+    let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
     for name in ["pack_panel_256x30x26_s2_to15x13_p7", "pack_panel_1024x15x13_s1_to15x13_p7"] {
         assert!(
             prog.kernels.iter().any(|k| k.name == name),
@@ -83,10 +104,7 @@ fn panel_convs_match_reference() {
             prog.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
         );
     }
-    let x = weights::seeded_input(spec.input, 2, 3);
-    let want = reference::run(&graph, &weights::seeded(&graph, 5), &x).unwrap();
-    let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, Target::CRANELIFT_X64, 5, &x));
-    let rel = support::agree(&y, &want).unwrap();
+    let rel = agrees_with_reference(&spec, &graph, &prog, 5, 3);
     eprintln!("panels rel err {rel:.2e}");
 }
 
@@ -94,10 +112,7 @@ fn panel_convs_match_reference() {
 #[test]
 fn consuming_pack_gives_the_same_blob() {
     for target in [Target::CRANELIFT_X64, Target::AVX512] {
-        let spec = resnetc::spec::preset("resnet20").unwrap();
-        let graph = from_spec::build(&spec).unwrap();
-        let p = plan::build(&passes::fuse(&graph).0, target).unwrap();
-        let prog = kernels::lower(&p).unwrap();
+        let (graph, prog) = lower(&resnetc::spec::preset("resnet20").unwrap(), target);
         let w = weights::seeded(&graph, 6);
         let a = pack::build_blob(&prog.recipes, prog.weight_floats, &w).unwrap();
         let b = pack::build_blob_consuming(&prog.recipes, prog.weight_floats, w).unwrap();

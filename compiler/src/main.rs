@@ -351,15 +351,6 @@ fn execute(command: Command) -> Result<()> {
                 ),
                 (Backend::Rust, EmitKind::Exe) => {
                     let target = rustgen::TARGET.with_weight_budget(budget);
-                    if let Some(b) = budget {
-                        let bytes = rustgen::program_for(&spec, target)?.weight_floats * 4;
-                        if bytes > b {
-                            eprintln!(
-                                "note: --max-weight-mb: the packed weights take {:.1} MB (the smallest choice, or the estimate's padding)",
-                                bytes as f64 / (1 << 20) as f64
-                            );
-                        }
-                    }
                     rust_build::build_executable_for(&spec, target, &tensors, &output)?;
                     eprintln!("wrote {}", output.display());
                 }

@@ -153,13 +153,19 @@ const WINOGRAD_MARGIN: f64 = 0.8;
 /// its estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. What decides:
 /// Winograd cuts multiplies 4x (m = 4), 3.24x (m = 3) or 2.25x (m = 2), but its
 /// transformed weights are 4x (2.8x, 1.8x) larger, streamed from memory once per image
-/// and re-read from L2 once per block of tiles; direct convolution re-reads all its weights from L2 once per output
-/// row. So on 7x7x512 outputs F(4,3) loses to direct convolution on a fast target while
+/// and re-read from L2 once per block of tiles; direct convolution re-reads all its
+/// weights from L2 once per output row. So on 7x7x512 outputs F(4,3) loses to direct convolution on a fast target while
 /// F(2,3) wins, and on a slow target F(4,3) wins everywhere. Sizes that do not tile evenly
 /// compute whole tiles and store the valid part. The constants in [`Target`] were
 /// calibrated on the per-kernel times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
 pub struct ChooseAlgorithm {
     pub target: Target,
+}
+
+/// Bytes of a conv's weights, direct (`m = None`) or Winograd F(m, 3), without the
+/// padding to whole vectors.
+fn weight_bytes(c: &Conv, m: Option<usize>) -> usize {
+    4 * m.map_or(c.weight_count(), |m| (m + 2) * (m + 2) * c.cin * c.cout)
 }
 
 /// Estimated seconds of one image's conv, direct (`m = None`) or Winograd F(m, 3).
@@ -180,7 +186,7 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
     match m {
         None => {
             let k2 = (c.kernel * c.kernel) as f64;
-            let bytes = 4.0 * c.weight_count() as f64;
+            let bytes = weight_bytes(c, None) as f64;
             let macs = (out.h * out.w) as f64 * cout * k2 * cin / c.groups as f64;
             compute(macs).max(memory(bytes)) + l2(bytes, 4.0 * k2 * cin / c.groups as f64 * jl, out.h as f64)
         }
@@ -195,7 +201,7 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
                 tiles,
             );
             let jl = cout.min((pt.j * t.lanes) as f64);
-            let bytes = 4.0 * nn * cin * cout;
+            let bytes = weight_bytes(c, Some(m)) as f64;
             let blocks = tiles.div_ceil(pt.tiles) as f64;
             let products =
                 compute(nn * tiles as f64 * cin * cout).max(memory(bytes)) + l2(bytes, 4.0 * cin * jl, blocks - 1.0);
@@ -223,6 +229,29 @@ fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<usize>, f64)> {
     options
 }
 
+/// A conv of the allocation: its node, its algorithms with their estimated seconds (see
+/// [`algorithms`]) and the index of the one chosen so far.
+type Choice = (NodeIndex, Vec<(Option<usize>, f64)>, usize);
+
+/// The move `(conv, algorithm)` with the lowest `score(node, chosen, candidate)` among
+/// those it scores (`None`: not a move); the first such on ties.
+fn best_move(
+    convs: &[Choice],
+    score: impl Fn(NodeIndex, (Option<usize>, f64), (Option<usize>, f64)) -> Option<f64>,
+) -> Option<(usize, usize)> {
+    let mut best: Option<(f64, usize, usize)> = None;
+    for (k, (n, options, at)) in convs.iter().enumerate() {
+        for (i, &option) in options.iter().enumerate() {
+            if let Some(v) = score(*n, options[*at], option) {
+                if best.is_none_or(|(b, _, _)| v < b) {
+                    best = Some((v, k, i));
+                }
+            }
+        }
+    }
+    best.map(|(_, k, i)| (k, i))
+}
+
 impl Pass for ChooseAlgorithm {
     fn name(&self) -> &'static str {
         "choose_algorithm"
@@ -237,7 +266,7 @@ impl Pass for ChooseAlgorithm {
         // An escape hatch for measurements and bit-level comparisons with direct convolution.
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
         let units = |m: Option<usize>| m.map_or(0, error_units);
-        let mut convs: Vec<(NodeIndex, Vec<(Option<usize>, f64)>, usize)> = vec![];
+        let mut convs: Vec<Choice> = vec![];
         for n in graph.schedule() {
             let Op::Conv(c) = &graph.node(n).op else { continue };
             let options = if disabled { vec![(None, 0.0)] } else { algorithms(self.target, c, graph.node(n).shape) };
@@ -248,23 +277,11 @@ impl Pass for ChooseAlgorithm {
             convs.push((n, options, start));
         }
         let mut budget = 2 * MAX_F4_LAYERS;
-        loop {
-            // (saving per unit, conv, option)
-            let mut best: Option<(f64, usize, usize)> = None;
-            for (k, (_, options, at)) in convs.iter().enumerate() {
-                let (m0, t0) = options[*at];
-                for (i, &(m, t)) in options.iter().enumerate() {
-                    let extra = units(m).saturating_sub(units(m0));
-                    if units(m) <= units(m0) || extra > budget || t >= t0 {
-                        continue;
-                    }
-                    let gain = (t0 - t) / extra as f64;
-                    if best.is_none_or(|(g, _, _)| gain > g) {
-                        best = Some((gain, k, i));
-                    }
-                }
-            }
-            let Some((_, k, i)) = best else { break };
+        // Upgrades score minus the seconds they save per error unit.
+        while let Some((k, i)) = best_move(&convs, |_, (m0, t0), (m, t)| {
+            let extra = units(m).checked_sub(units(m0)).filter(|&e| e > 0 && e <= budget)?;
+            (t < t0).then(|| -(t0 - t) / extra as f64)
+        }) {
             let (_, options, at) = &mut convs[k];
             budget -= units(options[i].0) - units(options[*at].0);
             *at = i;
@@ -274,7 +291,7 @@ impl Pass for ChooseAlgorithm {
         // without the padding to whole vectors; the classifier's weights count as they are.
         if let Some(budget) = self.target.weight_budget {
             let bytes = |n: NodeIndex, m: Option<usize>| match &graph.node(n).op {
-                Op::Conv(c) => 4 * m.map_or(c.weight_count(), |m| (m + 2) * (m + 2) * c.cin * c.cout),
+                Op::Conv(c) => weight_bytes(c, m),
                 _ => 0,
             };
             let fixed: usize = graph
@@ -287,22 +304,13 @@ impl Pass for ChooseAlgorithm {
                 .sum();
             let mut total: usize = fixed + convs.iter().map(|(n, o, at)| bytes(*n, o[*at].0)).sum::<usize>();
             while total > budget {
-                // (seconds added per byte saved, conv, option)
-                let mut best: Option<(f64, usize, usize)> = None;
-                for (k, (n, options, at)) in convs.iter().enumerate() {
-                    let (now, t0) = (bytes(*n, options[*at].0), options[*at].1);
-                    for (i, &(m, t)) in options.iter().enumerate() {
-                        let b = bytes(*n, m);
-                        if b >= now {
-                            continue;
-                        }
-                        let cost = (t - t0).max(0.0) / (now - b) as f64;
-                        if best.is_none_or(|(c, _, _)| cost < c) {
-                            best = Some((cost, k, i));
-                        }
-                    }
-                }
-                let Some((_, k, i)) = best else { break };
+                // Downgrades score the seconds they add per byte they save.
+                let Some((k, i)) = best_move(&convs, |n, (m0, t0), (m, t)| {
+                    let (now, b) = (bytes(n, m0), bytes(n, m));
+                    (b < now).then(|| (t - t0).max(0.0) / (now - b) as f64)
+                }) else {
+                    break;
+                };
                 let (n, options, at) = &mut convs[k];
                 total -= bytes(*n, options[*at].0) - bytes(*n, options[i].0);
                 *at = i;
@@ -401,10 +409,7 @@ mod tests {
             g.schedule()
                 .into_iter()
                 .filter_map(|n| match &g.node(n).op {
-                    Op::Conv(c) => Some((
-                        c.winograd,
-                        4 * c.winograd.map_or(c.weight_count(), |m| (m + 2) * (m + 2) * c.cin * c.cout),
-                    )),
+                    Op::Conv(c) => Some((c.winograd, weight_bytes(c, c.winograd))),
                     _ => None,
                 })
                 .collect::<Vec<_>>()

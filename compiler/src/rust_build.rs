@@ -109,6 +109,13 @@ pub fn build_executable_for(spec: &Spec, target: Target, tensors: &Tensors, out:
     // The blob the generated code's recipes describe, little-endian.
     let weights: Vec<u8> = {
         let p = rustgen::program_for(spec, target)?;
+        let bytes = p.weight_floats * 4;
+        if target.weight_budget.is_some_and(|b| bytes > b) {
+            eprintln!(
+                "note: --max-weight-mb: the packed weights take {:.1} MB (the smallest choice, or the estimate's padding)",
+                bytes as f64 / (1 << 20) as f64
+            );
+        }
         crate::weights::check(&crate::from_spec::build(spec)?, tensors)?;
         let blob = resnetc_runtime::pack::build_blob(&p.recipes, p.weight_floats, tensors)?;
         blob.as_slice().iter().flat_map(|f| f.to_le_bytes()).collect()

@@ -115,8 +115,9 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let mut conv_input = arena(step.input);
                 if let Some(p) = panel {
                     let pack = conv::pack_panel(t, c, buf(step.input), p, buf(step.output));
-                    step_calls.push((pack, vec![arena(Some(step.scratch[0])), conv_input], 0, Order::DepthFirst));
-                    conv_input = arena(Some(step.scratch[0]));
+                    let panel_arg = arena(Some(step.scratch[0]));
+                    step_calls.push((pack, vec![panel_arg, conv_input], 0, Order::DepthFirst));
+                    conv_input = panel_arg;
                 }
                 let g = conv::generate(t, c, buf(step.input), panel, buf(step.output), res, &mut weights)?;
                 let mut args = vec![
