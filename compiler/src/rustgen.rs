@@ -185,8 +185,13 @@ pub fn generate(spec: &Spec, type_name: &str, vis: &str, rt: &str) -> Result<Str
 
 /// [`generate`] for a variant of [`TARGET`] (a weight budget).
 pub fn generate_for(spec: &Spec, target: Target, type_name: &str, vis: &str, rt: &str) -> Result<String> {
+    generate_program(spec, &program_for(spec, target)?, type_name, vis, rt)
+}
+
+/// [`generate`] for `p`, the program [`program_for`] lowered from `spec` (for callers that
+/// also need the program, so it is lowered once).
+pub fn generate_program(spec: &Spec, p: &Program, type_name: &str, vis: &str, rt: &str) -> Result<String> {
     let graph = from_spec::build(spec)?;
-    let p = program_for(spec, target)?;
     let m = format!("__resnetc_{}", type_name.to_ascii_lowercase());
     let mut o = String::new();
     let _ = writeln!(

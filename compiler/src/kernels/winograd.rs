@@ -187,7 +187,12 @@ pub(crate) struct ProductTile {
 /// in registers, so each transformed weight vector is loaded once and feeds all tiles as
 /// it streams in from memory. With `j` vectors and 6 tiles per register block, the first
 /// block waits for memory and the others run from cache, one after the other: measured
-/// 2.66 ms for a 7x7x512 product that computes in 1.2 ms and streams 16.8 MB. Otherwise 4
+/// 2.66 ms for a 7x7x512 product that computes in 1.2 ms and streams 16.8 MB. (Streaming
+/// the raw 3x3 weights instead, 9 floats per channel pair, and computing `G g G^T` into a
+/// cached scratch per chunk of input channels inside the product was measured slower:
+/// 2.35 ms for that product even with the next chunk's weights prefetched during the
+/// FMAs, 1.26 ms for F(4,3) on 14x14x256 against 0.9 for F(3,3) with `U` from memory;
+/// the transform phase stalls on its stores and the two phases barely overlap.) Otherwise 4
 /// vectors by 6 tiles, or 2 by 12 when a task's weights (`cin` x 4 vectors) miss L1, so
 /// each block of tiles re-reads them from L2: twice as many tiles per block halve those
 /// re-reads (ResNet-18's 28x28x128 products: 0.89x the time; 56x56x64: no change, so
