@@ -89,15 +89,20 @@ fn wide_register_tiles_match_reference() {
     eprintln!("wide tiles rel err {rel:.2e}");
 }
 
-/// 1x1 convs that read a panel (Cranelift target): a stride-2 downsample and a 1x1 conv
-/// over 1024 channels of 15x13 (rows over 32 KB: 7 + 6 pixel tiles, so the last tile of
-/// each row is short), against the reference.
+/// Convs that read a panel (Cranelift target): a stride-2 1x1 downsample, a stride-2 3x3
+/// conv (pad 1: its taps read the input's halo) and a 1x1 conv over 1024 channels of
+/// 15x13 (rows over 32 KB), all with 7 + 6 pixel tiles, so the last tile of each row is
+/// short, against the reference.
 #[test]
 fn panel_convs_match_reference() {
     let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 30, 26]\n";
     let spec = resnetc::spec::parse(text, "panels").unwrap();
     let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
-    for name in ["pack_panel_256x30x26_s2_to15x13_p7", "pack_panel_1024x15x13_s1_to15x13_p7"] {
+    for name in [
+        "pack_panel1x1s2_256x30x26_to15x13_p7",
+        "pack_panel3x3s2_256x30x26_to15x13_p7",
+        "pack_panel1x1s1_1024x15x13_to15x13_p7",
+    ] {
         assert!(
             prog.kernels.iter().any(|k| k.name == name),
             "no {name} in {:?}",

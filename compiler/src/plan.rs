@@ -125,7 +125,8 @@ pub struct Step {
     pub output: Option<BufId>,
     /// Buffers written and read only inside this step: for a Winograd conv, the
     /// transformed input tiles `V` and the transformed output tiles `M` (see
-    /// [`winograd_layouts`]); for a 1x1 conv, its input panel (see [`panel_layout`]).
+    /// [`winograd_layouts`]); for a conv with scattered reads, its input panel (see
+    /// [`panel_layout`]).
     pub scratch: Vec<BufId>,
     /// Shape of the input and output of one image.
     pub in_shape: Shape,
@@ -157,14 +158,14 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
     (l(c.cin), l(c.cout))
 }
 
-/// The scratch layout of a 1x1 conv's input panel, on targets that pack one
-/// ([`Target::panel_1x1`]): the input pixels each register tile reads, gathered per
-/// output row and tile so the reduction over channels walks memory contiguously. The
-/// kernels index it `[output row][tile][channel block][pixel of the tile][lane]`; the
-/// layout's columns are `tiles * pixels per tile`.
+/// The scratch layout of a conv's input panel, on targets that pack one
+/// ([`Target::panels`]): the input pixels each register tile reads, gathered per output
+/// row and tile so the reduction walks memory contiguously. The kernels index it
+/// `[output row][tile][tap][channel block][pixel of the tile][lane]`; the layout's
+/// channels are the taps' channels (`k * k * cin`) and its columns `tiles * pixels`.
 pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
     let p = crate::kernels::panel_pixels(t, c, input, out)?;
-    Some(Layout { c: c.cin, cb: t.lanes, h: out.h, w: out.w.div_ceil(p) * p, halo: 0 })
+    Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h, w: out.w.div_ceil(p) * p, halo: 0 })
 }
 
 /// Halo a consumer needs on its input.

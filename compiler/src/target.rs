@@ -28,11 +28,12 @@ pub struct Target {
     pub l1_tile_weight_bytes: usize,
     /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).
     pub prefetch: bool,
-    /// Whether 1x1 convs first gather their input into a panel ([`crate::plan::panel_layout`]).
-    /// In the channel-blocked layout the reduction over input channels jumps a whole
-    /// plane per channel block, a new page each time, which the hardware prefetchers do
-    /// not follow; a short register tile (128-bit vectors) then waits on L2.
-    pub panel_1x1: bool,
+    /// Whether convs with scattered reads (some 1x1 convs, strided k x k convs) first
+    /// gather their input into a panel ([`crate::plan::panel_layout`]). In the
+    /// channel-blocked layout the reduction over input channels jumps a whole plane per
+    /// channel block, a new page each time, which the hardware prefetchers do not follow;
+    /// a short register tile (128-bit vectors) then waits on L2.
+    pub panels: bool,
     /// Most bytes of weights the cost model may choose (Winograd weights are up to 4x
     /// larger than direct ones; estimated without the padding to whole vectors): a
     /// memory-for-speed trade a user asks for (`--max-weight-mb`); `None` chooses for
@@ -70,7 +71,7 @@ impl Target {
         l2_bytes: 2 << 20,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: false,
-        panel_1x1: true,
+        panels: true,
         weight_budget: None,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
@@ -85,7 +86,7 @@ impl Target {
         l2_bytes: 2 << 20,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
-        panel_1x1: false,
+        panels: false,
         weight_budget: None,
     };
 }

@@ -152,28 +152,35 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
     p
 }
 
-/// Gathers a 1x1 conv's input into its panel ([`crate::plan::panel_layout`]): for each
-/// output row (a task) and register tile, the tile's input pixels of every channel block,
-/// one after another, as the conv's reduction reads them.
+/// Gathers a conv's input into its panel ([`crate::plan::panel_layout`]): for each output
+/// row (a task) and register tile, the input pixels the tile reads at each tap and input
+/// channel block, one after another, as the conv's reduction reads them.
 pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Kernel {
     let (li, lp, lanes) = (input.layout, panel.layout, t.lanes);
     let out = out.layout;
     let p = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
     assert_eq!(lp.w, out.w.div_ceil(p) * p, "panel sized for the conv's register tiles");
-    let (tiles, cblocks, s) = (lp.w / p, li.cblocks(), c.stride as i64);
+    let (tiles, cblocks, s, k) = (lp.w / p, li.cblocks(), c.stride as i64, c.kernel);
+    // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
+    let start = -(c.pad as i64);
     let mut b = Builder::new(1);
     let oh = Index::var(0, 1);
     let v = b.vreg();
-    // Tile `tix` of row `oh`: `n` pixels of each channel block.
+    // Tile `tix` of row `oh`: `n` pixels of each tap and channel block.
     let copy_tile = |b: &mut Builder, tix: &Index, n: usize| {
-        b.for_loop(cblocks, |b, cbk| {
-            let dst = oh.scaled(tiles as i64).plus(tix).scaled(cblocks as i64).plus(&cbk).scaled((p * lanes) as i64);
-            for pp in 0..n {
-                let ow = tix.scaled(p as i64).offset(pp as i64);
-                let src = pixel(&li, &cbk, &oh.scaled(s), &ow.scaled(s));
-                b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: dst.offset((pp * lanes) as i64) }, src: v });
-            }
+        b.for_loop(k, |b, kh| {
+            b.for_loop(k, |b, kw| {
+                b.for_loop(cblocks, |b, cbk| {
+                    let dst = panel_block(&oh, tix, tiles, k, &kh, &kw, cblocks, &cbk).scaled((p * lanes) as i64);
+                    let y = oh.scaled(s).plus(&kh).offset(start);
+                    for pp in 0..n {
+                        let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(&kw).offset(start);
+                        let src = pixel(&li, &cbk, &y, &x);
+                        b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
+                        b.push(Stmt::Store { addr: Addr { arg: 0, index: dst.offset((pp * lanes) as i64) }, src: v });
+                    }
+                });
+            });
         });
     };
     let full = out.w / p;
@@ -181,8 +188,25 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     if out.w % p > 0 {
         copy_tile(&mut b, &Index::constant(full as i64), out.w % p);
     }
-    let name = format!("pack_panel_{}x{}x{}_s{}_to{}x{}_p{p}", li.c, li.h, li.w, c.stride, out.h, out.w);
+    let name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}", li.c, li.h, li.w, out.h, out.w);
     b.finish(name, vec!["panel", "in"], lanes, vec![out.h])
+}
+
+/// The block of a panel holding tile `tix` of output row `oh` at tap (`kh`, `kw`) and
+/// input channel block `cbk`, in units of one block (`pixels * lanes` floats).
+#[allow(clippy::too_many_arguments)]
+fn panel_block(
+    oh: &Index,
+    tix: &Index,
+    tiles: usize,
+    k: usize,
+    kh: &Index,
+    kw: &Index,
+    cblocks: usize,
+    cbk: &Index,
+) -> Index {
+    let tap = kh.scaled(k as i64).plus(kw);
+    oh.scaled(tiles as i64).plus(tix).scaled((k * k) as i64).plus(&tap).scaled(cblocks as i64).plus(cbk)
 }
 
 /// How a direct conv blocks its output into register tiles.
@@ -202,30 +226,36 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
     RegisterTile { tiling, rows, pixels }
 }
 
-/// The pixels per register tile of a 1x1 conv that reads its input from a panel
+/// The pixels per register tile of a conv that reads its input from a panel
 /// ([`crate::plan::panel_layout`]), or `None` if it reads its input in place.
 ///
-/// A panel pays when the reduction's reads are scattered and miss L1: stride 2 (every
-/// other pixel), or channel-block planes of 2 KB or more (past the reach of the L1
-/// stride prefetcher) with an input row too big to stay in L1 across the output tiles
-/// (over 32 KB). Measured on the ResNet-50 JIT (1 thread, pack included, with the
-/// 12-pixel tiles of two-channel reduction steps): 1x1 convs on 1024x14x14 0.82x the
-/// time, 512x28x28 0.86x, stride 2 0.76-0.93x; not on 56-wide rows, whose tiles read
-/// whole lines per channel block (1.04-1.15x with a panel), nor on inputs that stay in
-/// L1 (1.0-1.5x).
+/// A panel pays when the reduction's reads are scattered and miss L1. For 1x1 convs:
+/// stride 2 (every other pixel), or channel-block planes of 2 KB or more (past the reach
+/// of the L1 stride prefetcher) with an input row too big to stay in L1 across the output
+/// tiles (over 32 KB). Measured on the ResNet-50 JIT (1 thread, pack included): 1x1
+/// convs on 1024x14x14 0.82x the time, 512x28x28 0.86x, stride 2 0.76-0.93x (12-pixel
+/// tiles of two-channel steps); on 256x56x56 0.74x (10-pixel tiles of four-channel
+/// steps; with the 12-pixel tiles they had lost 4-15%); not on inputs that stay in L1
+/// (1.0-1.5x). Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2
+/// convs 0.72-0.90x the time, pack included): each tap of a channel block reads every
+/// other pixel of its lines, and a new plane per channel block.
 pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
-    if !(t.panel_1x1 && c.kernel == 1 && c.groups == 1 && c.pad == 0 && li.cb == t.lanes) {
+    if !(t.panels && c.groups == 1 && li.cb == t.lanes && li.halo >= c.pad) {
         return None;
     }
     let rt = register_tile(t, c, li, lo);
     let plane_bytes = li.hp() * li.wp() * li.cb * 4;
     let row_bytes = li.cpad() * li.wp() * 4;
-    let scattered = c.stride > 1 || (plane_bytes >= 2 << 10 && row_bytes > 32 << 10 && lo.w <= 28);
+    let scattered = if c.kernel == 1 {
+        c.pad == 0 && (c.stride > 1 || (plane_bytes >= 2 << 10 && row_bytes > 32 << 10))
+    } else {
+        c.stride > 1
+    };
     (rt.rows == 1 && scattered).then_some(rt.pixels)
 }
 
-/// `panel`: the conv's input panel, when it reads one instead of `input` (1x1 convs on
-/// targets with [`Target::panel_1x1`]).
+/// `panel`: the conv's input panel, when it reads one instead of `input` (on targets
+/// with [`Target::panels`], see [`panel_pixels`]).
 pub fn generate(
     t: Target,
     c: &Conv,
@@ -280,6 +310,9 @@ pub fn generate(
     let oh0 = task_row.scaled(rows as i64);
     let oh_of = |r: usize| oh0.offset(r as i64);
     let unroll = direct_unroll(t, cb_in);
+    // Inputs of one channel per block (the stem's image): with 16 registers, every block
+    // of a tap in one iteration, as `direct_unroll` does for the channels of a block.
+    let block_unroll = if t.vregs < 32 && cb_in == 1 && tl.icr <= 4 { tl.icr } else { 1 };
     // Weights that do not stay in L2 stream from memory on a task's first pass: prefetch
     // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
     // hits, where the extra instruction only costs (1.01-1.09x).
@@ -292,7 +325,7 @@ pub fn generate(
     // task's first `nr` rows (accumulator `r * p + pp` is row `r`, column `ow0 + pp`).
     // With a panel: its row `oh0`, tile `tix` ([`crate::plan::panel_layout`]).
     let panel_tiles = panel.map(|pb| {
-        assert!(k == 1 && rows == 1 && c.groups == 1, "only plain 1x1 convs read a panel");
+        assert!(rows == 1 && c.groups == 1, "only ungrouped single-row tiles read a panel");
         assert_eq!(pb.layout.w, ow_total.div_ceil(p_max) * p_max, "panel sized for the register tiles");
         pb.layout.w / p_max
     });
@@ -307,7 +340,7 @@ pub fn generate(
         }
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
-                b.for_loop(tl.icr / cb_in, |b, icb| {
+                b.for_loop_unrolled(tl.icr / cb_in, block_unroll, |b, icb| {
                     b.for_loop_unrolled(cb_in, unroll, |b, icl| {
                         let icb_abs = ic_start.plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
                         let row =
@@ -330,11 +363,8 @@ pub fn generate(
                         for (&(r, pp), a) in pixels.iter().zip(&acc) {
                             let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
                             let x = match panel_tiles {
-                                Some(tiles) => oh0
-                                    .scaled(tiles as i64)
-                                    .plus(tix)
-                                    .scaled((li.cblocks() * p_max * lanes) as i64)
-                                    .plus(&icb.scaled((p_max * lanes) as i64))
+                                Some(tiles) => panel_block(&oh0, tix, tiles, k, &kh, &kw, li.cblocks(), &icb)
+                                    .scaled((p_max * lanes) as i64)
                                     .offset((pp * lanes) as i64)
                                     .plus(&icl),
                                 None => row.offset(r as i64 * s * cbi).scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl),

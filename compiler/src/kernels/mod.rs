@@ -110,7 +110,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
             }
             StepOp::Conv(c) => {
                 let res = step.residual.map(|r| buf(Some(r)));
-                // A 1x1 conv with a panel gathers its input into it first, then reads it.
+                // A conv with a panel gathers its input into it first, then reads it.
                 let panel = step.scratch.first().map(|&p| &plan.buffers[p]);
                 let mut conv_input = arena(step.input);
                 if let Some(p) = panel {
