@@ -289,10 +289,17 @@ pub fn generate(
     };
     // Arguments: 0 out, 1 in, 2 weights, 3 bias, 4 residual.
     // Task order: output-channel tiles outside rows re-reads the input once per tile;
-    // rows outside tiles re-reads the weights once per task row. Take the smaller traffic.
+    // rows outside tiles re-reads the weights once per task row. Take the smaller traffic,
+    // except for a residual conv whose input and weights both stay in L2 (so neither
+    // re-read leaves it) and whose rows are long: tiles outside, each task then continues
+    // the same output and residual channel planes, two sequential streams the hardware
+    // prefetchers follow, instead of a new plane per task (Cranelift, ResNet-50's
+    // expanding convs on 56x56 and 28x28: 0.90x the time; on 14-wide rows 1.04x).
     let row_tasks = lo.h.div_ceil(rows);
     let w_bytes = tiles * k * k * tl.icr * jl * 4;
-    let rows_outer = li.bytes() + row_tasks * w_bytes < w_bytes + tiles * li.bytes();
+    let cached = |bytes: usize| bytes <= t.l2_bytes / 2;
+    let streams = c.residual && cached(li.bytes()) && cached(w_bytes) && lo.w * lanes * 4 >= 448;
+    let rows_outer = !streams && li.bytes() + row_tasks * w_bytes < w_bytes + tiles * li.bytes();
     let mut b = Builder::new(3);
     // Tasks whose rows all exist; with an odd height the last task has one row.
     let full_row_tasks = lo.h / rows;
