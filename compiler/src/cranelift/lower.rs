@@ -28,9 +28,8 @@ pub fn signature(call_conv: CallConv) -> Signature {
     sig
 }
 
-struct Lowerer<'a, 'b> {
+struct Lowerer<'a> {
     b: FunctionBuilder<'a>,
-    k: &'b Kernel,
     features: Features,
     args: Vec<Value>,
     vars: Vec<Variable>,
@@ -43,15 +42,18 @@ struct Lowerer<'a, 'b> {
     ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
     /// Counter that makes FMA load addresses distinct values.
     unique: u32,
+    /// Arguments the kernel only reads (see [`Lowerer::flags`]).
+    read_only: Vec<bool>,
 }
 
-impl Lowerer<'_, '_> {
-    /// Memory flags of a read through argument `arg`: weights, bias and the input buffer
-    /// are never written by the kernel that reads them.
+impl Lowerer<'_> {
+    /// Memory flags of an access through argument `arg`: reads of memory the kernel never
+    /// writes are read-only and movable, so Cranelift may schedule them freely (a
+    /// broadcast's load then folds into `vbroadcastss` next to its FMA; as an ordered
+    /// load it stayed a separate `movss` far above it, and the Winograd products spilled).
     fn flags(&self, arg: usize, load: bool) -> MemFlagsData {
-        let name = self.k.args[arg];
         let mut f = MemFlagsData::new().with_notrap();
-        if load && matches!(name, "w" | "b" | "in" | "x") {
+        if load && self.read_only[arg] {
             f = f.with_readonly().with_can_move();
         }
         f
@@ -308,6 +310,24 @@ impl Lowerer<'_, '_> {
     }
 }
 
+/// Per argument of `k`: whether the kernel only reads it. Never an argument it stores
+/// through, nor the residual operand, which an output may reuse in place (the same memory
+/// under two arguments).
+fn read_only_args(k: &Kernel) -> Vec<bool> {
+    fn mark(body: &[Stmt], written: &mut [bool]) {
+        for s in body {
+            match s {
+                Stmt::Loop { body, .. } | Stmt::If { body, .. } => mark(body, written),
+                Stmt::Store { addr, .. } | Stmt::StorePartial { addr, .. } => written[addr.arg] = true,
+                Stmt::Set { .. } | Stmt::Prefetch { .. } => {}
+            }
+        }
+    }
+    let mut written = vec![false; k.args.len()];
+    mark(&k.body, &mut written);
+    k.args.iter().zip(written).map(|(name, w)| !w && *name != "res").collect()
+}
+
 /// Every address in `body`, nested statements included.
 fn addresses(body: &[Stmt]) -> Vec<Addr> {
     let mut out = vec![];
@@ -358,8 +378,17 @@ pub fn function(
     let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
     let task = b.declare_var(types::I64);
     b.def_var(task, begin);
-    let mut l =
-        Lowerer { b, k, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new(), unique: 0 };
+    let mut l = Lowerer {
+        b,
+        features,
+        args,
+        vars,
+        regs,
+        bound: vec![false; k.vars],
+        ptrs: HashMap::new(),
+        unique: 0,
+        read_only: read_only_args(k),
+    };
     // Zero-initialize every variable so that SSA construction never meets an undefined use.
     for v in 0..k.vregs {
         let z = l.zero();
