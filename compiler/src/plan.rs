@@ -162,7 +162,8 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
 /// ([`Target::panels`]): the input pixels each register tile reads, gathered per output
 /// row and tile so the reduction walks memory contiguously. The kernels index it
 /// `[output row][tile][tap][channel block][pixel of the tile][lane]`; the layout's
-/// channels are the taps' channels (`k * k * cin`) and its columns `tiles * pixels`.
+/// channels are the taps' padded channels (`k * k * cin_pad`) and its columns
+/// `tiles * pixels`.
 pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
     let p = crate::kernels::panel_pixels(t, c, input, out)?;
     Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h, w: out.w.div_ceil(p) * p, halo: 0 })
@@ -291,5 +292,9 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         input,
     };
     crate::memory::assign(&mut plan);
+    // The Cranelift backend lets loads move across stores to other arguments (see
+    // `cranelift::lower`): an overlap the planner let through would be undefined
+    // behaviour there, not only a wrong result, so every plan is checked.
+    crate::memory::verify(&plan).map_err(|e| anyhow::anyhow!("internal error: memory plan: {e}"))?;
     Ok(plan)
 }
