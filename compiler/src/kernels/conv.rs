@@ -160,7 +160,8 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     let out = out.layout;
     let p = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
     assert_eq!(lp.w, out.w.div_ceil(p) * p, "panel sized for the conv's register tiles");
-    let (tiles, cblocks, s, k) = (lp.w / p, li.cblocks(), c.stride as i64, c.kernel);
+    let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
+    let geometry = Panel { tiles: lp.w / p, k, cblocks };
     // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
     let start = -(c.pad as i64);
     let mut b = Builder::new(1);
@@ -171,7 +172,7 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
                 b.for_loop(cblocks, |b, cbk| {
-                    let dst = panel_block(&oh, tix, tiles, k, &kh, &kw, cblocks, &cbk).scaled((p * lanes) as i64);
+                    let dst = geometry.block(&oh, tix, &kh, &kw, &cbk).scaled((p * lanes) as i64);
                     let y = oh.scaled(s).plus(&kh).offset(start);
                     for pp in 0..n {
                         let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(&kw).offset(start);
@@ -192,21 +193,22 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     b.finish(name, vec!["panel", "in"], lanes, vec![out.h])
 }
 
-/// The block of a panel holding tile `tix` of output row `oh` at tap (`kh`, `kw`) and
-/// input channel block `cbk`, in units of one block (`pixels * lanes` floats).
-#[allow(clippy::too_many_arguments)]
-fn panel_block(
-    oh: &Index,
-    tix: &Index,
+/// The shape of a conv's panel: tiles per output row, kernel size and input channel
+/// blocks, the strides of `[output row][tile][tap][channel block]`.
+struct Panel {
     tiles: usize,
     k: usize,
-    kh: &Index,
-    kw: &Index,
     cblocks: usize,
-    cbk: &Index,
-) -> Index {
-    let tap = kh.scaled(k as i64).plus(kw);
-    oh.scaled(tiles as i64).plus(tix).scaled((k * k) as i64).plus(&tap).scaled(cblocks as i64).plus(cbk)
+}
+
+impl Panel {
+    /// The block holding tile `tix` of output row `oh` at tap (`kh`, `kw`) and input
+    /// channel block `cbk`, in units of one block (`pixels * lanes` floats).
+    fn block(&self, oh: &Index, tix: &Index, kh: &Index, kw: &Index, cbk: &Index) -> Index {
+        let tap = kh.scaled(self.k as i64).plus(kw);
+        let tile = oh.scaled(self.tiles as i64).plus(tix);
+        tile.scaled((self.k * self.k) as i64).plus(&tap).scaled(self.cblocks as i64).plus(cbk)
+    }
 }
 
 /// How a direct conv blocks its output into register tiles.
@@ -338,10 +340,10 @@ pub fn generate(
     // One register tile of `p` pixels starting at output column `ow0`, in each of the
     // task's first `nr` rows (accumulator `r * p + pp` is row `r`, column `ow0 + pp`).
     // With a panel: its row `oh0`, tile `tix` ([`crate::plan::panel_layout`]).
-    let panel_tiles = panel.map(|pb| {
+    let panel_geometry = panel.map(|pb| {
         assert!(rows == 1 && c.groups == 1, "only ungrouped single-row tiles read a panel");
         assert_eq!(pb.layout.w, ow_total.div_ceil(p_max) * p_max, "panel sized for the register tiles");
-        pb.layout.w / p_max
+        Panel { tiles: pb.layout.w / p_max, k, cblocks: li.cblocks() }
     });
     let emit_tile = |b: &mut Builder, tix: &Index, p: usize, nr: usize| {
         let ow0 = &tix.scaled(p_max as i64);
@@ -376,8 +378,9 @@ pub fn generate(
                         }
                         for (&(r, pp), a) in pixels.iter().zip(&acc) {
                             let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
-                            let x = match panel_tiles {
-                                Some(tiles) => panel_block(&oh0, tix, tiles, k, &kh, &kw, li.cblocks(), &icb)
+                            let x = match &panel_geometry {
+                                Some(g) => g
+                                    .block(&oh0, tix, &kh, &kw, &icb)
                                     .scaled((p_max * lanes) as i64)
                                     .offset((pp * lanes) as i64)
                                     .plus(&icl),
