@@ -166,12 +166,8 @@ fn recipe(r: &Recipe) -> String {
     }
 }
 
-/// The kernel IR program of `spec` for the Rust backend.
-pub fn program(spec: &Spec) -> Result<Program> {
-    program_for(spec, TARGET)
-}
-
-/// [`program`] for a variant of [`TARGET`] (a weight budget).
+/// The kernel IR program of `spec` for the Rust backend's `target` ([`TARGET`], or a
+/// variant of it with a weight budget).
 pub fn program_for(spec: &Spec, target: Target) -> Result<Program> {
     let graph = from_spec::build(spec)?;
     kernels::lower(&plan::build(&passes::fuse(&graph).0, target)?)
