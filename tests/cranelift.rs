@@ -113,3 +113,29 @@ fn batch_orders_match_single_images_bit_for_bit() {
         }
     }
 }
+
+/// Direct convs are compiled in the kernel IR's order (`Kernel::in_order`): in the inner
+/// loop of a 1x1 conv, an FMA's result is the next FMA's accumulator input only where the
+/// tile has a single pixel. Through Cranelift's e-graph pass each accumulator's FMAs came
+/// out as one dependent chain instead (three of every four consecutive pairs).
+#[test]
+fn direct_conv_fmas_keep_the_kernel_order() {
+    let s = spec::preset("resnet50").unwrap();
+    let p = resnetc::jit_model::program(&s).unwrap();
+    let name = "conv1x1s1_1024x14x14_to256x14x14_relu";
+    let k = p.kernels.iter().find(|k| k.name == name).expect("ResNet-50 has this conv");
+    assert!(k.in_order && !resnetc::cranelift::optimize(k));
+    let asm = resnetc::cranelift::asm::disassemble(&p.kernels, Some(name)).unwrap();
+    // (destination, addend) of each `vfmadd213ps dst,mul,add`, in code order.
+    let fmas: Vec<(String, String)> = asm
+        .lines()
+        .filter_map(|l| l.split_once("vfmadd213ps ").map(|(_, ops)| ops))
+        .map(|ops| {
+            let o: Vec<&str> = ops.split(',').map(str::trim).collect();
+            (o[0].to_string(), o[2].to_string())
+        })
+        .collect();
+    assert!(fmas.len() >= 28, "expected the 7-pixel, 4-channel loop; got {} FMAs:\n{asm}", fmas.len());
+    let chained = fmas.windows(2).filter(|w| w[0].0 == w[1].1).count();
+    assert!(chained * 10 < fmas.len(), "{chained} of {} consecutive FMAs form a dependent chain:\n{asm}", fmas.len());
+}

@@ -443,6 +443,9 @@ pub fn generate(
     }
     let dims =
         if rows_outer { vec![row_tasks, tl.groups, tl.per_group] } else { vec![tl.groups, tl.per_group, row_tasks] };
-    let kernel = b.finish(name, args, lanes, dims);
+    let mut kernel = b.finish(name, args, lanes, dims);
+    // Every reduction step runs its FMAs across the tile before the next step, one
+    // weight vector live at a time: the schedule this loop was written for.
+    kernel.in_order = true;
     Ok(Generated { kernel, packing })
 }
