@@ -187,10 +187,6 @@ pub struct Kernel {
     pub vars: usize,
     pub vregs: usize,
     pub body: Vec<Stmt>,
-    /// The body's statement order is the instruction schedule the kernel was written for
-    /// (each reduction step's FMAs across all accumulators before the next step's), so a
-    /// backend should not re-order it; see `cranelift::lower::keep_order`.
-    pub in_order: bool,
 }
 
 impl Kernel {
@@ -259,7 +255,7 @@ impl Builder {
     }
     pub fn finish(mut self, name: String, args: Vec<&'static str>, lanes: usize, task_dims: Vec<usize>) -> Kernel {
         let body = self.stack.pop().unwrap();
-        Kernel { name, args, lanes, task_dims, vars: self.vars, vregs: self.vregs, body, in_order: false }
+        Kernel { name, args, lanes, task_dims, vars: self.vars, vregs: self.vregs, body }
     }
 }
 
@@ -340,12 +336,11 @@ impl fmt::Display for Kernel {
         let dims: Vec<String> = self.task_dims.iter().enumerate().map(|(i, d)| format!("i{i} in 0..{d}")).collect();
         writeln!(
             f,
-            "kernel {}({}) lanes {} tasks [{}]{} {{",
+            "kernel {}({}) lanes {} tasks [{}] {{",
             self.name,
             self.args.join(", "),
             self.lanes,
-            dims.join(", "),
-            if self.in_order { " in order" } else { "" }
+            dims.join(", ")
         )?;
         let mut body = String::new();
         print_body(self, &self.body, 1, &mut body);

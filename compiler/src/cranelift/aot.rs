@@ -9,7 +9,7 @@
 //! - `P_weights`: the packed weights; `P_model`: the runner's descriptor
 //!   (`resnetc_runtime::runner::ModelDesc`); `main` in executables only.
 
-use super::{define_kernel, features, host_isa, lower};
+use super::{features, host_isa, lower};
 use crate::kernels::{ArgRef, Program};
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::condcodes::IntCC;
@@ -37,8 +37,7 @@ fn arg_kind(a: ArgRef) -> (u64, u64) {
 /// Writes the object file of `program` with weight blob `blob`; `with_main` adds the
 /// `main` of an executable linked against the runtime's static library.
 pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], with_main: bool) -> Result<Vec<u8>> {
-    let isa = host_isa(true, true)?;
-    let plain = host_isa(true, false)?;
+    let isa = host_isa(true)?;
     let feats = features(&isa);
     let call_conv = isa.default_call_conv();
     let mut module =
@@ -53,7 +52,7 @@ pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], 
             .declare_function(&format!("{prefix}_k{i}_{}", k.name), Linkage::Local, &lower::signature(call_conv))
             .map_err(err)?;
         ctx.func = lower::function(k, module.isa(), feats, UserFuncName::user(0, i as u32), &mut fctx);
-        define_kernel(&mut module, id, &mut ctx, k, &*plain)?;
+        module.define_function(id, &mut ctx).map_err(|e| anyhow!("kernel {}: {e:?}", k.name))?;
         module.clear_context(&mut ctx);
         kernel_ids.push(id);
     }

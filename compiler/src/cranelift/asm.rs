@@ -1,6 +1,6 @@
 //! Disassembly of the machine code Cranelift emits for each kernel (x86-64, Intel syntax).
 
-use super::{features, host_isa, lower, optimize};
+use super::{features, host_isa, lower};
 use crate::kir::Kernel;
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::UserFuncName;
@@ -10,7 +10,7 @@ use std::fmt::Write;
 
 /// Machine code of one kernel.
 pub fn code(k: &Kernel, index: usize) -> Result<Vec<u8>> {
-    let isa = host_isa(false, optimize(k))?;
+    let isa = host_isa(false)?;
     let mut fctx = FunctionBuilderContext::new();
     let mut ctx = Context::for_function(lower::function(
         k,

@@ -2,7 +2,7 @@
 //! while it is being emitted and switches it to read + execute before handing out
 //! function pointers, so no page is ever writable and executable at once.
 
-use super::{define_kernel, features, host_isa, lower};
+use super::{features, host_isa, lower};
 use crate::kernels::Program;
 use anyhow::{anyhow, Result};
 use cranelift_codegen::ir::UserFuncName;
@@ -29,8 +29,7 @@ unsafe impl Sync for Jit {}
 
 pub fn compile(p: &Program) -> Result<Jit> {
     let start = Instant::now();
-    let isa = host_isa(false, true)?;
-    let plain = host_isa(false, false)?;
+    let isa = host_isa(false)?;
     let feats = features(&isa);
     let call_conv = isa.default_call_conv();
     let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
@@ -43,7 +42,8 @@ pub fn compile(p: &Program) -> Result<Jit> {
             .declare_function(&k.name, Linkage::Local, &lower::signature(call_conv))
             .map_err(|e| anyhow!("kernel {}: {e}", k.name))?;
         ctx.func = lower::function(k, module.isa(), feats, UserFuncName::user(0, i as u32), &mut fctx);
-        code_bytes += define_kernel(&mut module, id, &mut ctx, k, &*plain)?;
+        module.define_function(id, &mut ctx).map_err(|e| anyhow!("kernel {}: Cranelift failed: {e:?}", k.name))?;
+        code_bytes += ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
         module.clear_context(&mut ctx);
         ids.push(id);
     }

@@ -86,27 +86,21 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize,
 /// Cranelift neither unrolls nor uses the accumulator-destination FMA form (x64
 /// `vfmadd231ps`): its FMA result lands in the broadcast's register, so the accumulators
 /// rotate through registers and the loop's back edge moves them back, one move per
-/// accumulator and iteration. Two channels per iteration halve those moves (measured:
-/// ResNet-50 1 thread 382 -> 315 ms). LLVM unrolls the Rust backend's loops itself.
+/// accumulator and iteration. With 16 registers, an iteration covers the whole channel
+/// block (four channels); each channel's FMAs run across the whole tile before the next
+/// channel's (Cranelift keeps the IR's order, see `cranelift::host_isa`), so one weight
+/// vector is live at a time. Measured on the ResNet-50 JIT, 1 thread:
+/// two channels instead of one, 382 -> 315 ms; the direct convs' whole block against two
+/// channels, 0.67-0.93x the time (except expanding 1x1 convs and one strided 3x3,
+/// 1.02-1.09x); the Winograd products' whole block once they ran in order, 42.4-42.6 ->
+/// 35.0-35.5 ms (with two channels and the e-graph's order they had lost 16-19%). LLVM
+/// unrolls the Rust backend's loops itself.
 pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
-    if t.vregs < 32 && cb_in % 2 == 0 {
-        2
-    } else {
-        1
-    }
-}
-
-/// [`channel_unroll`] for direct convs: with 16 registers, the whole 4-channel block per
-/// iteration, which leaves room for 10 accumulators (4 weight vectors, a broadcast and
-/// the rotation's spare take the rest). Measured on the ResNet-50 JIT against two
-/// channels and 12 pixels: direct convs 0.67-0.93x the time, except expanding 1x1 convs
-/// and one strided 3x3 (1.02-1.09x); the Winograd products lose 16-19% with it (their
-/// tiles are shorter), so they keep two channels.
-fn direct_unroll(t: Target, cb_in: usize) -> usize {
-    if t.vregs < 32 && cb_in % 4 == 0 {
-        4
-    } else {
-        channel_unroll(t, cb_in)
+    match cb_in {
+        _ if t.vregs >= 32 => 1,
+        c if c % 4 == 0 => 4,
+        c if c % 2 == 0 => 2,
+        _ => 1,
     }
 }
 
@@ -224,7 +218,7 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
     let wide = wide_tile(t, c, li, lo.w, lo.cblocks());
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
     let rows = if wide && lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
-    let pixels = if wide { WIDE_TILE.0 / rows } else { tile_pixels(t, tiling.j, lo.w, direct_unroll(t, li.cb)) };
+    let pixels = if wide { WIDE_TILE.0 / rows } else { tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb)) };
     RegisterTile { tiling, rows, pixels }
 }
 
@@ -321,7 +315,7 @@ pub fn generate(
     let ow_total = lo.w;
     let oh0 = task_row.scaled(rows as i64);
     let oh_of = |r: usize| oh0.offset(r as i64);
-    let unroll = direct_unroll(t, cb_in);
+    let unroll = channel_unroll(t, cb_in);
     // With 16 registers, several channel blocks per iteration, so the accumulators'
     // back-edge moves (see `channel_unroll`) come less often. Inputs of one channel per
     // block (the stem's image): every block of a tap, once per tap instead of once per
@@ -454,9 +448,6 @@ pub fn generate(
     }
     let dims =
         if rows_outer { vec![row_tasks, tl.groups, tl.per_group] } else { vec![tl.groups, tl.per_group, row_tasks] };
-    let mut kernel = b.finish(name, args, lanes, dims);
-    // Every reduction step runs its FMAs across the tile before the next step, one
-    // weight vector live at a time: the schedule this loop was written for.
-    kernel.in_order = true;
+    let kernel = b.finish(name, args, lanes, dims);
     Ok(Generated { kernel, packing })
 }
