@@ -17,6 +17,9 @@ use crate::target::Target;
 use anyhow::Result;
 use resnetc_runtime::pack::ConvPacking;
 
+/// L1 data cache bytes: an input larger than this does not stay in L1 across a conv.
+const L1_BYTES: usize = 32 << 10;
+
 /// How far ahead of its loads a kernel prefetches the weights it streams from memory:
 /// 4 KB, past the page the hardware prefetcher is following (measured best of 1-4 KB on
 /// the Winograd products).
@@ -225,14 +228,15 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// The pixels per register tile of a conv that reads its input from a panel
 /// ([`crate::plan::panel_layout`]), or `None` if it reads its input in place.
 ///
-/// A panel pays when the reduction's reads are scattered and miss L1. For 1x1 convs:
-/// stride 2 (every other pixel), or channel-block planes of 2 KB or more (past the reach
-/// of the L1 stride prefetcher) with an input row too big to stay in L1 across the output
-/// tiles (over 32 KB). Measured on the ResNet-50 JIT (1 thread, pack included): 1x1
-/// convs on 1024x14x14 0.82x the time, 512x28x28 0.86x, stride 2 0.76-0.93x (12-pixel
-/// tiles of two-channel steps); on 256x56x56 0.74x (10-pixel tiles of four-channel
-/// steps; with the 12-pixel tiles they had lost 4-15%); not on inputs that stay in L1
-/// (1.0-1.5x). Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2
+/// A panel pays when the reduction's reads are scattered: a 1x1 conv whose input does not
+/// fit in L1 (each channel block of a register tile's pixels is a few lines of a new
+/// plane, a new page each time), or reads every other pixel (stride 2). Measured on the
+/// ResNet-50 JIT (1 thread, pack included): 1x1 convs on 1024x14x14 0.82x the time,
+/// 512x28x28 0.86x, stride 2 0.76-0.93x (12-pixel tiles of two-channel steps); on
+/// 256x56x56 0.74x (10-pixel tiles of four-channel steps). Once the kernels ran in order
+/// (`cranelift::host_isa`), also on the inputs that had not paid before (planes under
+/// 2 KB or rows under 32 KB): 2048x7x7 0.85x, 128x28x28 0.89x, 64x56x56 0.94x, 256x14x14
+/// 0.99x, 512x7x7 1.00x. Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2
 /// convs 0.72-0.90x the time, pack included): each tap of a channel block reads every
 /// other pixel of its lines, and a new plane per channel block.
 pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
@@ -240,13 +244,7 @@ pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usi
         return None;
     }
     let rt = register_tile(t, c, li, lo);
-    let plane_bytes = li.hp() * li.wp() * li.cb * 4;
-    let row_bytes = li.cpad() * li.wp() * 4;
-    let scattered = if c.kernel == 1 {
-        c.pad == 0 && (c.stride > 1 || (plane_bytes >= 2 << 10 && row_bytes > 32 << 10))
-    } else {
-        c.stride > 1
-    };
+    let scattered = if c.kernel == 1 { c.pad == 0 && (c.stride > 1 || li.bytes() > L1_BYTES) } else { c.stride > 1 };
     (rt.rows == 1 && scattered).then_some(rt.pixels)
 }
 
