@@ -292,9 +292,8 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
         input,
     };
     crate::memory::assign(&mut plan);
-    // The Cranelift backend lets loads move across stores to other arguments (see
-    // `cranelift::lower`): an overlap the planner let through would be undefined
-    // behaviour there, not only a wrong result, so every plan is checked.
+    // An overlap the planner let through would be a wrong result on every backend, and a
+    // data race between the tasks of a call: every plan is checked, not only in tests.
     crate::memory::verify(&plan).map_err(|e| anyhow::anyhow!("internal error: memory plan: {e}"))?;
     Ok(plan)
 }

@@ -2,9 +2,10 @@
 //!
 //! Following what we measured of Cranelift's x64 backend (DESIGN.md section 5): loops are
 //! top-tested with the loop state in frontend variables (so the exit reads header
-//! parameters, not both `brif` targets), every memory operand of an FMA is its own load
-//! so that it can fold into the instruction, and reads of weights and of the input
-//! buffer are marked read-only, non-trapping and movable.
+//! parameters, not both `brif` targets), and every memory operand of an FMA is its own
+//! load right before it, so that it folds into the instruction (`vbroadcastss`, or the
+//! FMA's memory operand). The CLIF keeps the kernel IR's order: the functions are
+//! compiled without the e-graph pass (`super::host_isa`).
 
 use crate::kir::{Addr, Cmp, Expr, Index, Kernel, Src, Stmt};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
@@ -42,21 +43,15 @@ struct Lowerer<'a> {
     ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
     /// Counter that makes FMA load addresses distinct values.
     unique: u32,
-    /// Arguments the kernel only reads (see [`Lowerer::flags`]).
-    read_only: Vec<bool>,
 }
 
 impl Lowerer<'_> {
-    /// Memory flags of an access through argument `arg`: reads of memory the kernel never
-    /// writes are read-only and movable, so Cranelift may schedule them freely (a
-    /// broadcast's load then folds into `vbroadcastss` next to its FMA; as an ordered
-    /// load it stayed a separate `movss` far above it, and the Winograd products spilled).
-    fn flags(&self, arg: usize, load: bool) -> MemFlagsData {
-        let mut f = MemFlagsData::new().with_notrap();
-        if load && self.read_only[arg] {
-            f = f.with_readonly().with_can_move();
-        }
-        f
+    /// Memory flags of every access through an argument: never trapping (every address
+    /// lies in the plan's buffers). Without the e-graph pass, marking reads read-only or
+    /// movable changes no instruction (the machine code of every ResNet-50 kernel was
+    /// identical with and without), so loads and stores keep their order.
+    fn flags() -> MemFlagsData {
+        MemFlagsData::new().with_notrap()
     }
 
     /// The pointer for `a`'s variable terms, and its constant part as a byte offset.
@@ -90,13 +85,13 @@ impl Lowerer<'_> {
 
     fn load(&mut self, a: &Addr) -> Value {
         let (p, off) = self.address(a);
-        let f = self.flags(a.arg, true);
+        let f = Self::flags();
         self.b.ins().load(types::F32X4, f, p, off)
     }
 
     fn bcast(&mut self, a: &Addr) -> Value {
         let (p, off) = self.address(a);
-        let f = self.flags(a.arg, true);
+        let f = Self::flags();
         let s = self.b.ins().load(types::F32, f, p, off);
         self.b.ins().splat(types::F32X4, s)
     }
@@ -119,7 +114,7 @@ impl Lowerer<'_> {
         self.unique += 1;
         let split = 16 * self.unique as i64;
         let p = self.b.ins().iadd_imm_s(p, split);
-        let f = self.flags(a.arg, true);
+        let f = Self::flags();
         self.b.ins().load(types::F32X4, f, p, off - split as i32)
     }
 
@@ -253,7 +248,7 @@ impl Lowerer<'_> {
                     Expr::LoadPartial(a, n) => {
                         let mut v = self.zero();
                         let (p, off) = self.address(a);
-                        let f = self.flags(a.arg, true);
+                        let f = Self::flags();
                         for lane in 0..*n {
                             let x = self.b.ins().load(types::F32, f, p, off + 4 * lane as i32);
                             v = self.b.ins().insertlane(v, x, lane as u8);
@@ -292,7 +287,7 @@ impl Lowerer<'_> {
             Stmt::Store { addr, src } => {
                 let v = self.b.use_var(self.regs[*src]);
                 let (p, off) = self.address(addr);
-                let f = self.flags(addr.arg, false);
+                let f = Self::flags();
                 self.b.ins().store(f, v, p, off);
             }
             // CLIF has no prefetch instruction.
@@ -300,7 +295,7 @@ impl Lowerer<'_> {
             Stmt::StorePartial { addr, src, n } => {
                 let v = self.b.use_var(self.regs[*src]);
                 let (p, off) = self.address(addr);
-                let f = self.flags(addr.arg, false);
+                let f = Self::flags();
                 for lane in 0..*n {
                     let x = self.b.ins().extractlane(v, lane as u8);
                     self.b.ins().store(f, x, p, off + 4 * lane as i32);
@@ -308,24 +303,6 @@ impl Lowerer<'_> {
             }
         }
     }
-}
-
-/// Per argument of `k`: whether the kernel only reads it. Never an argument it stores
-/// through, nor the residual operand, which an output may reuse in place (the same memory
-/// under two arguments).
-fn read_only_args(k: &Kernel) -> Vec<bool> {
-    fn mark(body: &[Stmt], written: &mut [bool]) {
-        for s in body {
-            match s {
-                Stmt::Loop { body, .. } | Stmt::If { body, .. } => mark(body, written),
-                Stmt::Store { addr, .. } | Stmt::StorePartial { addr, .. } => written[addr.arg] = true,
-                Stmt::Set { .. } | Stmt::Prefetch { .. } => {}
-            }
-        }
-    }
-    let mut written = vec![false; k.args.len()];
-    mark(&k.body, &mut written);
-    k.args.iter().zip(written).map(|(name, w)| !w && *name != "res").collect()
 }
 
 /// Every address in `body`, nested statements included.
@@ -378,17 +355,7 @@ pub fn function(
     let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
     let task = b.declare_var(types::I64);
     b.def_var(task, begin);
-    let mut l = Lowerer {
-        b,
-        features,
-        args,
-        vars,
-        regs,
-        bound: vec![false; k.vars],
-        ptrs: HashMap::new(),
-        unique: 0,
-        read_only: read_only_args(k),
-    };
+    let mut l = Lowerer { b, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new(), unique: 0 };
     // Zero-initialize every variable so that SSA construction never meets an undefined use.
     for v in 0..k.vregs {
         let z = l.zero();
