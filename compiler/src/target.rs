@@ -23,6 +23,8 @@ pub struct Target {
     /// Xeon has 1 MB of L2 per core: the thresholds built on it (batch order, prefetch,
     /// wide tiles) were each measured best at this value.
     pub l2_bytes: usize,
+    /// L1 data cache bytes: an input larger than this does not stay in L1 across a conv.
+    pub l1_bytes: usize,
     /// Weights of one register tile that stay in L1 (32 KB here) beside the input they meet;
     /// a tile whose weights exceed this re-reads them from L2 for every register tile.
     pub l1_tile_weight_bytes: usize,
@@ -69,6 +71,7 @@ impl Target {
         transform_gbytes: 5,
         l2_gbytes: 20,
         l2_bytes: 2 << 20,
+        l1_bytes: 32 << 10,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: false,
         panels: true,
@@ -84,6 +87,7 @@ impl Target {
         transform_gbytes: 7,
         l2_gbytes: 40,
         l2_bytes: 2 << 20,
+        l1_bytes: 32 << 10,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
         panels: false,

@@ -41,8 +41,6 @@ struct Lowerer<'a> {
     /// Each is a variable bumped at the end of the loop iteration that changes it, so
     /// inner loops address memory as `[pointer + constant]` without recomputing indices.
     ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
-    /// Counter that makes FMA load addresses distinct values.
-    unique: u32,
 }
 
 impl Lowerer<'_> {
@@ -102,20 +100,6 @@ impl Lowerer<'_> {
             Src::Load(a) => self.load(a),
             Src::Bcast(a) => self.bcast(a),
         }
-    }
-
-    /// An FMA operand. A vector load gets an address value of its own (the same address
-    /// split differently between register and offset), so that neither GVN nor alias
-    /// analysis merges the loads of the same weights by neighbouring FMAs: each stays
-    /// single-use and folds into its FMA as a memory operand.
-    fn fma_operand(&mut self, s: &Src) -> Value {
-        let Src::Load(a) = s else { return self.src(s) };
-        let (p, off) = self.address(a);
-        self.unique += 1;
-        let split = 16 * self.unique as i64;
-        let p = self.b.ins().iadd_imm_s(p, split);
-        let f = Self::flags();
-        self.b.ins().load(types::F32X4, f, p, off - split as i32)
     }
 
     fn zero(&mut self) -> Value {
@@ -256,7 +240,7 @@ impl Lowerer<'_> {
                         v
                     }
                     Expr::Fma(acc, a, b) => {
-                        let (a, b) = (self.fma_operand(a), self.fma_operand(b));
+                        let (a, b) = (self.src(a), self.src(b));
                         let c = self.b.use_var(self.regs[*acc]);
                         if self.features.fma {
                             self.b.ins().fma(a, b, c)
@@ -355,7 +339,7 @@ pub fn function(
     let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
     let task = b.declare_var(types::I64);
     b.def_var(task, begin);
-    let mut l = Lowerer { b, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new(), unique: 0 };
+    let mut l = Lowerer { b, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new() };
     // Zero-initialize every variable so that SSA construction never meets an undefined use.
     for v in 0..k.vregs {
         let z = l.zero();

@@ -25,7 +25,8 @@ use lower::Features;
 /// Found by timing the emitted loop alone: the 14x14 1x1 conv's ran at 27-28 GFLOP/s with
 /// its data in L1, the same loop reordered by hand in assembly at 34. Measured on the
 /// ResNet-50 JIT (1 thread): direct convs 0.76-0.92x the time; every other kernel the same
-/// or faster; the AOT executable 271.7 -> 239.3 ms; JIT compile 58 -> 52 ms.
+/// or faster; the AOT executable 271.7 -> 239.3 ms; JIT compile 58 -> 52 ms (the later
+/// two-block steps of the direct convs brought it to 59-61 ms).
 pub fn host_isa(pic: bool) -> Result<OwnedTargetIsa> {
     let mut flags = settings::builder();
     flags.set("opt_level", "none").map_err(|e| anyhow!("{e}"))?;

@@ -17,9 +17,6 @@ use crate::target::Target;
 use anyhow::Result;
 use resnetc_runtime::pack::ConvPacking;
 
-/// L1 data cache bytes: an input larger than this does not stay in L1 across a conv.
-const L1_BYTES: usize = 32 << 10;
-
 /// How far ahead of its loads a kernel prefetches the weights it streams from memory:
 /// 4 KB, past the page the hardware prefetcher is following (measured best of 1-4 KB on
 /// the Winograd products).
@@ -128,11 +125,14 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
         && (c.kernel > 1 || input.bytes() <= t.l2_bytes / 2)
 }
 
-/// Output pixels per register tile of `j` output vectors, for a reduction loop that
-/// covers `unroll` input channels per iteration.
+/// Output pixels per register tile of `j` output vectors, for a reduction whose inner
+/// step covers `unroll` input channels ([`channel_unroll`]).
 pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> usize {
-    // With 16 registers: the weight vectors of one iteration, a broadcast and a spare for
-    // the accumulators' rotation (see `channel_unroll`) besides the accumulators.
+    // With 16 registers: 10 accumulators for four-channel steps, 12 for two. Only one
+    // weight vector is live at a time now (the kernels run in order), so this is a measured
+    // rule, not a count: on the ResNet-50 JIT, 7, 11, 12, 13 and 14 pixels measured the
+    // same or slower than 10 for the direct convs, and the Winograd products' 12 tiles
+    // with four-channel steps slower than 10.
     let budget = if t.vregs >= 32 { 24 } else { (t.vregs - 2 - unroll).min(12) };
     let p = (budget / j).clamp(1, width);
     if t.vregs < 32 {
@@ -229,14 +229,14 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// ([`crate::plan::panel_layout`]), or `None` if it reads its input in place.
 ///
 /// A panel pays when the reduction's reads are scattered: a 1x1 conv whose input does not
-/// fit in L1 (each channel block of a register tile's pixels is a few lines of a new
-/// plane, a new page each time), or reads every other pixel (stride 2). Measured on the
+/// fit in L1 (each channel block of a register tile's pixels is a few lines of another
+/// plane, at least a plane apart), or reads every other pixel (stride 2). Measured on the
 /// ResNet-50 JIT (1 thread, pack included): 1x1 convs on 1024x14x14 0.82x the time,
 /// 512x28x28 0.86x, stride 2 0.76-0.93x (12-pixel tiles of two-channel steps); on
 /// 256x56x56 0.74x (10-pixel tiles of four-channel steps). Once the kernels ran in order
 /// (`cranelift::host_isa`), also on the inputs that had not paid before (planes under
 /// 2 KB or rows under 32 KB): 2048x7x7 0.85x, 128x28x28 0.89x, 64x56x56 0.94x, 256x14x14
-/// 0.99x, 512x7x7 1.00x. Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2
+/// 0.99x, 512x7x7 1.00x (kept for a simple rule: ResNet-50's arena did not grow). Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2
 /// convs 0.72-0.90x the time, pack included): each tap of a channel block reads every
 /// other pixel of its lines, and a new plane per channel block.
 pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
@@ -244,7 +244,7 @@ pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usi
         return None;
     }
     let rt = register_tile(t, c, li, lo);
-    let scattered = if c.kernel == 1 { c.pad == 0 && (c.stride > 1 || li.bytes() > L1_BYTES) } else { c.stride > 1 };
+    let scattered = if c.kernel == 1 { c.pad == 0 && (c.stride > 1 || li.bytes() > t.l1_bytes) } else { c.stride > 1 };
     (rt.rows == 1 && scattered).then_some(rt.pixels)
 }
 
@@ -316,12 +316,10 @@ pub fn generate(
     let unroll = channel_unroll(t, cb_in);
     // With 16 registers, several channel blocks per iteration, so the accumulators'
     // back-edge moves (see `channel_unroll`) come less often. Inputs of one channel per
-    // block (the stem's image): every block of a tap, once per tap instead of once per
-    // channel (ResNet-50's stem on the JIT: 10.7 -> 8.7 ms); the tile keeps the pixels
-    // `tile_pixels` gave it for one channel per step, one register over its budget
-    // (budgeting the extra weights, 11 pixels instead of 12, measured the same). Wider
-    // blocks: two per iteration, as the kernel runs in order (one weight vector live at a
-    // time). Measured on the ResNet-50 JIT (1 thread), against one block: direct convs
+    // block (the stem's image, up to four channels): every block of a tap, once per tap
+    // instead of once per channel (ResNet-50's stem on the JIT: 10.7 -> 8.7 ms). Any other
+    // even number of blocks (wider ones, or more one-channel inputs): two per iteration.
+    // Measured on the ResNet-50 JIT (1 thread), against one block: direct convs
     // 176.6-177.5 ms against 183.0-185.2 (0.84-1.02x each); four blocks 182-188 ms.
     let block_unroll = if t.vregs >= 32 {
         1
