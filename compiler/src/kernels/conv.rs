@@ -89,12 +89,12 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize,
 /// accumulator and iteration. With 16 registers, an iteration covers the whole channel
 /// block (four channels); each channel's FMAs run across the whole tile before the next
 /// channel's (Cranelift keeps the IR's order, see `cranelift::host_isa`), so one weight
-/// vector is live at a time. Measured on the ResNet-50 JIT, 1 thread:
-/// two channels instead of one, 382 -> 315 ms; the direct convs' whole block against two
-/// channels, 0.67-0.93x the time (except expanding 1x1 convs and one strided 3x3,
-/// 1.02-1.09x); the Winograd products' whole block once they ran in order, 42.4-42.6 ->
-/// 35.0-35.5 ms (with two channels and the e-graph's order they had lost 16-19%). LLVM
-/// unrolls the Rust backend's loops itself.
+/// vector is live at a time. Measured on the ResNet-50 JIT, 1 thread: two channels
+/// instead of one, 382 -> 315 ms; the direct convs' whole block against two channels,
+/// 0.67-0.93x the time (except expanding 1x1 convs and one strided 3x3, 1.02-1.09x); the
+/// Winograd products' whole block once they ran in order, 42.4-42.6 -> 35.0-35.5 ms (with
+/// two channels and the e-graph's order they had lost 16-19%). LLVM unrolls the Rust
+/// backend's loops itself.
 pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
     match cb_in {
         _ if t.vregs >= 32 => 1,
@@ -236,9 +236,10 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// 256x56x56 0.74x (10-pixel tiles of four-channel steps). Once the kernels ran in order
 /// (`cranelift::host_isa`), also on the inputs that had not paid before (planes under
 /// 2 KB or rows under 32 KB): 2048x7x7 0.85x, 128x28x28 0.89x, 64x56x56 0.94x, 256x14x14
-/// 0.99x, 512x7x7 1.00x (kept for a simple rule: ResNet-50's arena did not grow). Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2
-/// convs 0.72-0.90x the time, pack included): each tap of a channel block reads every
-/// other pixel of its lines, and a new plane per channel block.
+/// 0.99x, 512x7x7 1.00x (kept for a simple rule: ResNet-50's arena did not grow).
+/// Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2 convs 0.72-0.90x
+/// the time, pack included): each tap of a channel block reads every other pixel of its
+/// lines, and a new plane per channel block.
 pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
     if !(t.panels && c.groups == 1 && li.cb == t.lanes && li.halo >= c.pad) {
         return None;
