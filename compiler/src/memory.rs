@@ -1,6 +1,6 @@
 //! The memory planner: liveness intervals over the plan's schedule, in-place reuse of a
 //! residual operand that dies where its block's output is written, and best-fit offsets
-//! in one arena (the best of 35 placement orders).
+//! in one arena (the best of a few fixed placement orders and some seeded shuffles).
 //!
 //! **Architecture Invariant:** two buffers whose intervals `[first, last]` intersect never
 //! share bytes, except a buffer and the residual operand it `reuses` in place: each output

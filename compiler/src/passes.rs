@@ -156,8 +156,7 @@ const WINOGRAD_MARGIN: f64 = 0.8;
 /// and re-read from L2 once per block of tiles; direct convolution re-reads all its
 /// weights from L2 once per output row. So on 7x7x512 outputs F(4,3) loses to direct
 /// convolution on a fast target while F(2,3) wins, and on a slow target F(4,3) wins
-/// everywhere. Sizes that do not tile evenly
-/// compute whole tiles and store the valid part. The constants in [`Target`] were
+/// everywhere. Sizes that do not tile evenly compute whole tiles and store the valid part. The constants in [`Target`] were
 /// calibrated on the per-kernel times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
 pub struct ChooseAlgorithm {
     pub target: Target,

@@ -320,6 +320,8 @@ pub fn generate(
     let oh0 = task_row.scaled(rows as i64);
     let oh_of = |r: usize| oh0.offset(r as i64);
     let unroll = channel_unroll(t, cb_in);
+    // Input channel blocks a tile reduces over.
+    let in_blocks = tl.icr / cb_in;
     // With 16 registers, several channel blocks per iteration, so the accumulators'
     // back-edge moves (see `channel_unroll`) come less often. Inputs of one channel per
     // block (the stem's image, up to four channels): every block of a tap, once per tap
@@ -331,7 +333,7 @@ pub fn generate(
         1
     } else if cb_in == 1 && tl.icr <= 4 {
         tl.icr
-    } else if (tl.icr / cb_in) % 2 == 0 {
+    } else if in_blocks % 2 == 0 {
         2
     } else {
         1
@@ -363,7 +365,7 @@ pub fn generate(
         }
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
-                b.for_loop_unrolled(tl.icr / cb_in, block_unroll, |b, icb| {
+                b.for_loop_unrolled(in_blocks, block_unroll, |b, icb| {
                     b.for_loop_unrolled(cb_in, unroll, |b, icl| {
                         let icb_abs = ic_start.plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
                         let row =
