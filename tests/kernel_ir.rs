@@ -91,17 +91,19 @@ fn wide_register_tiles_match_reference() {
 
 /// Convs that read a panel (Cranelift target): a stride-2 1x1 downsample, a stride-2 3x3
 /// conv (pad 1: its taps read the input's halo) and a 1x1 conv over 1024 channels of
-/// 15x13 (rows over 32 KB), all with 7 + 6 pixel tiles, so the last tile of each row is
-/// short, against the reference.
+/// 15x13 (rows over 32 KB), all with tiles of two rows of 5 + 5 + 3 pixels (the last
+/// tile of each row pair is short, and with 15 rows the last task has one row), and a
+/// 1x1 conv with one-row tiles of 9 + 9 + 8 pixels on 30x26, against the reference.
 #[test]
 fn panel_convs_match_reference() {
     let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 30, 26]\n";
     let spec = resnetc::spec::parse(text, "panels").unwrap();
     let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
     for name in [
-        "pack_panel1x1s2_256x30x26_to15x13_p7",
-        "pack_panel3x3s2_256x30x26_to15x13_p7",
-        "pack_panel1x1s1_1024x15x13_to15x13_p7",
+        "pack_panel1x1s2_256x30x26_to15x13_p5x2r",
+        "pack_panel3x3s2_256x30x26_to15x13_p5x2r",
+        "pack_panel1x1s1_1024x15x13_to15x13_p5x2r",
+        "pack_panel1x1s1_256x30x26_to30x26_p9",
     ] {
         assert!(
             prog.kernels.iter().any(|k| k.name == name),

@@ -159,14 +159,15 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
 }
 
 /// The scratch layout of a conv's input panel, on targets that pack one
-/// ([`Target::panels`]): the input pixels each register tile reads, gathered per output
-/// row and tile so the reduction walks memory contiguously. The kernels index it
-/// `[output row][tile][tap][channel block][pixel of the tile][lane]`; the layout's
-/// channels are the taps' padded channels (`k * k * cin_pad`) and its columns
-/// `tiles * pixels`.
+/// ([`Target::panels`]): the input pixels each register tile reads, gathered per task
+/// row (the one or two output rows a register tile spans) and tile so the reduction walks
+/// memory contiguously. The kernels index it `[task row][tile][tap][channel block][pixel
+/// of the tile, row by row][lane]`; the layout's channels are the taps' padded channels
+/// (`k * k * cin_pad`), its rows the task rows and its columns `tiles * pixels * rows`.
 pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
-    let p = crate::kernels::panel_pixels(t, c, input, out)?;
-    Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h, w: out.w.div_ceil(p) * p, halo: 0 })
+    let tile = crate::kernels::panel_pixels(t, c, input, out)?;
+    let w = out.w.div_ceil(tile.pixels) * tile.pixels * tile.rows;
+    Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h.div_ceil(tile.rows), w, halo: 0 })
 }
 
 /// Halo a consumer needs on its input.

@@ -104,6 +104,16 @@ pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
     }
 }
 
+/// Accumulators per output vector of a register tile: with 16 registers, 10 for
+/// four-channel steps, 12 for two. Only one weight vector is live at a time (the kernels
+/// run in order), so this is a measured rule, not a count: on the ResNet-50 JIT, 7, 11,
+/// 12, 13 and 14 pixels measured the same or slower than 10 for the direct convs, and the
+/// Winograd products' 12 tiles with four-channel steps slower than 10.
+fn pixel_budget(t: Target, j: usize, unroll: usize) -> usize {
+    let budget = if t.vregs >= 32 { 24 } else { (t.vregs - 2 - unroll).min(12) };
+    (budget / j).max(1)
+}
+
 /// Pixels x output vectors of the wide register tile.
 const WIDE_TILE: (usize, usize) = (14, 2);
 
@@ -128,13 +138,7 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
 /// Output pixels per register tile of `j` output vectors, for a reduction whose inner
 /// step covers `unroll` input channels ([`channel_unroll`]).
 pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> usize {
-    // With 16 registers: 10 accumulators for four-channel steps, 12 for two. Only one
-    // weight vector is live at a time now (the kernels run in order), so this is a measured
-    // rule, not a count: on the ResNet-50 JIT, 7, 11, 12, 13 and 14 pixels measured the
-    // same or slower than 10 for the direct convs, and the Winograd products' 12 tiles
-    // with four-channel steps slower than 10.
-    let budget = if t.vregs >= 32 { 24 } else { (t.vregs - 2 - unroll).min(12) };
-    let p = (budget / j).clamp(1, width);
+    let p = pixel_budget(t, j, unroll).min(width);
     if t.vregs < 32 {
         // Tiles of equal size: a narrow remainder tile has too few independent FMA chains
         // to hide the FMA latency, so a 14-wide row runs as 7 + 7, not 12 + 2 (ResNet-50
@@ -149,22 +153,37 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
     p
 }
 
-/// The register tile width, at most `max` pixels, that covers a row of `width` pixels in
-/// the fewest modeled cycles, with one output vector per tile (16 registers). A tile of
-/// `q` pixels costs `max(q, 8)`: each pixel is one FMA chain, and two FMA ports with
-/// four cycles of latency need eight chains in flight, so a narrow remainder tile costs
-/// as much as eight pixels. Ties go to fewer tiles, then to the more even split (a
-/// 14-wide row: 7 + 7). On 112-wide rows this takes 8 pixels instead of 11 tiles of 10
-/// and one of 2: ResNet-50's stem on the JIT, alone in a loop, 30.2 -> 35.6 GFLOP/s; the
-/// 56-wide 1x1 convs (8 instead of 5 x 10 + 6) measured the same.
-fn row_tile_pixels(max: usize, width: usize) -> usize {
-    let key = |p: usize| {
-        let tiles = width.div_ceil(p);
-        let cost = (width / p) * p.max(8) + if width % p > 0 { (width % p).max(8) } else { 0 };
-        let smallest = if width % p > 0 { width % p } else { p };
-        (cost, tiles, std::cmp::Reverse(smallest))
+/// A register tile's pixels in each of its rows, and its rows (one or two).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PanelTile {
+    pub pixels: usize,
+    pub rows: usize,
+}
+
+/// The register tiles of `budget` accumulators that cover an output of `height` rows of
+/// `width` pixels in the fewest modeled cycles (16 registers, one output vector per
+/// tile). A tile of `q` accumulators costs `max(q, 8)`: each is one FMA chain, and two
+/// FMA ports with four cycles of latency need eight chains in flight, so a narrow tile
+/// costs as much as eight pixels. Tiles span one row, or two when that is cheaper per
+/// row pair (a 14-wide row: three tiles of 2 x 5, 5 and 4 pixels, 28 against 7 + 7 in each
+/// row, 32). Ties go to one row, then to fewer tiles, then to the more even split.
+/// Measured on the ResNet-50 JIT (1 thread): 112-wide rows take 8 pixels instead of 11
+/// tiles of 10 and one of 2, the stem 7.94 -> 6.63 ms; 56-wide rows 8 instead of 5 x 10 + 6,
+/// the same.
+fn row_tiles(budget: usize, width: usize, height: usize) -> PanelTile {
+    let chains = |q: usize| q.max(8);
+    // (cost of a row pair, tiles, the smallest tile reversed) for `p` pixels in `rows` rows.
+    let key = |p: usize, rows: usize| {
+        let (full, rem) = (width / p, width % p);
+        let cost = (full * chains(p * rows) + if rem > 0 { chains(rem * rows) } else { 0 }) * 2 / rows;
+        (cost, rows, width.div_ceil(p), std::cmp::Reverse(if rem > 0 { rem } else { p }))
     };
-    (1..=max.min(width)).min_by_key(|&p| key(p)).expect("a row has at least one pixel")
+    let row_choices = if height >= 2 { 1..=2 } else { 1..=1 };
+    row_choices
+        .flat_map(|rows| (1..=(budget / rows).min(width)).map(move |p| (p, rows)))
+        .min_by_key(|&(p, rows)| key(p, rows))
+        .map(|(pixels, rows)| PanelTile { pixels, rows })
+        .expect("a row has at least one pixel")
 }
 
 /// Gathers a conv's input into its panel ([`crate::plan::panel_layout`]): for each output
@@ -173,43 +192,58 @@ fn row_tile_pixels(max: usize, width: usize) -> usize {
 pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Kernel {
     let (li, lp, lanes) = (input.layout, panel.layout, t.lanes);
     let out = out.layout;
-    let p = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
-    assert_eq!(lp.w, out.w.div_ceil(p) * p, "panel sized for the conv's register tiles");
+    let PanelTile { pixels: p, rows } = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
+    assert_eq!(lp.w, out.w.div_ceil(p) * p * rows, "panel sized for the conv's register tiles");
     let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
-    let geometry = Panel { tiles: lp.w / p, k, cblocks };
+    let geometry = Panel { tiles: lp.w / (p * rows), k, cblocks };
     // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
     let start = -(c.pad as i64);
     let mut b = Builder::new(1);
-    let oh = Index::var(0, 1);
+    let task = Index::var(0, 1);
     let v = b.vreg();
-    // Tile `tix` of row `oh`: `n` pixels of each tap and channel block.
-    let copy_tile = |b: &mut Builder, tix: &Index, n: usize| {
+    // Tile `tix` of the task's first `nr` rows: `n` pixels of each row, tap and channel
+    // block (pixel `r * p + pp` of the tile's block is row `r`, column `pp`).
+    let copy_tile = |b: &mut Builder, tix: &Index, n: usize, nr: usize| {
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
                 b.for_loop(cblocks, |b, cbk| {
-                    let dst = geometry.block(&oh, tix, &kh, &kw, &cbk).scaled((p * lanes) as i64);
-                    let y = oh.scaled(s).plus(&kh).offset(start);
-                    for pp in 0..n {
-                        let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(&kw).offset(start);
-                        let src = pixel(&li, &cbk, &y, &x);
-                        b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
-                        b.push(Stmt::Store { addr: Addr { arg: 0, index: dst.offset((pp * lanes) as i64) }, src: v });
+                    let dst = geometry.block(&task, tix, &kh, &kw, &cbk).scaled((p * rows * lanes) as i64);
+                    for r in 0..nr {
+                        let y = task.scaled(rows as i64 * s).offset(r as i64 * s).plus(&kh).offset(start);
+                        for pp in 0..n {
+                            let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(&kw).offset(start);
+                            let src = pixel(&li, &cbk, &y, &x);
+                            b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
+                            let at = dst.offset(((r * p + pp) * lanes) as i64);
+                            b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: v });
+                        }
                     }
                 });
             });
         });
     };
-    let full = out.w / p;
-    b.for_loop(full, |b, tix| copy_tile(b, &tix, p));
-    if out.w % p > 0 {
-        copy_tile(&mut b, &Index::constant(full as i64), out.w % p);
+    let copy_rows = |b: &mut Builder, nr: usize| {
+        let full = out.w / p;
+        b.for_loop(full, |b, tix| copy_tile(b, &tix, p, nr));
+        if out.w % p > 0 {
+            copy_tile(b, &Index::constant(full as i64), out.w % p, nr);
+        }
+    };
+    // With an odd height, the last task has one row (as the conv's).
+    let (tasks, full_tasks) = (out.h.div_ceil(rows), out.h / rows);
+    if tasks == full_tasks {
+        copy_rows(&mut b, rows);
+    } else {
+        b.when(Cond::lt(task.clone(), full_tasks as i64), |b| copy_rows(b, rows));
+        b.when(Cond::eq(task.clone(), full_tasks as i64), |b| copy_rows(b, out.h % rows));
     }
-    let name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}", li.c, li.h, li.w, out.h, out.w);
-    b.finish(name, vec!["panel", "in"], lanes, vec![out.h])
+    let r = if rows > 1 { format!("x{rows}r") } else { String::new() };
+    let name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}{r}", li.c, li.h, li.w, out.h, out.w);
+    b.finish(name, vec!["panel", "in"], lanes, vec![tasks])
 }
 
-/// The shape of a conv's panel: tiles per output row, kernel size and input channel
-/// blocks, the strides of `[output row][tile][tap][channel block]`.
+/// The shape of a conv's panel: tiles per task row, kernel size and input channel
+/// blocks, the strides of `[task row][tile][tap][channel block]`.
 struct Panel {
     tiles: usize,
     k: usize,
@@ -217,11 +251,11 @@ struct Panel {
 }
 
 impl Panel {
-    /// The block holding tile `tix` of output row `oh` at tap (`kh`, `kw`) and input
-    /// channel block `cbk`, in units of one block (`pixels * lanes` floats).
-    fn block(&self, oh: &Index, tix: &Index, kh: &Index, kw: &Index, cbk: &Index) -> Index {
+    /// The block holding tile `tix` of task row `task` at tap (`kh`, `kw`) and input
+    /// channel block `cbk`, in units of one block (`rows * pixels * lanes` floats).
+    fn block(&self, task: &Index, tix: &Index, kh: &Index, kw: &Index, cbk: &Index) -> Index {
         let tap = kh.scaled(self.k as i64).plus(kw);
-        let tile = oh.scaled(self.tiles as i64).plus(tix);
+        let tile = task.scaled(self.tiles as i64).plus(tix);
         tile.scaled((self.k * self.k) as i64).plus(&tap).scaled(self.cblocks as i64).plus(cbk)
     }
 }
@@ -238,14 +272,15 @@ struct RegisterTile {
 fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile {
     let wide = wide_tile(t, c, li, lo.w, lo.cblocks());
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
-    let rows = if wide && lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
-    let pixels = if wide {
-        WIDE_TILE.0 / rows
-    } else if t.vregs < 32 {
-        row_tile_pixels(tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb)), lo.w)
-    } else {
-        tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb))
-    };
+    if wide {
+        let rows = if lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
+        return RegisterTile { tiling, rows, pixels: WIDE_TILE.0 / rows };
+    }
+    let unroll = channel_unroll(t, li.cb);
+    if t.vregs >= 32 {
+        return RegisterTile { pixels: tile_pixels(t, tiling.j, lo.w, unroll), tiling, rows: 1 };
+    }
+    let PanelTile { pixels, rows } = row_tiles(pixel_budget(t, tiling.j, unroll), lo.w, lo.h);
     RegisterTile { tiling, rows, pixels }
 }
 
@@ -264,13 +299,13 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2 convs 0.72-0.90x
 /// the time, pack included): each tap of a channel block reads every other pixel of its
 /// lines, and a new plane per channel block.
-pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<usize> {
+pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<PanelTile> {
     if !(t.panels && c.groups == 1 && li.cb == t.lanes && li.halo >= c.pad) {
         return None;
     }
     let rt = register_tile(t, c, li, lo);
     let scattered = if c.kernel == 1 { c.pad == 0 && (c.stride > 1 || li.bytes() > t.l1_bytes) } else { c.stride > 1 };
-    (rt.rows == 1 && scattered).then_some(rt.pixels)
+    scattered.then_some(PanelTile { pixels: rt.pixels, rows: rt.rows })
 }
 
 /// `panel`: the conv's input panel, when it reads one instead of `input` (on targets
@@ -372,11 +407,11 @@ pub fn generate(
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     // One register tile of `p` pixels starting at output column `ow0`, in each of the
     // task's first `nr` rows (accumulator `r * p + pp` is row `r`, column `ow0 + pp`).
-    // With a panel: its row `oh0`, tile `tix` ([`crate::plan::panel_layout`]).
+    // With a panel: its task row, tile `tix` ([`crate::plan::panel_layout`]).
     let panel_geometry = panel.map(|pb| {
-        assert!(rows == 1 && c.groups == 1, "only ungrouped single-row tiles read a panel");
-        assert_eq!(pb.layout.w, ow_total.div_ceil(p_max) * p_max, "panel sized for the register tiles");
-        Panel { tiles: pb.layout.w / p_max, k, cblocks: li.cblocks() }
+        assert!(c.groups == 1, "only ungrouped convs read a panel");
+        assert_eq!(pb.layout.w, ow_total.div_ceil(p_max) * p_max * rows, "panel sized for the register tiles");
+        Panel { tiles: pb.layout.w / (p_max * rows), k, cblocks: li.cblocks() }
     });
     let emit_tile = |b: &mut Builder, tix: &Index, p: usize, nr: usize| {
         let ow0 = &tix.scaled(p_max as i64);
@@ -413,9 +448,9 @@ pub fn generate(
                             let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
                             let x = match &panel_geometry {
                                 Some(g) => g
-                                    .block(&oh0, tix, &kh, &kw, &icb)
-                                    .scaled((p_max * lanes) as i64)
-                                    .offset((pp * lanes) as i64)
+                                    .block(&task_row, tix, &kh, &kw, &icb)
+                                    .scaled((p_max * rows * lanes) as i64)
+                                    .offset(((r * p_max + pp) * lanes) as i64)
                                     .plus(&icl),
                                 None => row.offset(r as i64 * s * cbi).scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl),
                             };
@@ -482,15 +517,22 @@ pub fn generate(
 
 #[cfg(test)]
 mod tests {
-    use super::row_tile_pixels;
+    use super::{row_tiles, PanelTile};
 
     #[test]
-    fn row_tiles_avoid_narrow_remainders() {
-        // (budget, row width) -> tile width
-        for (max, width, want) in
-            [(10, 112, 8), (10, 56, 8), (10, 28, 10), (7, 14, 7), (10, 14, 7), (7, 7, 7), (10, 3, 3)]
-        {
-            assert_eq!(row_tile_pixels(max, width), want, "{width}-wide row, at most {max} pixels");
+    fn row_tiles_avoid_narrow_tiles() {
+        // (budget, width, height) -> (pixels, rows)
+        let cases = [
+            ((10, 112, 112), (8, 1)),
+            ((10, 56, 56), (8, 1)),
+            ((10, 28, 28), (10, 1)),
+            ((10, 14, 14), (5, 2)),
+            ((10, 14, 1), (7, 1)),
+            ((10, 7, 7), (7, 1)),
+            ((10, 3, 3), (3, 2)),
+        ];
+        for ((budget, w, h), (pixels, rows)) in cases {
+            assert_eq!(row_tiles(budget, w, h), PanelTile { pixels, rows }, "{w}x{h} output, {budget} accumulators");
         }
     }
 }
