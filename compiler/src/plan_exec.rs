@@ -7,7 +7,7 @@
 use crate::graph::Shape;
 use crate::plan::{Buffer, Plan, StepOp};
 use crate::reference;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use resnetc_runtime::safetensors::Tensors;
 use resnetc_runtime::Tensor;
 
@@ -47,10 +47,7 @@ fn write(arena: &mut [f32], buf: &Buffer, data: &[f32]) {
 /// Runs the plan on `input` (`[N, C, H, W]`) with folded weights (see `folded`).
 pub fn run(plan: &Plan, folded: &Tensors, input: &Tensor) -> Result<Tensor> {
     let s = plan.input;
-    if input.shape().len() != 4 || input.shape()[1..] != [s.c, s.h, s.w] {
-        bail!("input has shape {:?} but the model expects [N, {}, {}, {}]", input.shape(), s.c, s.h, s.w);
-    }
-    let n = input.shape()[0];
+    let n = resnetc_runtime::check::check_input(input, [s.c, s.h, s.w])?;
     let get = |name: String| folded.get(&name).map(Tensor::data).with_context(|| format!("missing tensor `{name}`"));
     let mut logits = Vec::with_capacity(n * plan.num_classes);
     // Garbage, not zeros: nothing may depend on what the arena held before.

@@ -8,10 +8,10 @@
 //! runtime's folding writes), applies the residual operand and ReLU when marked.
 
 use crate::graph::{Conv, Graph, MaxPool, Op, Shape};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use petgraph::stable_graph::NodeIndex;
 use resnetc_runtime::safetensors::Tensors;
-use resnetc_runtime::tensor::{shape_str, Tensor};
+use resnetc_runtime::tensor::Tensor;
 use std::collections::HashMap;
 
 const BN_EPS: f32 = 1e-5;
@@ -19,18 +19,7 @@ const BN_EPS: f32 = 1e-5;
 /// Runs `graph` on `input` (`[N, C, H, W]`), returning the logits `[N, classes]`.
 pub fn run(graph: &Graph, weights: &Tensors, input: &Tensor) -> Result<Tensor> {
     let in_shape = graph.node(graph.input()).shape;
-    let want = [in_shape.c, in_shape.h, in_shape.w];
-    match input.shape() {
-        [n, c, h, w] if [*c, *h, *w] == want && *n > 0 => {}
-        other => bail!(
-            "input has shape {} but the model expects [N, {}, {}, {}]",
-            shape_str(other),
-            want[0],
-            want[1],
-            want[2]
-        ),
-    }
-    let n = input.shape()[0];
+    let n = resnetc_runtime::check::check_input(input, [in_shape.c, in_shape.h, in_shape.w])?;
     let get = |name: &str| weights.get(name).map(|t| t.data()).with_context(|| format!("missing tensor `{name}`"));
     let mut uses: HashMap<NodeIndex, usize> = graph.schedule().into_iter().map(|v| (v, graph.users(v).len())).collect();
     let mut values: HashMap<NodeIndex, Vec<f32>> = HashMap::new();

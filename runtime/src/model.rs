@@ -4,7 +4,7 @@
 
 use crate::exec::{self, Aligned, Call, Sizes};
 use crate::pool::Pool;
-use crate::tensor::{shape_str, Tensor};
+use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::sync::Mutex;
 
@@ -88,11 +88,7 @@ impl Model {
 
     /// Runs a batch `[N, C, H, W]`, returning logits `[N, classes]`.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        let [c, h, w] = self.input;
-        let n = match input.shape() {
-            [n, ic, ih, iw] if [*ic, *ih, *iw] == [c, h, w] && *n > 0 => *n,
-            other => bail!("input has shape {} but the model expects [N, {c}, {h}, {w}]", shape_str(other)),
-        };
+        let n = crate::check::check_input(input, self.input)?;
         let mut out = vec![0.0f32; n * self.classes];
         self.forward_into(input.data(), &mut out, n)?;
         Ok(Tensor::new(vec![n, self.classes], out))

@@ -229,7 +229,8 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
         (None, None) => unreachable!("checked by parse"),
     };
     let model = make(o.threads)?;
-    let y = model.forward(&x)?;
+    let name = o.input.as_ref().or(o.image.as_ref()).expect("checked by parse").display().to_string();
+    let y = model.forward(&x).with_context(|| name)?;
     match &o.output {
         Some(p) => npy::write(p, &y),
         None => {
