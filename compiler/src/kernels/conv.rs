@@ -201,33 +201,35 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     let mut b = Builder::new(1);
     let task = Index::var(0, 1);
     let v = b.vreg();
-    // Tile `tix` of the task's first `nr` rows: `n` pixels of each row, tap and channel
-    // block (pixel `r * p + pp` of the tile's block is row `r`, column `pp`).
-    let copy_tile = |b: &mut Builder, tix: &Index, n: usize, nr: usize| {
+    // Tile `tix` of the task's first `nr` rows at tap (`kh`, `kw`) and channel block
+    // `cbk`: `n` pixels of each row (pixel `r * p + pp` of the block is row `r`, column
+    // `pp`).
+    let copy_tile = |b: &mut Builder, tix: &Index, n: usize, nr: usize, kh: &Index, kw: &Index, cbk: &Index| {
+        let dst = geometry.block(&task, tix, kh, kw, cbk).scaled((p * rows * lanes) as i64);
+        for r in 0..nr {
+            let y = task.scaled(rows as i64 * s).offset(r as i64 * s).plus(kh).offset(start);
+            for pp in 0..n {
+                let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(kw).offset(start);
+                let src = pixel(&li, cbk, &y, &x);
+                b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
+                let at = dst.offset(((r * p + pp) * lanes) as i64);
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: v });
+            }
+        }
+    };
+    // Tiles innermost: each channel block's rows are read from start to end once.
+    let copy_rows = |b: &mut Builder, nr: usize| {
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
                 b.for_loop(cblocks, |b, cbk| {
-                    let dst = geometry.block(&task, tix, &kh, &kw, &cbk).scaled((p * rows * lanes) as i64);
-                    for r in 0..nr {
-                        let y = task.scaled(rows as i64 * s).offset(r as i64 * s).plus(&kh).offset(start);
-                        for pp in 0..n {
-                            let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(&kw).offset(start);
-                            let src = pixel(&li, &cbk, &y, &x);
-                            b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
-                            let at = dst.offset(((r * p + pp) * lanes) as i64);
-                            b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: v });
-                        }
+                    let full = out.w / p;
+                    b.for_loop(full, |b, tix| copy_tile(b, &tix, p, nr, &kh, &kw, &cbk));
+                    if out.w % p > 0 {
+                        copy_tile(b, &Index::constant(full as i64), out.w % p, nr, &kh, &kw, &cbk);
                     }
                 });
             });
         });
-    };
-    let copy_rows = |b: &mut Builder, nr: usize| {
-        let full = out.w / p;
-        b.for_loop(full, |b, tix| copy_tile(b, &tix, p, nr));
-        if out.w % p > 0 {
-            copy_tile(b, &Index::constant(full as i64), out.w % p, nr);
-        }
     };
     // With an odd height, the last task has one row (as the conv's).
     let (tasks, full_tasks) = (out.h.div_ceil(rows), out.h / rows);
