@@ -115,6 +115,31 @@ fn panel_convs_match_reference() {
     eprintln!("panels rel err {rel:.2e}");
 }
 
+/// Flat register tiles (Cranelift target): outputs of 7x7 covered by tiles of 10, 10, 10,
+/// 10 and 9 consecutive pixels that continue on the next row, reading flat panels packed
+/// from a stride-2 1x1 downsample, a stride-2 3x3 conv (pad 1), and 1x1 convs with a
+/// residual and into an output with a halo (the next 3x3 conv's), against the reference.
+#[test]
+fn flat_tiles_match_reference() {
+    let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 14, 13]\n";
+    let spec = resnetc::spec::parse(text, "flat_tiles").unwrap();
+    let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
+    for name in [
+        "pack_panel1x1s2_256x14x13_to7x7_p10flat",
+        "pack_panel3x3s2_256x14x13_to7x7_p10flat",
+        "pack_panel1x1s1_256x7x7_to7x7_p10flat",
+        "pack_panel1x1s1_1024x7x7_to7x7_p10flat",
+    ] {
+        assert!(
+            prog.kernels.iter().any(|k| k.name == name),
+            "no {name} in {:?}",
+            prog.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
+        );
+    }
+    let rel = agrees_with_reference(&spec, &graph, &prog, 3, 4);
+    eprintln!("flat tiles rel err {rel:.2e}");
+}
+
 /// Packing that frees each tensor once packed gives the same blob, bit for bit.
 #[test]
 fn consuming_pack_gives_the_same_blob() {

@@ -166,7 +166,7 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
 /// (`k * k * cin_pad`), its rows the task rows and its columns `tiles * pixels * rows`.
 pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
     let tile = crate::kernels::panel_pixels(t, c, input, out)?;
-    let w = out.w.div_ceil(tile.pixels) * tile.pixels * tile.rows;
+    let w = tile.tiles(out.w, out.h) * tile.slots();
     Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h.div_ceil(tile.rows), w, halo: 0 })
 }
 

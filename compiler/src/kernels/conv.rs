@@ -153,12 +153,39 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
     p
 }
 
-/// A register tile's pixels in each of its rows, and its rows (one or two).
+/// A register tile's pixels in each of its rows, and its rows (one or two); or, `flat`,
+/// tiles of `pixels` consecutive pixels of the whole image in row-major order (a tile
+/// may then continue on the next row), one task covering all `rows` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct PanelTile {
     pub pixels: usize,
     pub rows: usize,
+    pub flat: bool,
 }
+
+impl PanelTile {
+    /// Pixel slots of one tile's block in a panel.
+    pub fn slots(&self) -> usize {
+        if self.flat {
+            self.pixels
+        } else {
+            self.pixels * self.rows
+        }
+    }
+
+    /// Register tiles per task row of a `width` x `height` output.
+    pub fn tiles(&self, width: usize, height: usize) -> usize {
+        if self.flat {
+            (width * height).div_ceil(self.pixels)
+        } else {
+            width.div_ceil(self.pixels)
+        }
+    }
+}
+
+/// Outputs of at most this many pixels may take flat tiles ([`PanelTile`]); a flat
+/// tile's pixels are constants in the generated code, every tile written out.
+const FLAT_PIXELS: usize = 64;
 
 /// The register tiles of `budget` accumulators that cover an output of `height` rows of
 /// `width` pixels in the fewest modeled cycles (16 registers, one output vector per
@@ -169,8 +196,23 @@ pub struct PanelTile {
 /// row, 32). Ties go to one row, then to fewer tiles, then to the more even split.
 /// Measured on the ResNet-50 JIT (1 thread): 112-wide rows take 8 pixels instead of 11
 /// tiles of 10 and one of 2, the stem 7.94 -> 6.63 ms; 56-wide rows 8 instead of 5 x 10 + 6,
-/// the same.
+/// the same. Small outputs take flat tiles when those cost less: 7x7 as 10, 10, 10, 10, 9
+/// pixels (49) instead of 7 rows of 7 (56).
 fn row_tiles(budget: usize, width: usize, height: usize) -> PanelTile {
+    let (tile, pair_cost) = row_tiles_2d(budget, width, height);
+    if width * height <= FLAT_PIXELS {
+        let (flat, flat_cost) = row_tiles_2d(budget, width * height, 1);
+        // Costs per row pair: the flat "row" is the whole image, which is `height / 2`
+        // pairs of the two-dimensional tiling.
+        if flat_cost < pair_cost * height {
+            return PanelTile { pixels: flat.pixels, rows: height, flat: true };
+        }
+    }
+    tile
+}
+
+/// The cheapest one- or two-row tiles ([`row_tiles`]), with their cost per row pair.
+fn row_tiles_2d(budget: usize, width: usize, height: usize) -> (PanelTile, usize) {
     let chains = |q: usize| q.max(8);
     // (cost of a row pair, tiles, the smallest tile reversed) for `p` pixels in `rows` rows.
     let key = |p: usize, rows: usize| {
@@ -182,7 +224,7 @@ fn row_tiles(budget: usize, width: usize, height: usize) -> PanelTile {
     row_choices
         .flat_map(|rows| (1..=(budget / rows).min(width)).map(move |p| (p, rows)))
         .min_by_key(|&(p, rows)| key(p, rows))
-        .map(|(pixels, rows)| PanelTile { pixels, rows })
+        .map(|(pixels, rows)| (PanelTile { pixels, rows, flat: false }, key(pixels, rows).0))
         .expect("a row has at least one pixel")
 }
 
@@ -192,10 +234,14 @@ fn row_tiles(budget: usize, width: usize, height: usize) -> PanelTile {
 pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Kernel {
     let (li, lp, lanes) = (input.layout, panel.layout, t.lanes);
     let out = out.layout;
-    let PanelTile { pixels: p, rows } = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
-    assert_eq!(lp.w, out.w.div_ceil(p) * p * rows, "panel sized for the conv's register tiles");
+    let shape = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
+    let PanelTile { pixels: p, rows, flat } = shape;
+    assert_eq!(lp.w, shape.tiles(out.w, out.h) * shape.slots(), "panel sized for the conv's register tiles");
     let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
-    let geometry = Panel { tiles: lp.w / (p * rows), k, cblocks };
+    let geometry = Panel { tiles: shape.tiles(out.w, out.h), k, cblocks };
+    if flat {
+        return pack_flat_panel(t, c, &li, &geometry, shape, &out);
+    }
     // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
     let start = -(c.pad as i64);
     let mut b = Builder::new(1);
@@ -244,6 +290,32 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     b.finish(name, vec!["panel", "in"], lanes, vec![tasks])
 }
 
+/// [`pack_panel`] for flat tiles: one task per input channel block, every pixel's place a
+/// constant.
+fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, shape: PanelTile, out: &Layout) -> Kernel {
+    let (lanes, s, k, p) = (t.lanes, c.stride as i64, c.kernel, shape.pixels);
+    let start = -(c.pad as i64);
+    let mut b = Builder::new(1);
+    let cbk = Index::var(0, 1);
+    let v = b.vreg();
+    let zero = Index::constant(0);
+    b.for_loop(k, |b, kh| {
+        b.for_loop(k, |b, kw| {
+            for q in 0..out.w * out.h {
+                let (tix, slot, oy, ox) = (q / p, q % p, (q / out.w) as i64, (q % out.w) as i64);
+                let dst = geometry.block(&zero, &Index::constant(tix as i64), &kh, &kw, &cbk);
+                let at = dst.scaled((p * lanes) as i64).offset((slot * lanes) as i64);
+                let y = kh.offset(oy * s + start);
+                let x = kw.offset(ox * s + start);
+                b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: pixel(li, &cbk, &y, &x) })));
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: v });
+            }
+        });
+    });
+    let name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}flat", li.c, li.h, li.w, out.h, out.w);
+    b.finish(name, vec!["panel", "in"], lanes, vec![li.cblocks()])
+}
+
 /// The shape of a conv's panel: tiles per task row, kernel size and input channel
 /// blocks, the strides of `[task row][tile][tap][channel block]`.
 struct Panel {
@@ -265,25 +337,23 @@ impl Panel {
 /// How a direct conv blocks its output into register tiles.
 struct RegisterTile {
     tiling: Tiling,
-    /// Output rows per task: two when a wide tile spans two short rows.
-    rows: usize,
-    /// Pixels of a register tile in each of its rows.
-    pixels: usize,
+    /// Output rows per task (two when a tile spans two short rows, all with flat tiles),
+    /// and pixels of a register tile in each of its rows (or in all, flat).
+    shape: PanelTile,
 }
 
 fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile {
     let wide = wide_tile(t, c, li, lo.w, lo.cblocks());
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
-    if wide {
+    let shape = if wide {
         let rows = if lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
-        return RegisterTile { tiling, rows, pixels: WIDE_TILE.0 / rows };
-    }
-    let unroll = channel_unroll(t, li.cb);
-    if t.vregs >= 32 {
-        return RegisterTile { pixels: tile_pixels(t, tiling.j, lo.w, unroll), tiling, rows: 1 };
-    }
-    let PanelTile { pixels, rows } = row_tiles(pixel_budget(t, tiling.j, unroll), lo.w, lo.h);
-    RegisterTile { tiling, rows, pixels }
+        PanelTile { pixels: WIDE_TILE.0 / rows, rows, flat: false }
+    } else if t.vregs >= 32 {
+        PanelTile { pixels: tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb)), rows: 1, flat: false }
+    } else {
+        row_tiles(pixel_budget(t, tiling.j, channel_unroll(t, li.cb)), lo.w, lo.h)
+    };
+    RegisterTile { tiling, shape }
 }
 
 /// The pixels per register tile of a conv that reads its input from a panel
@@ -307,7 +377,7 @@ pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<Pan
     }
     let rt = register_tile(t, c, li, lo);
     let scattered = if c.kernel == 1 { c.pad == 0 && (c.stride > 1 || li.bytes() > t.l1_bytes) } else { c.stride > 1 };
-    scattered.then_some(PanelTile { pixels: rt.pixels, rows: rt.rows })
+    scattered.then_some(rt.shape)
 }
 
 /// `panel`: the conv's input panel, when it reads one instead of `input` (on targets
@@ -324,7 +394,8 @@ pub fn generate(
     let lanes = t.lanes;
     let (li, lo) = (input.layout, out.layout);
     let cb_in = li.cb;
-    let RegisterTile { tiling: tl, rows, pixels: p_max } = register_tile(t, c, &li, &lo);
+    let RegisterTile { tiling: tl, shape } = register_tile(t, c, &li, &lo);
+    let PanelTile { rows, pixels: p_max, flat } = shape;
     let (j, jl, k) = (tl.j, tl.j * lanes, c.kernel);
     let tiles = tl.groups * tl.per_group;
     let packing = ConvPacking {
@@ -404,20 +475,17 @@ pub fn generate(
     // hits, where the extra instruction only costs (1.01-1.09x).
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes;
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
-    let out_at = |jj: usize, r: usize, ow: &Index, l: &crate::plan::Layout| pixel(l, &out_block(jj), &oh_of(r), ow);
-    let acc: Vec<Vec<VReg>> = (0..p_max * rows).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
+    let acc: Vec<Vec<VReg>> = (0..shape.slots()).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
-    // One register tile of `p` pixels starting at output column `ow0`, in each of the
-    // task's first `nr` rows (accumulator `r * p + pp` is row `r`, column `ow0 + pp`).
     // With a panel: its task row, tile `tix` ([`crate::plan::panel_layout`]).
     let panel_geometry = panel.map(|pb| {
         assert!(c.groups == 1, "only ungrouped convs read a panel");
-        assert_eq!(pb.layout.w, ow_total.div_ceil(p_max) * p_max * rows, "panel sized for the register tiles");
-        Panel { tiles: pb.layout.w / (p_max * rows), k, cblocks: li.cblocks() }
+        assert_eq!(pb.layout.w, shape.tiles(lo.w, lo.h) * shape.slots(), "panel sized for the register tiles");
+        Panel { tiles: shape.tiles(lo.w, lo.h), k, cblocks: li.cblocks() }
     });
-    let emit_tile = |b: &mut Builder, tix: &Index, p: usize, nr: usize| {
-        let ow0 = &tix.scaled(p_max as i64);
-        let pixels: Vec<(usize, usize)> = (0..nr).flat_map(|r| (0..p).map(move |pp| (r, pp))).collect();
+    // One register tile (the `tix`-th of its task row): output pixel (row, column) of
+    // each accumulator, and its slot in the tile's panel block.
+    let emit_tile = |b: &mut Builder, tix: &Index, pixels: &[(Index, Index, usize)]| {
         for jj in 0..j {
             let bias = Src::Load(Addr { arg: 3, index: tile.scaled(jl as i64).offset((jj * lanes) as i64) });
             for a in acc.iter().take(pixels.len()) {
@@ -429,8 +497,7 @@ pub fn generate(
                 b.for_loop_unrolled(in_blocks, block_unroll, |b, icb| {
                     b.for_loop_unrolled(cb_in, unroll, |b, icl| {
                         let icb_abs = ic_start.plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
-                        let row =
-                            icb_abs.scaled(hpi).plus(&oh0.scaled(s * cbi)).plus(&kh.scaled(cbi)).offset(shift * cbi);
+                        let tap_row = icb_abs.scaled(hpi).plus(&kh.scaled(cbi)).offset(shift * cbi);
                         // ((ic_block * hp + ih) * wp + iw) * cb + icl, with ic_block * cb = icb_abs.
                         let wk = tile
                             .scaled((k * k * tl.icr * jl) as i64)
@@ -446,15 +513,18 @@ pub fn generate(
                                 b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: ahead } });
                             }
                         }
-                        for (&(r, pp), a) in pixels.iter().zip(&acc) {
-                            let iw = ow0.offset(pp as i64).scaled(s).plus(&kw).offset(shift);
+                        for ((oh, ow, slot), a) in pixels.iter().zip(&acc) {
                             let x = match &panel_geometry {
                                 Some(g) => g
                                     .block(&task_row, tix, &kh, &kw, &icb)
-                                    .scaled((p_max * rows * lanes) as i64)
-                                    .offset(((r * p_max + pp) * lanes) as i64)
+                                    .scaled((shape.slots() * lanes) as i64)
+                                    .offset((slot * lanes) as i64)
                                     .plus(&icl),
-                                None => row.offset(r as i64 * s * cbi).scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl),
+                                None => {
+                                    let iw = ow.scaled(s).plus(&kw).offset(shift);
+                                    let row = tap_row.plus(&oh.scaled(s * cbi));
+                                    row.scaled(wpi).plus(&iw.scaled(cbi)).plus(&icl)
+                                }
                             };
                             for jj in 0..j {
                                 let x = Src::Bcast(Addr { arg: 1, index: x.clone() });
@@ -465,25 +535,45 @@ pub fn generate(
                 });
             });
         });
-        for (&(row, pp), a) in pixels.iter().zip(&acc) {
-            let ow = ow0.offset(pp as i64);
+        for ((oh, ow, _), a) in pixels.iter().zip(&acc) {
             for (jj, &r) in a.iter().enumerate() {
                 if let Some(rb) = res {
-                    b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: out_at(jj, row, &ow, &rb.layout) })));
+                    let at = pixel(&rb.layout, &out_block(jj), oh, ow);
+                    b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: at })));
                 }
                 if c.relu {
                     b.set(r, Expr::Relu(r));
                 }
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: out_at(jj, row, &ow, &lo) }, src: r });
+                b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(&lo, &out_block(jj), oh, ow) }, src: r });
             }
         }
     };
     // The row(s) of one task: register tiles along the row, then the rows' zero halo.
+    // Flat tiles: every tile of the image, each pixel's row and column a constant.
     let emit_rows = |b: &mut Builder, nr: usize| {
-        let full = ow_total / p_max;
-        b.for_loop(full, |b, tix| emit_tile(b, &tix, p_max, nr));
-        if ow_total % p_max > 0 {
-            emit_tile(b, &Index::constant(full as i64), ow_total % p_max, nr);
+        if flat {
+            let (w, h) = (ow_total as i64, lo.h as i64);
+            for (tix, q0) in (0..w * h).step_by(p_max).enumerate() {
+                let pixels: Vec<_> = (q0..(q0 + p_max as i64).min(w * h))
+                    .map(|q| (Index::constant(q / w), Index::constant(q % w), (q - q0) as usize))
+                    .collect();
+                emit_tile(b, &Index::constant(tix as i64), &pixels);
+            }
+        } else {
+            // Tile `tix` of `p` pixels from column `tix * p_max` in each of `nr` rows.
+            let tile_pixels = |tix: &Index, p: usize| -> Vec<(Index, Index, usize)> {
+                let ow0 = tix.scaled(p_max as i64);
+                (0..nr)
+                    .flat_map(|r| (0..p).map(move |pp| (r, pp)))
+                    .map(|(r, pp)| (oh_of(r), ow0.offset(pp as i64), r * p_max + pp))
+                    .collect()
+            };
+            let full = ow_total / p_max;
+            b.for_loop(full, |b, tix| emit_tile(b, &tix, &tile_pixels(&tix, p_max)));
+            if ow_total % p_max > 0 {
+                let tix = Index::constant(full as i64);
+                emit_tile(b, &tix, &tile_pixels(&tix, ow_total % p_max));
+            }
         }
         for r in 0..nr {
             for jj in 0..j {
@@ -523,18 +613,20 @@ mod tests {
 
     #[test]
     fn row_tiles_avoid_narrow_tiles() {
-        // (budget, width, height) -> (pixels, rows)
+        // (budget, width, height) -> (pixels, rows, flat)
         let cases = [
-            ((10, 112, 112), (8, 1)),
-            ((10, 56, 56), (8, 1)),
-            ((10, 28, 28), (10, 1)),
-            ((10, 14, 14), (5, 2)),
-            ((10, 14, 1), (7, 1)),
-            ((10, 7, 7), (7, 1)),
-            ((10, 3, 3), (3, 2)),
+            ((10, 112, 112), (8, 1, false)),
+            ((10, 56, 56), (8, 1, false)),
+            ((10, 28, 28), (10, 1, false)),
+            ((10, 14, 14), (5, 2, false)),
+            ((10, 14, 1), (7, 1, false)),
+            ((10, 8, 8), (8, 1, false)),
+            ((10, 7, 7), (10, 7, true)),
+            ((10, 3, 3), (9, 3, true)),
         ];
-        for ((budget, w, h), (pixels, rows)) in cases {
-            assert_eq!(row_tiles(budget, w, h), PanelTile { pixels, rows }, "{w}x{h} output, {budget} accumulators");
+        for ((budget, w, h), (pixels, rows, flat)) in cases {
+            let want = PanelTile { pixels, rows, flat };
+            assert_eq!(row_tiles(budget, w, h), want, "{w}x{h} output, {budget} accumulators");
         }
     }
 }
