@@ -126,7 +126,7 @@ fn executable_runs_from_a_temp_dir_and_matches_the_jit() {
     let cases: &[(&[&str], &str)] = &[
         (&["--input", "missing.npy", "--output", "y2.npy"], "missing.npy"),
         (&["--input", "text.npy", "--output", "y2.npy"], "text.npy"),
-        (&["--input", "wrong.npy", "--output", "y2.npy"], "[1, 1, 2, 2]"),
+        (&["--input", "wrong.npy", "--output", "y2.npy"], "wrong.npy: input has shape [1, 1, 2, 2]"),
         (&["--input", "x.npy", "--output", "y2.npy", "--threads", "0"], "--threads"),
         (&["--input", "x.npy"], "--output"),
         (&["--frobnicate"], "--frobnicate"),
@@ -138,6 +138,9 @@ fn executable_runs_from_a_temp_dir_and_matches_the_jit() {
         assert!(err.contains(needle) && err.trim_end().lines().count() == 1, "{args:?}: {err}");
         assert!(!alone.join("y2.npy").exists(), "{args:?} left an output file");
     }
+    let help = Command::new(alone.join("aotnet")).arg("--help").output().unwrap();
+    let text = String::from_utf8_lossy(&help.stdout);
+    assert!(help.status.success() && text.starts_with("usage: ") && text.contains("--bench RUNS"), "{text}");
 }
 
 #[test]

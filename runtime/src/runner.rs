@@ -142,7 +142,16 @@ struct Options {
     /// `--bench RUNS`: time RUNS forward calls on a batch of `batch` and print JSON.
     bench: Option<usize>,
     batch: usize,
+    /// `-h`/`--help`: print the usage and stop.
+    help: bool,
 }
+
+const USAGE: &str = "usage: MODEL --input X.npy --output Y.npy [--threads N] | MODEL IMAGE [--threads N] | MODEL --bench RUNS [--batch N] [--threads N]
+
+  --input X.npy     a float32 batch [N, C, H, W]; --output Y.npy receives the logits [N, classes]
+  IMAGE             a PNG or JPEG image: prints the top-5 classes
+  --bench RUNS      times RUNS forward calls on a batch of --batch images and prints JSON
+  --threads N       worker threads (default 1)";
 
 fn count(flag: &str, v: &str, max: usize) -> Result<usize> {
     v.parse()
@@ -152,7 +161,7 @@ fn count(flag: &str, v: &str, max: usize) -> Result<usize> {
 }
 
 fn parse(args: &[String]) -> Result<Options> {
-    let mut o = Options { input: None, output: None, image: None, threads: 1, bench: None, batch: 1 };
+    let mut o = Options { input: None, output: None, image: None, threads: 1, bench: None, batch: 1, help: false };
     let mut it = args.iter();
     while let Some(a) = it.next() {
         let mut value = |flag: &str| it.next().cloned().with_context(|| format!("{flag} needs a value"));
@@ -163,7 +172,10 @@ fn parse(args: &[String]) -> Result<Options> {
             "--threads" => o.threads = count("--threads", &value("--threads")?, 256)?,
             "--bench" => o.bench = Some(count("--bench", &value("--bench")?, 1_000_000)?),
             "--batch" => o.batch = count("--batch", &value("--batch")?, 4096)?,
-            "-h" | "--help" => bail!("usage: MODEL --input X.npy --output Y.npy [--threads N] | MODEL IMAGE [--threads N] | MODEL --bench RUNS [--batch N] [--threads N]"),
+            "-h" | "--help" => {
+                o.help = true;
+                return Ok(o);
+            }
             s if s.starts_with('-') => bail!("unknown option `{s}` (try --help)"),
             s if o.image.is_none() => o.image = Some(s.into()),
             s => bail!("unexpected argument `{s}`"),
@@ -183,6 +195,10 @@ fn parse(args: &[String]) -> Result<Options> {
 
 fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usize) -> Result<Model>) -> Result<()> {
     let o = parse(args)?;
+    if o.help {
+        println!("{USAGE}");
+        return Ok(());
+    }
     if let Some(runs) = o.bench {
         let start = std::time::Instant::now();
         let model = make(o.threads)?;
