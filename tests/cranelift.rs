@@ -11,11 +11,28 @@ use resnetc::target::Target;
 use resnetc::{from_spec, passes, reference, spec, weights};
 use support::random_spec::{random_spec, Rng};
 
+/// Winograd convs of `graph` on the Cranelift target: F(2,3), F(3,3), F(4,3).
+fn winograd_counts(graph: &resnetc::graph::Graph) -> [usize; 3] {
+    let mut fused = passes::fuse(graph).0;
+    passes::ChooseAlgorithm { target: Target::CRANELIFT_X64 }.run(&mut fused);
+    let mut counts = [0; 3];
+    for n in fused.g.node_weights() {
+        if let Op::Conv(Conv { winograd: Some(m), .. }) = n.op {
+            counts[m - 2] += 1;
+        }
+    }
+    counts
+}
+
 #[test]
 fn jit_matches_every_golden() {
     let mut failures = vec![];
+    let mut winograd = [0usize; 3];
     for g in support::goldens() {
         let graph = g.graph();
+        for (total, c) in winograd.iter_mut().zip(winograd_counts(&graph)) {
+            *total += c;
+        }
         let m = JitModel::new(&g.spec(), &weights::seeded(&graph, g.weight_seed), 2).unwrap();
         let y = m.forward(&g.input()).unwrap();
         match support::agree(&y, &g.logits()) {
@@ -24,6 +41,9 @@ fn jit_matches_every_golden() {
         }
     }
     assert!(failures.is_empty(), "{failures:#?}");
+    // Every Winograd tile size meets a PyTorch golden (F(2,3): ResNet-34's 7x7 convs).
+    eprintln!("Winograd convs in the goldens: {winograd:?}");
+    assert!(winograd.iter().all(|&c| c >= 3), "a Winograd tile size no golden covers: {winograd:?}");
 }
 
 #[test]
@@ -49,12 +69,8 @@ fn jit_matches_reference_on_200_random_specs() {
     for i in 0..200 {
         let s = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&s).unwrap();
-        let mut fused = passes::fuse(&graph).0;
-        passes::ChooseAlgorithm { target: Target::CRANELIFT_X64 }.run(&mut fused);
-        for n in fused.g.node_weights() {
-            if let Op::Conv(Conv { winograd: Some(m), .. }) = n.op {
-                winograd[m - 2] += 1;
-            }
+        for (total, c) in winograd.iter_mut().zip(winograd_counts(&graph)) {
+            *total += c;
         }
         let w = weights::seeded(&graph, i);
         let batch = rng.range(1, 4);
@@ -78,8 +94,11 @@ fn jit_matches_reference_on_200_random_specs() {
     assert!(panels.iter().all(|&c| c >= 10), "too few convs with a panel in the random specs: {panels:?}");
     // The differential test covers both Winograd tile sizes, not only direct convolution.
     eprintln!("Winograd convs: {} F(2,3), {} F(3,3), {} F(4,3)", winograd[0], winograd[1], winograd[2]);
-    // (F(3,3) takes most sizes where F(2,3) used to win, so F(2,3) is rarer.)
-    assert!(winograd.iter().all(|&c| c >= 5), "too few Winograd convs in the random specs: {winograd:?}");
+    // F(2,3) wins only where weights dominate (large channel counts on small outputs,
+    // which small random specs rarely have: 2 of 200 since the direct convs got faster);
+    // the goldens cover it too (`jit_matches_every_golden`).
+    let [f2, f3, f4] = winograd;
+    assert!(f2 >= 1 && f3 >= 5 && f4 >= 5, "too few Winograd convs in the random specs: {winograd:?}");
 }
 
 /// Batches run weight-heavy calls task-major (every image per task, see
