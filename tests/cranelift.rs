@@ -66,6 +66,10 @@ fn jit_matches_reference_on_200_random_specs() {
     let mut winograd = [0usize; 3];
     // Convs that read their input from a panel: 1x1 and k x k.
     let mut panels = [0usize; 2];
+    // Direct convs with flat register tiles, reading their input in place and from a
+    // panel; panels of two-row tiles.
+    let mut flat = [0usize; 2];
+    let mut two_row_panels = 0;
     for i in 0..200 {
         let s = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&s).unwrap();
@@ -79,10 +83,16 @@ fn jit_matches_reference_on_200_random_specs() {
         let want = reference::run(&graph, &w, &x).unwrap();
         let m = JitModel::new(&s, &w, threads).unwrap();
         let p = &m.program;
-        for c in &p.calls {
+        for (ci, c) in p.calls.iter().enumerate() {
             let name = &p.kernels[c.kernel].name;
             if name.starts_with("pack_panel") {
                 panels[!name.starts_with("pack_panel1x1") as usize] += 1;
+                two_row_panels += name.ends_with("x2r") as usize;
+            }
+            if name.starts_with("conv") && name.ends_with("_flat") {
+                // A conv reading a panel comes right after its step's pack call.
+                let packed = ci > 0 && p.kernels[p.calls[ci - 1].kernel].name.starts_with("pack_panel");
+                flat[packed as usize] += 1;
             }
         }
         let got = m.forward(&x).unwrap();
@@ -92,7 +102,12 @@ fn jit_matches_reference_on_200_random_specs() {
     // ... and 1x1 and k x k convs that read their input from a panel.
     eprintln!("convs with a panel: {} 1x1, {} k x k", panels[0], panels[1]);
     assert!(panels.iter().all(|&c| c >= 10), "too few convs with a panel in the random specs: {panels:?}");
-    // The differential test covers both Winograd tile sizes, not only direct convolution.
+    eprintln!("flat convs: {} reading in place, {} a panel; two-row panels: {two_row_panels}", flat[0], flat[1]);
+    assert!(
+        flat.iter().all(|&c| c >= 10) && two_row_panels >= 10,
+        "too few flat / two-row tiles: {flat:?} {two_row_panels}"
+    );
+    // The differential test covers every Winograd tile size, not only direct convolution.
     eprintln!("Winograd convs: {} F(2,3), {} F(3,3), {} F(4,3)", winograd[0], winograd[1], winograd[2]);
     // F(2,3) wins only where weights dominate (large channel counts on small outputs,
     // which small random specs rarely have: 2 of 200 since the direct convs got faster);

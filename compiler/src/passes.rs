@@ -154,7 +154,8 @@ const WINOGRAD_MARGIN: f64 = 0.8;
 /// Winograd cuts multiplies 4x (m = 4), 3.24x (m = 3) or 2.25x (m = 2), but its
 /// transformed weights are 4x (2.8x, 1.8x) larger, streamed from memory once per image
 /// and re-read from L2 once per block of tiles; direct convolution re-reads all its
-/// weights from L2 once per output row. So on 7x7x512 outputs F(4,3) loses to direct
+/// weights from L2 once per output row (an upper bound where a task covers two rows or the
+/// whole output, see `kernels/conv.rs`). So on 7x7x512 outputs F(4,3) loses to direct
 /// convolution on a fast target while F(2,3) wins, and on a slow target F(4,3) wins
 /// down to 14x14 and F(3,3) there. Sizes that do not tile evenly compute whole tiles and
 /// store the valid part. The constants in [`Target`] were calibrated on the per-kernel

@@ -160,12 +160,13 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
 
 /// The scratch layout of a conv's input panel, on targets that pack one
 /// ([`Target::panels`]): the input pixels each register tile reads, gathered per task
-/// row (the one or two output rows a register tile spans) and tile so the reduction walks
-/// memory contiguously. The kernels index it `[task row][tile][tap][channel block][pixel
-/// of the tile, row by row][lane]`; the layout's channels are the taps' padded channels
-/// (`k * k * cin_pad`), its rows the task rows and its columns `tiles * pixels * rows`.
+/// row (the one or two output rows a register tile spans, or the whole output with flat
+/// tiles) and tile so the reduction walks memory contiguously. The kernels index it
+/// `[task row][tile][tap][channel block][slot][lane]` (a tile's pixels, row by row); the
+/// layout's channels are the taps' padded channels (`k * k * cin_pad`), its rows the task
+/// rows and its columns `tiles * slots` (`TileShape` in `kernels/conv.rs`).
 pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
-    let tile = crate::kernels::panel_pixels(t, c, input, out)?;
+    let tile = crate::kernels::panel_tile(t, c, input, out)?;
     let w = tile.tiles(out.w, out.h) * tile.slots();
     Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h.div_ceil(tile.rows), w, halo: 0 })
 }

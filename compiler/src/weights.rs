@@ -64,7 +64,8 @@ pub fn seeded_input(shape: [usize; 3], n: usize, seed: u64) -> Tensor {
 }
 
 /// Checks that `tensors` holds exactly the graph's tensors with the expected shapes, all
-/// finite. Errors name the tensor and both shapes.
+/// finite, no negative BatchNorm variance ([`check_tensors`]). Errors name the tensor and
+/// both shapes.
 pub fn check(graph: &Graph, tensors: &Tensors) -> Result<()> {
     let expected: Vec<(String, Vec<usize>)> = manifest(graph).into_iter().map(|e| (e.name, e.shape)).collect();
     check_tensors(&expected, tensors)

@@ -5,23 +5,38 @@ use crate::tensor::{shape_str, Tensor};
 use anyhow::{bail, Result};
 
 /// An input batch `[N, C, H, W]` for a model of input `[C, H, W]`: returns `N`. Errors
-/// name the shape, or the first non-finite value's image and position (a NaN would
-/// otherwise vanish in a ReLU's max and leave ordinary-looking logits).
-pub fn check_input(input: &Tensor, [c, h, w]: [usize; 3]) -> Result<usize> {
-    let n = match input.shape() {
-        [0, ..] => bail!("input has shape {}: an empty batch (N must be at least 1)", shape_str(input.shape())),
-        [n, ic, ih, iw] if [*ic, *ih, *iw] == [c, h, w] => *n,
-        other => bail!("input has shape {} but the model expects [N, {c}, {h}, {w}]", shape_str(other)),
-    };
-    if let Some(i) = input.data().iter().position(|v| !v.is_finite()) {
-        let (img, ch, y, x) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
-        bail!("input holds a non-finite value ({}) at image {img}, channel {ch}, row {y}, column {x}", input.data()[i]);
-    }
+/// name the shape, or the first non-finite value (see [`check_finite_input`]).
+pub fn check_input(input: &Tensor, shape: [usize; 3]) -> Result<usize> {
+    let n = batch_size(input, shape)?;
+    check_finite_input(input.data(), shape)?;
     Ok(n)
 }
 
-/// Exactly the `expected` (name, shape) tensors, all values finite. Errors name the tensor
-/// and both shapes. Non-finite weights are refused: they can only produce NaN logits.
+/// [`check_input`] without the values: the shape `[N >= 1, C, H, W]`, returning `N`.
+pub fn batch_size(input: &Tensor, [c, h, w]: [usize; 3]) -> Result<usize> {
+    Ok(match input.shape() {
+        [0, ic, ih, iw] if [*ic, *ih, *iw] == [c, h, w] => {
+            bail!("input has shape {}: an empty batch (N must be at least 1)", shape_str(input.shape()))
+        }
+        [n, ic, ih, iw] if [*ic, *ih, *iw] == [c, h, w] => *n,
+        other => bail!("input has shape {} but the model expects [N, {c}, {h}, {w}]", shape_str(other)),
+    })
+}
+
+/// Images of `[C, H, W]` one after another, all values finite: the error names the first
+/// other value's image and position. A NaN would otherwise vanish in a ReLU's max and
+/// leave ordinary-looking logits.
+pub fn check_finite_input(data: &[f32], [c, h, w]: [usize; 3]) -> Result<()> {
+    if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+        let (img, ch, y, x) = (i / (c * h * w), i / (h * w) % c, i / w % h, i % w);
+        bail!("input holds a non-finite value ({}) at image {img}, channel {ch}, row {y}, column {x}", data[i]);
+    }
+    Ok(())
+}
+
+/// Exactly the `expected` (name, shape) tensors, all values finite, BatchNorm variances
+/// (`*running_var`, torchvision's name) not negative. Errors name the tensor and both
+/// shapes. Such weights are refused: they can only produce NaN logits.
 pub fn check_tensors<S: AsRef<str>, D: AsRef<[usize]>>(expected: &[(S, D)], tensors: &Tensors) -> Result<()> {
     for (name, shape) in expected {
         let (name, shape) = (name.as_ref(), shape.as_ref());

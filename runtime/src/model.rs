@@ -88,13 +88,15 @@ impl Model {
 
     /// Runs a batch `[N, C, H, W]`, returning logits `[N, classes]`.
     pub fn forward(&self, input: &Tensor) -> Result<Tensor> {
-        let n = crate::check::check_input(input, self.input)?;
+        // The values are checked by `forward_into`.
+        let n = crate::check::batch_size(input, self.input)?;
         let mut out = vec![0.0f32; n * self.classes];
         self.forward_into(input.data(), &mut out, n)?;
         Ok(Tensor::new(vec![n, self.classes], out))
     }
 
-    /// Runs `n` images from `input` into `output`.
+    /// Runs `n` images from `input` into `output`. Refuses non-finite inputs
+    /// ([`crate::check::check_finite_input`]).
     pub fn forward_into(&self, input: &[f32], output: &mut [f32], n: usize) -> Result<()> {
         self.forward_timed(input, output, n, None)
     }
@@ -114,6 +116,7 @@ impl Model {
                 output.len()
             );
         }
+        crate::check::check_finite_input(input, self.input)?;
         let need = n * self.sizes.arena_floats;
         let cached = self.arenas.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut arena = match cached {

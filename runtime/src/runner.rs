@@ -9,6 +9,7 @@
 //! model --input X.npy --output Y.npy [--threads N]
 //! model photo.jpg [--threads N]          (prints the top-5 classes)
 //! model --bench RUNS [--batch N] [--threads N]   (prints timing JSON)
+//! model --help
 //! ```
 
 use crate::exec::{Arg, Call, KernelFn};
@@ -151,7 +152,8 @@ const USAGE: &str = "usage: MODEL --input X.npy --output Y.npy [--threads N] | M
   --input X.npy     a float32 batch [N, C, H, W]; --output Y.npy receives the logits [N, classes]
   IMAGE             a PNG or JPEG image: prints the top-5 classes
   --bench RUNS      times RUNS forward calls on a batch of --batch images and prints JSON
-  --threads N       worker threads (default 1)";
+  --threads N       threads in all, the caller's included (default 1)
+  -h, --help        this text";
 
 fn count(flag: &str, v: &str, max: usize) -> Result<usize> {
     v.parse()
@@ -246,7 +248,8 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
     };
     let model = make(o.threads)?;
     let name = o.input.as_ref().or(o.image.as_ref()).expect("checked by parse").display().to_string();
-    let y = model.forward(&x).with_context(|| name)?;
+    crate::check::check_input(&x, shape).with_context(|| name)?;
+    let y = model.forward(&x)?;
     match &o.output {
         Some(p) => npy::write(p, &y),
         None => {

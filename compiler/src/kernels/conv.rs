@@ -1,5 +1,6 @@
-//! Direct convolution as a register-blocked micro-kernel: a tile of `P` output pixels of
-//! one row times `J` vectors of output channels stays in registers while the reduction
+//! Direct convolution as a register-blocked micro-kernel: a tile of `P` output pixels (of
+//! one row, of two, or consecutive across rows: [`TileShape`]) times `J` vectors of
+//! output channels stays in registers while the reduction
 //! runs over (kh, kw, input channel), each step one broadcast of an input value times one
 //! weight vector per accumulator. Bias initializes the accumulators; the epilogue adds
 //! the residual, applies ReLU and stores, so a fused conv makes one pass over memory.
@@ -140,9 +141,9 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
 pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> usize {
     let p = pixel_budget(t, j, unroll).min(width);
     if t.vregs < 32 {
-        // Tiles of equal size: a narrow remainder tile has too few independent FMA chains
-        // to hide the FMA latency, so a 14-wide row runs as 7 + 7, not 12 + 2 (ResNet-50
-        // JIT, 1 thread: 312 -> 299 ms).
+        // (The Winograd products; direct convs use `row_tiles`.) No more tiles than the
+        // budget needs, as even as that count allows: a narrow remainder tile has too few
+        // independent FMA chains to hide the FMA latency (16 tiles: 8 + 8, not 10 + 6).
         return width.div_ceil(width.div_ceil(p));
     }
     // With 32 registers one more pixel fits (the broadcast folds into the FMA): take it when
@@ -157,13 +158,13 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
 /// tiles of `pixels` consecutive pixels of the whole image in row-major order (a tile
 /// may then continue on the next row), one task covering all `rows` rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct PanelTile {
+pub struct TileShape {
     pub pixels: usize,
     pub rows: usize,
     pub flat: bool,
 }
 
-impl PanelTile {
+impl TileShape {
     /// Pixel slots of one tile's block in a panel.
     pub fn slots(&self) -> usize {
         if self.flat {
@@ -183,7 +184,7 @@ impl PanelTile {
     }
 }
 
-/// Outputs of at most this many pixels may take flat tiles ([`PanelTile`]); a flat
+/// Outputs of at most this many pixels may take flat tiles ([`TileShape`]); a flat
 /// tile's pixels are constants in the generated code, every tile written out.
 const FLAT_PIXELS: usize = 64;
 
@@ -198,21 +199,21 @@ const FLAT_PIXELS: usize = 64;
 /// tiles of 10 and one of 2, the stem 7.94 -> 6.63 ms; 56-wide rows 8 instead of 5 x 10 + 6,
 /// the same. Small outputs take flat tiles when those cost less: 7x7 as 10, 10, 10, 10, 9
 /// pixels (49) instead of 7 rows of 7 (56).
-fn row_tiles(budget: usize, width: usize, height: usize) -> PanelTile {
+fn row_tiles(budget: usize, width: usize, height: usize) -> TileShape {
     let (tile, pair_cost) = row_tiles_2d(budget, width, height);
     if width * height <= FLAT_PIXELS {
         let (flat, flat_cost) = row_tiles_2d(budget, width * height, 1);
         // Costs per row pair: the flat "row" is the whole image, which is `height / 2`
         // pairs of the two-dimensional tiling.
         if flat_cost < pair_cost * height {
-            return PanelTile { pixels: flat.pixels, rows: height, flat: true };
+            return TileShape { pixels: flat.pixels, rows: height, flat: true };
         }
     }
     tile
 }
 
 /// The cheapest one- or two-row tiles ([`row_tiles`]), with their cost per row pair.
-fn row_tiles_2d(budget: usize, width: usize, height: usize) -> (PanelTile, usize) {
+fn row_tiles_2d(budget: usize, width: usize, height: usize) -> (TileShape, usize) {
     let chains = |q: usize| q.max(8);
     // (cost of a row pair, tiles, the smallest tile reversed) for `p` pixels in `rows` rows.
     let key = |p: usize, rows: usize| {
@@ -224,24 +225,25 @@ fn row_tiles_2d(budget: usize, width: usize, height: usize) -> (PanelTile, usize
     row_choices
         .flat_map(|rows| (1..=(budget / rows).min(width)).map(move |p| (p, rows)))
         .min_by_key(|&(p, rows)| key(p, rows))
-        .map(|(pixels, rows)| (PanelTile { pixels, rows, flat: false }, key(pixels, rows).0))
+        .map(|(pixels, rows)| (TileShape { pixels, rows, flat: false }, key(pixels, rows).0))
         .expect("a row has at least one pixel")
 }
 
-/// Gathers a conv's input into its panel ([`crate::plan::panel_layout`]): for each output
-/// row (a task) and register tile, the input pixels the tile reads at each tap and input
-/// channel block, one after another, as the conv's reduction reads them.
+/// Gathers a conv's input into its panel ([`crate::plan::panel_layout`]): for each task
+/// row of the conv (a task here) and register tile, the input pixels the tile reads at
+/// each tap and input channel block, one after another, as the conv's reduction reads
+/// them. Flat tiles: [`pack_flat_panel`].
 pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Kernel {
     let (li, lp, lanes) = (input.layout, panel.layout, t.lanes);
     let out = out.layout;
-    let shape = panel_pixels(t, c, &li, &out).expect("a conv that reads a panel");
-    let PanelTile { pixels: p, rows, flat } = shape;
+    let shape = panel_tile(t, c, &li, &out).expect("a conv that reads a panel");
+    let TileShape { pixels: p, rows, flat } = shape;
+    let geometry = Panel { tiles: shape.tiles(out.w, out.h), k: c.kernel, cblocks: li.cblocks() };
+    if flat {
+        return pack_flat_panel(t, c, &li, &geometry, p, &out);
+    }
     assert_eq!(lp.w, shape.tiles(out.w, out.h) * shape.slots(), "panel sized for the conv's register tiles");
     let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
-    let geometry = Panel { tiles: shape.tiles(out.w, out.h), k, cblocks };
-    if flat {
-        return pack_flat_panel(t, c, &li, &geometry, shape, &out);
-    }
     // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
     let start = -(c.pad as i64);
     let mut b = Builder::new(1);
@@ -292,8 +294,8 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
 
 /// [`pack_panel`] for flat tiles: one task per input channel block, every pixel's place a
 /// constant.
-fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, shape: PanelTile, out: &Layout) -> Kernel {
-    let (lanes, s, k, p) = (t.lanes, c.stride as i64, c.kernel, shape.pixels);
+fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, p: usize, out: &Layout) -> Kernel {
+    let (lanes, s, k) = (t.lanes, c.stride as i64, c.kernel);
     let start = -(c.pad as i64);
     let mut b = Builder::new(1);
     let cbk = Index::var(0, 1);
@@ -339,7 +341,7 @@ struct RegisterTile {
     tiling: Tiling,
     /// Output rows per task (two when a tile spans two short rows, all with flat tiles),
     /// and pixels of a register tile in each of its rows (or in all, flat).
-    shape: PanelTile,
+    shape: TileShape,
 }
 
 fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile {
@@ -347,16 +349,16 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
     let shape = if wide {
         let rows = if lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
-        PanelTile { pixels: WIDE_TILE.0 / rows, rows, flat: false }
+        TileShape { pixels: WIDE_TILE.0 / rows, rows, flat: false }
     } else if t.vregs >= 32 {
-        PanelTile { pixels: tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb)), rows: 1, flat: false }
+        TileShape { pixels: tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb)), rows: 1, flat: false }
     } else {
         row_tiles(pixel_budget(t, tiling.j, channel_unroll(t, li.cb)), lo.w, lo.h)
     };
     RegisterTile { tiling, shape }
 }
 
-/// The pixels per register tile of a conv that reads its input from a panel
+/// The register tile shape of a conv that reads its input from a panel
 /// ([`crate::plan::panel_layout`]), or `None` if it reads its input in place.
 ///
 /// A panel pays when the reduction's reads are scattered: a 1x1 conv whose input does not
@@ -371,7 +373,7 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// Strided k x k convs read a panel too (ResNet-50's three 3x3 stride-2 convs 0.72-0.90x
 /// the time, pack included): each tap of a channel block reads every other pixel of its
 /// lines, and a new plane per channel block.
-pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<PanelTile> {
+pub fn panel_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<TileShape> {
     if !(t.panels && c.groups == 1 && li.cb == t.lanes && li.halo >= c.pad) {
         return None;
     }
@@ -381,7 +383,7 @@ pub fn panel_pixels(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<Pan
 }
 
 /// `panel`: the conv's input panel, when it reads one instead of `input` (on targets
-/// with [`Target::panels`], see [`panel_pixels`]).
+/// with [`Target::panels`], see [`panel_tile`]).
 pub fn generate(
     t: Target,
     c: &Conv,
@@ -395,7 +397,7 @@ pub fn generate(
     let (li, lo) = (input.layout, out.layout);
     let cb_in = li.cb;
     let RegisterTile { tiling: tl, shape } = register_tile(t, c, &li, &lo);
-    let PanelTile { rows, pixels: p_max, flat } = shape;
+    let TileShape { rows, pixels: p_max, flat } = shape;
     let (j, jl, k) = (tl.j, tl.j * lanes, c.kernel);
     let tiles = tl.groups * tl.per_group;
     let packing = ConvPacking {
@@ -561,7 +563,7 @@ pub fn generate(
             }
         } else {
             // Tile `tix` of `p` pixels from column `tix * p_max` in each of `nr` rows.
-            let tile_pixels = |tix: &Index, p: usize| -> Vec<(Index, Index, usize)> {
+            let row_tile = |tix: &Index, p: usize| -> Vec<(Index, Index, usize)> {
                 let ow0 = tix.scaled(p_max as i64);
                 (0..nr)
                     .flat_map(|r| (0..p).map(move |pp| (r, pp)))
@@ -569,10 +571,10 @@ pub fn generate(
                     .collect()
             };
             let full = ow_total / p_max;
-            b.for_loop(full, |b, tix| emit_tile(b, &tix, &tile_pixels(&tix, p_max)));
+            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile(&tix, p_max)));
             if ow_total % p_max > 0 {
                 let tix = Index::constant(full as i64);
-                emit_tile(b, &tix, &tile_pixels(&tix, ow_total % p_max));
+                emit_tile(b, &tix, &row_tile(&tix, ow_total % p_max));
             }
         }
         for r in 0..nr {
@@ -597,6 +599,9 @@ pub fn generate(
     if c.relu {
         name += "_relu";
     }
+    if flat {
+        name += "_flat";
+    }
     let mut args = vec!["out", "in", "w", "b"];
     if res.is_some() {
         args.push("res");
@@ -609,7 +614,7 @@ pub fn generate(
 
 #[cfg(test)]
 mod tests {
-    use super::{row_tiles, PanelTile};
+    use super::{row_tiles, TileShape};
 
     #[test]
     fn row_tiles_avoid_narrow_tiles() {
@@ -625,7 +630,7 @@ mod tests {
             ((10, 3, 3), (9, 3, true)),
         ];
         for ((budget, w, h), (pixels, rows, flat)) in cases {
-            let want = PanelTile { pixels, rows, flat };
+            let want = TileShape { pixels, rows, flat };
             assert_eq!(row_tiles(budget, w, h), want, "{w}x{h} output, {budget} accumulators");
         }
     }

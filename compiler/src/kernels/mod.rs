@@ -13,7 +13,7 @@ use anyhow::Result;
 use resnetc_runtime::pack::Recipe;
 use std::collections::HashMap;
 
-pub(crate) use conv::panel_pixels;
+pub(crate) use conv::panel_tile;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
 pub(crate) use winograd::product_tile as winograd_product_tile;
