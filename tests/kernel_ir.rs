@@ -96,21 +96,16 @@ fn wide_register_tiles_match_reference() {
 /// 1x1 conv with one-row tiles of 9 + 9 + 8 pixels on 30x26, against the reference.
 #[test]
 fn panel_convs_match_reference() {
-    let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 30, 26]\n";
-    let spec = resnetc::spec::parse(text, "panels").unwrap();
-    let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
-    for name in [
-        "pack_panel1x1s2_256x30x26_to15x13_p5x2r",
-        "pack_panel3x3s2_256x30x26_to15x13_p5x2r",
-        "pack_panel1x1s1_1024x15x13_to15x13_p5x2r",
-        "pack_panel1x1s1_256x30x26_to30x26_p9",
-    ] {
-        assert!(
-            prog.kernels.iter().any(|k| k.name == name),
-            "no {name} in {:?}",
-            prog.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
-        );
-    }
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]");
+    assert_kernels(
+        &prog,
+        &[
+            "pack_panel1x1s2_256x30x26_to15x13_p5x2r",
+            "pack_panel3x3s2_256x30x26_to15x13_p5x2r",
+            "pack_panel1x1s1_1024x15x13_to15x13_p5x2r",
+            "pack_panel1x1s1_256x30x26_to30x26_p9",
+        ],
+    );
     let rel = agrees_with_reference(&spec, &graph, &prog, 5, 3);
     eprintln!("panels rel err {rel:.2e}");
 }
@@ -121,23 +116,36 @@ fn panel_convs_match_reference() {
 /// residual and into an output with a halo (the next 3x3 conv's), against the reference.
 #[test]
 fn flat_tiles_match_reference() {
-    let text = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 14, 13]\n";
-    let spec = resnetc::spec::parse(text, "flat_tiles").unwrap();
-    let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
-    for name in [
-        "pack_panel1x1s2_256x14x13_to7x7_p10flat",
-        "pack_panel3x3s2_256x14x13_to7x7_p10flat",
-        "pack_panel1x1s1_256x7x7_to7x7_p10flat",
-        "pack_panel1x1s1_1024x7x7_to7x7_p10flat",
-    ] {
-        assert!(
-            prog.kernels.iter().any(|k| k.name == name),
-            "no {name} in {:?}",
-            prog.kernels.iter().map(|k| &k.name).collect::<Vec<_>>()
-        );
-    }
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 14, 13]");
+    assert_kernels(
+        &prog,
+        &[
+            "pack_panel1x1s2_256x14x13_to7x7_p10flat",
+            "pack_panel3x3s2_256x14x13_to7x7_p10flat",
+            "pack_panel1x1s1_256x7x7_to7x7_p10flat",
+            "pack_panel1x1s1_1024x7x7_to7x7_p10flat",
+        ],
+    );
     let rel = agrees_with_reference(&spec, &graph, &prog, 3, 4);
     eprintln!("flat tiles rel err {rel:.2e}");
+}
+
+/// A CIFAR-stem bottleneck network of two stages (64 and 256 wide) on `input`, lowered
+/// for the Cranelift target.
+fn two_stage_bottleneck(input: &str) -> (resnetc::spec::Spec, Graph, kernels::Program) {
+    let text = format!(
+        "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
+    );
+    let spec = resnetc::spec::parse(&text, "two_stages").unwrap();
+    let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
+    (spec, graph, prog)
+}
+
+fn assert_kernels(prog: &kernels::Program, names: &[&str]) {
+    let have: Vec<_> = prog.kernels.iter().map(|k| k.name.as_str()).collect();
+    for name in names {
+        assert!(have.contains(name), "no {name} in {have:?}");
+    }
 }
 
 /// Packing that frees each tensor once packed gives the same blob, bit for bit.
