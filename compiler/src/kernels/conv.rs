@@ -238,11 +238,11 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     let out = out.layout;
     let shape = panel_tile(t, c, &li, &out).expect("a conv that reads a panel");
     let TileShape { pixels: p, rows, flat } = shape;
+    assert_eq!(lp.w, shape.tiles(out.w, out.h) * shape.slots(), "panel sized for the conv's register tiles");
     let geometry = Panel { tiles: shape.tiles(out.w, out.h), k: c.kernel, cblocks: li.cblocks() };
     if flat {
         return pack_flat_panel(t, c, &li, &geometry, p, &out);
     }
-    assert_eq!(lp.w, shape.tiles(out.w, out.h) * shape.slots(), "panel sized for the conv's register tiles");
     let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
     // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
     let start = -(c.pad as i64);
