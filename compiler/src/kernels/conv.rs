@@ -244,36 +244,24 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
         return pack_flat_panel(t, c, &li, &geometry, p, &out);
     }
     let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
-    // Input coordinate of output pixel 0 at tap 0, unpadded (`pixel` adds the halo).
-    let start = -(c.pad as i64);
     let mut b = Builder::new(1);
     let task = Index::var(0, 1);
+    let oh0 = task.scaled(rows as i64);
     let v = b.vreg();
-    // Tile `tix` of the task's first `nr` rows at tap (`kh`, `kw`) and channel block
-    // `cbk`: `n` pixels of each row (pixel `r * p + pp` of the block is row `r`, column
-    // `pp`).
-    let copy_tile = |b: &mut Builder, tix: &Index, n: usize, nr: usize, kh: &Index, kw: &Index, cbk: &Index| {
-        let dst = geometry.block(&task, tix, kh, kw, cbk).scaled((p * rows * lanes) as i64);
-        for r in 0..nr {
-            let y = task.scaled(rows as i64 * s).offset(r as i64 * s).plus(kh).offset(start);
-            for pp in 0..n {
-                let x = tix.scaled(p as i64).offset(pp as i64).scaled(s).plus(kw).offset(start);
-                let src = pixel(&li, cbk, &y, &x);
-                b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: src })));
-                let at = dst.offset(((r * p + pp) * lanes) as i64);
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: v });
-            }
-        }
-    };
     // Tiles innermost: each channel block's rows are read from start to end once.
     let copy_rows = |b: &mut Builder, nr: usize| {
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
                 b.for_loop(cblocks, |b, cbk| {
+                    let copy_tile = |b: &mut Builder, tix: &Index, n: usize| {
+                        let dst = geometry.block(&task, tix, &kh, &kw, &cbk).scaled((shape.slots() * lanes) as i64);
+                        let pixels = row_tile_pixels(&oh0, tix, p, n, nr);
+                        gather(b, v, c, &li, lanes, &dst, &pixels, [&kh, &kw], &cbk);
+                    };
                     let full = out.w / p;
-                    b.for_loop(full, |b, tix| copy_tile(b, &tix, p, nr, &kh, &kw, &cbk));
+                    b.for_loop(full, |b, tix| copy_tile(b, &tix, p));
                     if out.w % p > 0 {
-                        copy_tile(b, &Index::constant(full as i64), out.w % p, nr, &kh, &kw, &cbk);
+                        copy_tile(b, &Index::constant(full as i64), out.w % p);
                     }
                 });
             });
@@ -296,21 +284,16 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
 /// constant.
 fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, p: usize, out: &Layout) -> Kernel {
     let (lanes, s, k) = (t.lanes, c.stride as i64, c.kernel);
-    let start = -(c.pad as i64);
     let mut b = Builder::new(1);
     let cbk = Index::var(0, 1);
     let v = b.vreg();
     let zero = Index::constant(0);
     b.for_loop(k, |b, kh| {
         b.for_loop(k, |b, kw| {
-            for q in 0..out.w * out.h {
-                let (tix, slot, oy, ox) = (q / p, q % p, (q / out.w) as i64, (q % out.w) as i64);
-                let dst = geometry.block(&zero, &Index::constant(tix as i64), &kh, &kw, &cbk);
-                let at = dst.scaled((p * lanes) as i64).offset((slot * lanes) as i64);
-                let y = kh.offset(oy * s + start);
-                let x = kw.offset(ox * s + start);
-                b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: pixel(li, &cbk, &y, &x) })));
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: v });
+            for (tix, pixels) in flat_tiles(out.w, out.h, p).iter().enumerate() {
+                let dst =
+                    geometry.block(&zero, &Index::constant(tix as i64), &kh, &kw, &cbk).scaled((p * lanes) as i64);
+                gather(b, v, c, li, lanes, &dst, pixels, [&kh, &kw], &cbk);
             }
         });
     });
@@ -333,6 +316,48 @@ impl Panel {
         let tap = kh.scaled(self.k as i64).plus(kw);
         let tile = task.scaled(self.tiles as i64).plus(tix);
         tile.scaled((self.k * self.k) as i64).plus(&tap).scaled(self.cblocks as i64).plus(cbk)
+    }
+}
+
+/// The output pixels of one register tile, each (row, column) with its slot in the tile's
+/// panel block: `n` pixels from column `tix * p_max` in each of `nr` rows from `oh0`.
+fn row_tile_pixels(oh0: &Index, tix: &Index, p_max: usize, n: usize, nr: usize) -> Vec<(Index, Index, usize)> {
+    let ow0 = tix.scaled(p_max as i64);
+    (0..nr)
+        .flat_map(|r| (0..n).map(move |pp| (r, pp)))
+        .map(|(r, pp)| (oh0.offset(r as i64), ow0.offset(pp as i64), r * p_max + pp))
+        .collect()
+}
+
+/// The flat tiles of a `width` x `height` output, `p` consecutive pixels each: every
+/// tile's pixels as constant (row, column), with their slots.
+fn flat_tiles(width: usize, height: usize, p: usize) -> Vec<Vec<(Index, Index, usize)>> {
+    let c = |v: usize| Index::constant(v as i64);
+    (0..width * height)
+        .step_by(p)
+        .map(|q0| (q0..(q0 + p).min(width * height)).map(|q| (c(q / width), c(q % width), q - q0)).collect())
+        .collect()
+}
+
+/// Copies into the panel block at `dst` (floats) the input pixels that output `pixels`
+/// (row, column, slot) read at tap `kh, kw` of channel block `cbk`.
+#[allow(clippy::too_many_arguments)]
+fn gather(
+    b: &mut Builder,
+    v: VReg,
+    c: &Conv,
+    li: &Layout,
+    lanes: usize,
+    dst: &Index,
+    pixels: &[(Index, Index, usize)],
+    [kh, kw]: [&Index; 2],
+    cbk: &Index,
+) {
+    let (s, start) = (c.stride as i64, -(c.pad as i64)); // `pixel` adds the halo
+    for (oh, ow, slot) in pixels {
+        let (y, x) = (oh.scaled(s).plus(kh).offset(start), ow.scaled(s).plus(kw).offset(start));
+        b.set(v, Expr::Src(Src::Load(Addr { arg: 1, index: pixel(li, cbk, &y, &x) })));
+        b.push(Stmt::Store { addr: Addr { arg: 0, index: dst.offset((slot * lanes) as i64) }, src: v });
     }
 }
 
@@ -554,27 +579,15 @@ pub fn generate(
     // Flat tiles: every tile of the image, each pixel's row and column a constant.
     let emit_rows = |b: &mut Builder, nr: usize| {
         if flat {
-            let (w, h) = (ow_total as i64, lo.h as i64);
-            for (tix, q0) in (0..w * h).step_by(p_max).enumerate() {
-                let pixels: Vec<_> = (q0..(q0 + p_max as i64).min(w * h))
-                    .map(|q| (Index::constant(q / w), Index::constant(q % w), (q - q0) as usize))
-                    .collect();
-                emit_tile(b, &Index::constant(tix as i64), &pixels);
+            for (tix, pixels) in flat_tiles(ow_total, lo.h, p_max).iter().enumerate() {
+                emit_tile(b, &Index::constant(tix as i64), pixels);
             }
         } else {
-            // Tile `tix` of `p` pixels from column `tix * p_max` in each of `nr` rows.
-            let row_tile = |tix: &Index, p: usize| -> Vec<(Index, Index, usize)> {
-                let ow0 = tix.scaled(p_max as i64);
-                (0..nr)
-                    .flat_map(|r| (0..p).map(move |pp| (r, pp)))
-                    .map(|(r, pp)| (oh_of(r), ow0.offset(pp as i64), r * p_max + pp))
-                    .collect()
-            };
             let full = ow_total / p_max;
-            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile(&tix, p_max)));
+            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile_pixels(&oh0, &tix, p_max, p_max, nr)));
             if ow_total % p_max > 0 {
                 let tix = Index::constant(full as i64);
-                emit_tile(b, &tix, &row_tile(&tix, ow_total % p_max));
+                emit_tile(b, &tix, &row_tile_pixels(&oh0, &tix, p_max, ow_total % p_max, nr));
             }
         }
         for r in 0..nr {
