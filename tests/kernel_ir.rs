@@ -96,7 +96,7 @@ fn wide_register_tiles_match_reference() {
 /// 1x1 conv with one-row tiles of 9 + 9 + 8 pixels on 30x26, against the reference.
 #[test]
 fn panel_convs_match_reference() {
-    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]");
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]", Target::CRANELIFT_X64);
     assert_kernels(
         &prog,
         &[
@@ -116,7 +116,7 @@ fn panel_convs_match_reference() {
 /// residual and into an output with a halo (the next 3x3 conv's), against the reference.
 #[test]
 fn flat_tiles_match_reference() {
-    let (spec, graph, prog) = two_stage_bottleneck("[3, 14, 13]");
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 14, 13]", Target::CRANELIFT_X64);
     assert_kernels(
         &prog,
         &[
@@ -130,14 +130,25 @@ fn flat_tiles_match_reference() {
     eprintln!("flat tiles rel err {rel:.2e}");
 }
 
+/// A 1x1 conv over 1024 channels whose reduction runs in 8 chunks of 128 channels (AVX-512
+/// target, 15 rows of 13 pixels: partial sums through the output, the epilogue after the
+/// last chunk), beside the unchunked residual convs, against the reference.
+#[test]
+fn reduction_chunks_match_reference() {
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]", Target::AVX512);
+    assert_kernels(&prog, &["conv1x1s1_1024x15x13_to256x15x13_relu_kc8"]);
+    let rel = agrees_with_reference(&spec, &graph, &prog, 7, 2);
+    eprintln!("reduction chunks rel err {rel:.2e}");
+}
+
 /// A CIFAR-stem bottleneck network of two stages (64 and 256 wide) on `input`, lowered
-/// for the Cranelift target.
-fn two_stage_bottleneck(input: &str) -> (resnetc::spec::Spec, Graph, kernels::Program) {
+/// for `target`.
+fn two_stage_bottleneck(input: &str, target: Target) -> (resnetc::spec::Spec, Graph, kernels::Program) {
     let text = format!(
         "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
     );
     let spec = resnetc::spec::parse(&text, "two_stages").unwrap();
-    let (graph, prog) = lower(&spec, Target::CRANELIFT_X64);
+    let (graph, prog) = lower(&spec, target);
     (spec, graph, prog)
 }
 

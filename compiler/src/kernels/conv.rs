@@ -407,6 +407,39 @@ pub fn panel_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<TileS
     scattered.then_some(rt.shape)
 }
 
+/// Input channels per reduction chunk (see [`reduction_chunks`]).
+const CHUNK_CHANNELS: usize = 128;
+
+/// Into how many chunks of input channels a conv's reduction is split (1: none). A
+/// conv's tasks are (output-channel tile, row), so every task re-reads its tile's weights;
+/// when a long reduction's weights miss L1 by far (at least 1024 input channels, 128 KB)
+/// and a tile has many rows, a task instead covers every row of its tile, chunk by
+/// chunk: a chunk's weights (128 channels) stay in L1 across the rows, and the partial
+/// sums go through the output (stored, and loaded by the next chunk). Measured in Rust
+/// on ResNet-50, 1 thread, against the unchunked kernels: the 1x1 convs over 1024x14x14
+/// 0.90x (to 256 channels) and 0.91x (to 512) the time. Not where it did not pay:
+/// 512x28x28 to 128 and to 256 (128 and 64 KB per tile) 0.96-1.03x with chunks of 64
+/// or 128 channels, 2048x7x7 to 512 (four task rows) 1.05-1.07x, strided 1x1 convs
+/// 1.06-1.30x (their reads are scattered). Only stride-1 1x1 convs without a residual (a
+/// residual conv's output may overwrite its residual in place before the last chunk
+/// would add it), only with 32 registers (measured there).
+fn reduction_chunks(t: Target, c: &Conv, icr: usize, tile_weight_bytes: usize, row_tasks: usize) -> usize {
+    let chunked = t.vregs >= 32
+        && c.kernel == 1
+        && c.stride == 1
+        && c.groups == 1
+        && !c.residual
+        && row_tasks >= 8
+        && icr >= 8 * CHUNK_CHANNELS
+        && tile_weight_bytes >= 4 * t.l1_tile_weight_bytes
+        && icr % CHUNK_CHANNELS == 0;
+    if chunked {
+        icr / CHUNK_CHANNELS
+    } else {
+        1
+    }
+}
+
 /// `panel`: the conv's input panel, when it reads one instead of `input` (on targets
 /// with [`Target::panels`], see [`panel_tile`]).
 pub fn generate(
@@ -456,11 +489,12 @@ pub fn generate(
     let w_bytes = tiles * k * k * tl.icr * jl * 4;
     let cached = |bytes: usize| bytes <= t.l2_bytes / 2;
     let streams = t.vregs < 32 && c.residual && cached(li.bytes()) && cached(w_bytes) && lo.w * lanes * 4 >= 448;
-    // With 16 registers, also tiles outside when the weights do not stay in L2 and the
-    // input does: the input's re-reads then come from L2, where rows outside would stream
-    // every weight from memory again for each row (ResNet-50 JIT, 1 thread: the 7x7-output
-    // convs 0.81-0.93x the time, e.g. the strided 3x3 over 512x14x14 8.89 -> 7.22 ms).
-    let weights_stream = t.vregs < 32 && !cached(w_bytes) && cached(li.bytes());
+    // Also tiles outside when the weights do not stay in L2 and the input does: the
+    // input's re-reads then come from L2, where rows outside would stream every weight
+    // from memory again for each row. ResNet-50, 1 thread: on the JIT the 7x7-output convs
+    // 0.81-0.93x the time (the strided 3x3 over 512x14x14 8.89 -> 7.22 ms); in Rust the
+    // strided 1x1 over 1024x14x14 (8 MB of weights) 2.79 -> 2.12 ms.
+    let weights_stream = !cached(w_bytes) && cached(li.bytes());
     let rows_outer = !streams && !weights_stream && li.bytes() + row_tasks * w_bytes < w_bytes + tiles * li.bytes();
     let mut b = Builder::new(3);
     // Tasks whose rows all exist; with an odd height the last task has one row.
@@ -477,7 +511,6 @@ pub fn generate(
     let (hpi, wpi, cbi) = (li.hp() as i64, li.wp() as i64, cb_in as i64);
     let ow_total = lo.w;
     let oh0 = task_row.scaled(rows as i64);
-    let oh_of = |r: usize| oh0.offset(r as i64);
     let unroll = channel_unroll(t, cb_in);
     // Input channel blocks a tile reduces over.
     let in_blocks = tl.icr / cb_in;
@@ -501,6 +534,12 @@ pub fn generate(
     // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
     // hits, where the extra instruction only costs (1.01-1.09x).
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes;
+    let kchunks = if rows_outer || flat || panel.is_some() {
+        1
+    } else {
+        reduction_chunks(t, c, tl.icr, tl.icr * jl * 4, row_tasks)
+    };
+    let chunk_blocks = in_blocks / kchunks;
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
     let acc: Vec<Vec<VReg>> = (0..shape.slots()).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
@@ -512,16 +551,33 @@ pub fn generate(
     });
     // One register tile (the `tix`-th of its task row): output pixel (row, column) of
     // each accumulator, and its slot in the tile's panel block.
-    let emit_tile = |b: &mut Builder, tix: &Index, pixels: &[(Index, Index, usize)]| {
-        for jj in 0..j {
-            let bias = Src::Load(Addr { arg: 3, index: tile.scaled(jl as i64).offset((jj * lanes) as i64) });
-            for a in acc.iter().take(pixels.len()) {
-                b.set(a[jj], Expr::Src(bias.clone()));
+    let emit_tile = |b: &mut Builder, tix: &Index, pixels: &[(Index, Index, usize)], chunk: &Index| {
+        // Accumulators start at the bias, or with reduction chunks after the first at the
+        // partial sums stored in the output.
+        let init = |b: &mut Builder| {
+            for jj in 0..j {
+                let bias = Src::Load(Addr { arg: 3, index: tile.scaled(jl as i64).offset((jj * lanes) as i64) });
+                for a in acc.iter().take(pixels.len()) {
+                    b.set(a[jj], Expr::Src(bias.clone()));
+                }
             }
+        };
+        if kchunks == 1 {
+            init(b);
+        } else {
+            b.when(Cond::eq(chunk.clone(), 0), init);
+            b.when(Cond::lt(chunk.scaled(-1), 0), |b| {
+                for ((oh, ow, _), a) in pixels.iter().zip(&acc) {
+                    for (jj, &r) in a.iter().enumerate() {
+                        b.set(r, Expr::Src(Src::Load(Addr { arg: 0, index: pixel(&lo, &out_block(jj), oh, ow) })));
+                    }
+                }
+            });
         }
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
-                b.for_loop_unrolled(in_blocks, block_unroll, |b, icb| {
+                b.for_loop_unrolled(chunk_blocks, block_unroll, |b, icb| {
+                    let icb = chunk.scaled(chunk_blocks as i64).plus(&icb);
                     b.for_loop_unrolled(cb_in, unroll, |b, icl| {
                         let icb_abs = ic_start.plus(&icb.scaled(cbi)); // channel of (icb, lane 0)
                         let tap_row = icb_abs.scaled(hpi).plus(&kh.scaled(cbi)).offset(shift * cbi);
@@ -562,45 +618,64 @@ pub fn generate(
                 });
             });
         });
-        for ((oh, ow, _), a) in pixels.iter().zip(&acc) {
-            for (jj, &r) in a.iter().enumerate() {
-                if let Some(rb) = res {
-                    let at = pixel(&rb.layout, &out_block(jj), oh, ow);
-                    b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: at })));
+        // The epilogue after the last chunk; partial sums are stored as they are.
+        let finish = |b: &mut Builder, last: bool| {
+            for ((oh, ow, _), a) in pixels.iter().zip(&acc) {
+                for (jj, &r) in a.iter().enumerate() {
+                    if let (true, Some(rb)) = (last, res) {
+                        let at = pixel(&rb.layout, &out_block(jj), oh, ow);
+                        b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: at })));
+                    }
+                    if c.relu && last {
+                        b.set(r, Expr::Relu(r));
+                    }
+                    b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(&lo, &out_block(jj), oh, ow) }, src: r });
                 }
-                if c.relu {
-                    b.set(r, Expr::Relu(r));
-                }
-                b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(&lo, &out_block(jj), oh, ow) }, src: r });
             }
+        };
+        if kchunks == 1 {
+            finish(b, true);
+        } else {
+            b.when(Cond::eq(chunk.clone(), kchunks as i64 - 1), |b| finish(b, true));
+            b.when(Cond::lt(chunk.clone(), kchunks as i64 - 1), |b| finish(b, false));
         }
     };
     // The row(s) of one task: register tiles along the row, then the rows' zero halo.
     // Flat tiles: every tile of the image, each pixel's row and column a constant.
-    let emit_rows = |b: &mut Builder, nr: usize| {
+    let emit_rows = |b: &mut Builder, nr: usize, oh0: &Index, chunk: &Index| {
         if flat {
             for (tix, pixels) in flat_tiles(ow_total, lo.h, p_max).iter().enumerate() {
-                emit_tile(b, &Index::constant(tix as i64), pixels);
+                emit_tile(b, &Index::constant(tix as i64), pixels, chunk);
             }
         } else {
             let full = ow_total / p_max;
-            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile_pixels(&oh0, &tix, p_max, p_max, nr)));
+            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile_pixels(oh0, &tix, p_max, p_max, nr), chunk));
             if ow_total % p_max > 0 {
                 let tix = Index::constant(full as i64);
-                emit_tile(b, &tix, &row_tile_pixels(&oh0, &tix, p_max, ow_total % p_max, nr));
+                emit_tile(b, &tix, &row_tile_pixels(oh0, &tix, p_max, ow_total % p_max, nr), chunk);
             }
         }
         for r in 0..nr {
             for jj in 0..j {
-                zero_halo_of_row(b, lanes, 0, &lo, &out_block(jj), &oh_of(r));
+                zero_halo_of_row(b, lanes, 0, &lo, &out_block(jj), &oh0.offset(r as i64));
             }
         }
     };
-    if full_row_tasks == row_tasks {
-        emit_rows(&mut b, rows);
+    if kchunks > 1 {
+        // One task per output-channel tile: chunk by chunk, every row.
+        b.for_loop(kchunks, |b, chunk| {
+            b.for_loop(full_row_tasks, |b, r| emit_rows(b, rows, &r.scaled(rows as i64), &chunk));
+            if full_row_tasks < row_tasks {
+                emit_rows(b, lo.h % rows, &Index::constant((full_row_tasks * rows) as i64), &chunk);
+            }
+        });
+    } else if full_row_tasks == row_tasks {
+        emit_rows(&mut b, rows, &oh0, &Index::constant(0));
     } else {
-        b.when(Cond::lt(task_row.clone(), full_row_tasks as i64), |b| emit_rows(b, rows));
-        b.when(Cond::eq(task_row.clone(), full_row_tasks as i64), |b| emit_rows(b, lo.h % rows));
+        b.when(Cond::lt(task_row.clone(), full_row_tasks as i64), |b| emit_rows(b, rows, &oh0, &Index::constant(0)));
+        b.when(Cond::eq(task_row.clone(), full_row_tasks as i64), |b| {
+            emit_rows(b, lo.h % rows, &oh0, &Index::constant(0))
+        });
     }
     let mut name = format!("conv{k}x{k}s{}_{}x{}x{}_to{}x{}x{}", c.stride, li.c, li.h, li.w, lo.c, lo.h, lo.w);
     if c.groups > 1 {
@@ -615,12 +690,19 @@ pub fn generate(
     if flat {
         name += "_flat";
     }
+    if kchunks > 1 {
+        name += &format!("_kc{kchunks}");
+    }
     let mut args = vec!["out", "in", "w", "b"];
     if res.is_some() {
         args.push("res");
     }
-    let dims =
-        if rows_outer { vec![row_tasks, tl.groups, tl.per_group] } else { vec![tl.groups, tl.per_group, row_tasks] };
+    // (With reduction chunks a task covers every row: its row coordinate is always 0.)
+    let dims = if rows_outer {
+        vec![row_tasks, tl.groups, tl.per_group]
+    } else {
+        vec![tl.groups, tl.per_group, if kchunks > 1 { 1 } else { row_tasks }]
+    };
     let kernel = b.finish(name, args, lanes, dims);
     Ok(Generated { kernel, packing })
 }
