@@ -9,7 +9,8 @@
 //! 3. `wino_out`:  `y = A^T M A + bias (+ residual) (ReLU)` per output tile, stored in the
 //!    output layout with its zero halo.
 //!
-//! Scratch index: `[xi][channel block][tile][lane]`, so one position's matrix is contiguous.
+//! Scratch index: `[xi][channel block][tile][lane]`, so one position's matrix is contiguous;
+//! positions are `plan::winograd_plane_floats` apart (an odd number of cache lines).
 //! The weight side `U = G g G^T` is packed once at load (`runtime::pack::pack_winograd`).
 //! Both transforms run separably (rows, then columns) through the scratch buffer itself,
 //! which keeps the live registers to about `2n` plus the constants.
@@ -88,7 +89,8 @@ impl Tiles {
     /// Float index of the vector of position `xi`, channel block `cblock` (of `cblocks`),
     /// tile `tile` in a scratch buffer.
     fn scratch(&self, xi: &Index, cblocks: usize, cblock: &Index, tile: &Index) -> Index {
-        xi.scaled(cblocks as i64).plus(cblock).scaled(self.count() as i64).plus(tile).scaled(self.lanes as i64)
+        let plane = crate::plan::winograd_plane_floats(cblocks, self.count(), self.lanes) as i64;
+        xi.scaled(plane).plus(&cblock.scaled(self.count() as i64).plus(tile).scaled(self.lanes as i64))
     }
 }
 
