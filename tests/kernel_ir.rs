@@ -130,15 +130,24 @@ fn flat_tiles_match_reference() {
     eprintln!("flat tiles rel err {rel:.2e}");
 }
 
-/// A 1x1 conv over 1024 channels whose reduction runs in 8 chunks of 128 channels (AVX-512
-/// target, 15 rows of 13 pixels: partial sums through the output, the epilogue after the
-/// last chunk), beside the unchunked residual convs, against the reference.
+/// 1x1 convs over 1024 channels whose reduction runs in chunks (AVX-512 target: partial
+/// sums through the output, the epilogue and the output's halo after the last chunk),
+/// beside the unchunked residual convs, against the reference: on 14x14 (ResNet-50's
+/// shape: 14-pixel tiles of two output vectors, 8 chunks), 15x7 (two-row tiles, the last
+/// task row has one row) and 15x13 (13 pixels of four vectors, 16 chunks).
 #[test]
 fn reduction_chunks_match_reference() {
-    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]", Target::AVX512);
-    assert_kernels(&prog, &["conv1x1s1_1024x15x13_to256x15x13_relu_kc8"]);
-    let rel = agrees_with_reference(&spec, &graph, &prog, 7, 2);
-    eprintln!("reduction chunks rel err {rel:.2e}");
+    let cases = [
+        ("[3, 28, 28]", "conv1x1s1_1024x14x14_to256x14x14_relu_kc8"),
+        ("[3, 30, 14]", "conv1x1s1_1024x15x7_to256x15x7_relu_kc8"),
+        ("[3, 30, 26]", "conv1x1s1_1024x15x13_to256x15x13_relu_kc16"),
+    ];
+    for (input, kernel) in cases {
+        let (spec, graph, prog) = two_stage_bottleneck(input, Target::AVX512);
+        assert_kernels(&prog, &[kernel]);
+        let rel = agrees_with_reference(&spec, &graph, &prog, 7, 2);
+        eprintln!("reduction chunks {input} rel err {rel:.2e}");
+    }
 }
 
 /// A CIFAR-stem bottleneck network of two stages (64 and 256 wide) on `input`, lowered

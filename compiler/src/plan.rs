@@ -151,7 +151,8 @@ pub struct Plan {
 /// input channels and `M` the output channels, each as `n * n` transformed positions
 /// (the layout's rows) times `tiles` tiles (its columns). Only the sizes matter to the
 /// planner; the kernels index them `[xi][channel block][tile][lane]` with positions
-/// [`winograd_plane_floats`] apart, so the layout has a row or two more than `n * n`.
+/// [`winograd_plane_floats`] apart, so the layout's `n * n` rows are rounded up to cover
+/// the padded planes (a few more rows).
 pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout, Layout) {
     let n = m + 2;
     let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);

@@ -3,7 +3,9 @@
 //! output channels stays in registers while the reduction
 //! runs over (kh, kw, input channel), each step one broadcast of an input value times one
 //! weight vector per accumulator. Bias initializes the accumulators; the epilogue adds
-//! the residual, applies ReLU and stores, so a fused conv makes one pass over memory.
+//! the residual, applies ReLU and stores, so a fused conv makes one pass over memory
+//! (except with reduction chunks, [`reduction_chunks`], whose partial sums go through
+//! the output).
 //!
 //! Grouped convolutions read only the input channels of the groups a tile covers:
 //! several whole groups per tile, or several tiles per group; anything else falls back
@@ -364,8 +366,8 @@ fn gather(
 /// How a direct conv blocks its output into register tiles.
 struct RegisterTile {
     tiling: Tiling,
-    /// Output rows per task (two when a tile spans two short rows, all with flat tiles),
-    /// and pixels of a register tile in each of its rows (or in all, flat).
+    /// Output rows per task row (two when a tile spans two short rows, all with flat
+    /// tiles), and pixels of a register tile in each of its rows (or in all, flat).
     shape: TileShape,
 }
 
@@ -407,34 +409,43 @@ pub fn panel_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<TileS
     scattered.then_some(rt.shape)
 }
 
-/// Input channels per reduction chunk (see [`reduction_chunks`]).
-const CHUNK_CHANNELS: usize = 128;
+/// Weight bytes of one output-channel tile's reduction chunk (see [`reduction_chunks`]):
+/// 128 input channels of two output vectors.
+const CHUNK_WEIGHT_BYTES: usize = 16 << 10;
 
 /// Into how many chunks of input channels a conv's reduction is split (1: none). A
-/// conv's tasks are (output-channel tile, row), so every task re-reads its tile's weights;
-/// when a long reduction's weights miss L1 by far (at least 1024 input channels, 128 KB)
-/// and a tile has many rows, a task instead covers every row of its tile, chunk by
-/// chunk: a chunk's weights (128 channels) stay in L1 across the rows, and the partial
-/// sums go through the output (stored, and loaded by the next chunk). Measured in Rust
-/// on ResNet-50, 1 thread, against the unchunked kernels: the 1x1 convs over 1024x14x14
-/// 0.90x (to 256 channels) and 0.91x (to 512) the time. Not where it did not pay:
-/// 512x28x28 to 128 and to 256 (128 and 64 KB per tile) 0.96-1.03x with chunks of 64
-/// or 128 channels, 2048x7x7 to 512 (four task rows) 1.05-1.07x, strided 1x1 convs
+/// conv's tasks are (output-channel tile, task row), so every task re-reads its tile's
+/// weights; when a long reduction's weights miss L1 by far (at least 1024 input channels,
+/// 128 KB) and a tile has many task rows, a task instead covers every row of its tile,
+/// chunk by chunk: a chunk's weights ([`CHUNK_WEIGHT_BYTES`]) stay in L1 across the rows,
+/// and the partial sums go through the output (stored, and loaded by the next chunk).
+/// Measured in Rust on ResNet-50, 1 thread, against the unchunked kernels: the 1x1 convs
+/// over 1024x14x14 0.90x (to 256 channels) and 0.91x (to 512) the time. Not where it did
+/// not pay: 512x28x28 to 128 and to 256 (128 and 64 KB per tile) 0.96-1.03x with chunks
+/// of 64 or 128 channels, 2048x7x7 to 512 (four task rows) 1.05-1.07x, strided 1x1 convs
 /// 1.06-1.30x (their reads are scattered). Only stride-1 1x1 convs without a residual (a
-/// residual conv's output may overwrite its residual in place before the last chunk
-/// would add it), only with 32 registers (measured there).
-fn reduction_chunks(t: Target, c: &Conv, icr: usize, tile_weight_bytes: usize, row_tasks: usize) -> usize {
-    let chunked = t.vregs >= 32
+/// residual conv's output may overwrite its residual in place before the last chunk would
+/// add it), reading their input in place (a panel is per task row), with tiles outside
+/// rows, only with 32 registers (measured there). The tasks are then the output-channel
+/// tiles alone: 8 and 16 for ResNet-50's, enough for the two cores measured; many more
+/// threads would want blocks of rows as tasks too.
+fn reduction_chunks(t: Target, c: &Conv, tl: &Tiling, cb_in: usize, row_tasks: usize, in_place: bool) -> usize {
+    let jl = tl.j * t.lanes;
+    // Input channels per chunk: the tile's weights of a chunk fill CHUNK_WEIGHT_BYTES.
+    let per_chunk = (CHUNK_WEIGHT_BYTES / (4 * jl)) / cb_in * cb_in;
+    let chunked = in_place
+        && t.vregs >= 32
         && c.kernel == 1
         && c.stride == 1
         && c.groups == 1
         && !c.residual
         && row_tasks >= 8
-        && icr >= 8 * CHUNK_CHANNELS
-        && tile_weight_bytes >= 4 * t.l1_tile_weight_bytes
-        && icr % CHUNK_CHANNELS == 0;
+        && tl.icr >= 1024
+        && tl.icr * jl * 4 >= 4 * t.l1_tile_weight_bytes
+        && per_chunk > 0
+        && tl.icr % per_chunk == 0;
     if chunked {
-        icr / CHUNK_CHANNELS
+        tl.icr / per_chunk
     } else {
         1
     }
@@ -475,6 +486,7 @@ pub fn generate(
         bias_offset: w.take(tiles * jl),
     };
     // Arguments: 0 out, 1 in, 2 weights, 3 bias, 4 residual.
+    // Tasks are (output-channel tile, task row), or whole tiles with reduction chunks.
     // Task order: output-channel tiles outside rows re-reads the input once per tile;
     // rows outside tiles re-reads the weights once per task row. Take the smaller traffic,
     // except for a residual conv whose input and weights both stay in L2 (so neither
@@ -534,11 +546,11 @@ pub fn generate(
     // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
     // hits, where the extra instruction only costs (1.01-1.09x).
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes;
-    let kchunks = if rows_outer || flat || panel.is_some() {
-        1
-    } else {
-        reduction_chunks(t, c, tl.icr, tl.icr * jl * 4, row_tasks)
-    };
+    let kchunks = reduction_chunks(t, c, &tl, cb_in, row_tasks, !rows_outer && !flat && panel.is_none());
+    assert!(
+        in_blocks % kchunks == 0 && (kchunks == 1 || res.is_none()),
+        "reduction chunks of whole blocks, no residual"
+    );
     let chunk_blocks = in_blocks / kchunks;
     let out_block = |jj: usize| tile.scaled(j as i64).offset(jj as i64);
     let acc: Vec<Vec<VReg>> = (0..shape.slots()).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
@@ -566,6 +578,7 @@ pub fn generate(
             init(b);
         } else {
             b.when(Cond::eq(chunk.clone(), 0), init);
+            // chunk > 0, as -chunk < 0
             b.when(Cond::lt(chunk.scaled(-1), 0), |b| {
                 for ((oh, ow, _), a) in pixels.iter().zip(&acc) {
                     for (jj, &r) in a.iter().enumerate() {
@@ -633,7 +646,8 @@ pub fn generate(
                 }
             }
         };
-        if kchunks == 1 {
+        if kchunks == 1 || !c.relu {
+            // (No residual with chunks: without ReLU every chunk stores the same way.)
             finish(b, true);
         } else {
             b.when(Cond::eq(chunk.clone(), kchunks as i64 - 1), |b| finish(b, true));
@@ -642,23 +656,31 @@ pub fn generate(
     };
     // The row(s) of one task: register tiles along the row, then the rows' zero halo.
     // Flat tiles: every tile of the image, each pixel's row and column a constant.
-    let emit_rows = |b: &mut Builder, nr: usize, oh0: &Index, chunk: &Index| {
+    // Rows `first_row ..+ nr` at reduction chunk `chunk`; their halo after the last chunk.
+    let emit_rows = |b: &mut Builder, nr: usize, first_row: &Index, chunk: &Index| {
         if flat {
             for (tix, pixels) in flat_tiles(ow_total, lo.h, p_max).iter().enumerate() {
                 emit_tile(b, &Index::constant(tix as i64), pixels, chunk);
             }
         } else {
             let full = ow_total / p_max;
-            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile_pixels(oh0, &tix, p_max, p_max, nr), chunk));
+            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile_pixels(first_row, &tix, p_max, p_max, nr), chunk));
             if ow_total % p_max > 0 {
                 let tix = Index::constant(full as i64);
-                emit_tile(b, &tix, &row_tile_pixels(oh0, &tix, p_max, ow_total % p_max, nr), chunk);
+                emit_tile(b, &tix, &row_tile_pixels(first_row, &tix, p_max, ow_total % p_max, nr), chunk);
             }
         }
-        for r in 0..nr {
-            for jj in 0..j {
-                zero_halo_of_row(b, lanes, 0, &lo, &out_block(jj), &oh0.offset(r as i64));
+        let halo = |b: &mut Builder| {
+            for r in 0..nr {
+                for jj in 0..j {
+                    zero_halo_of_row(b, lanes, 0, &lo, &out_block(jj), &first_row.offset(r as i64));
+                }
             }
+        };
+        if kchunks == 1 {
+            halo(b);
+        } else {
+            b.when(Cond::eq(chunk.clone(), kchunks as i64 - 1), halo);
         }
     };
     if kchunks > 1 {
