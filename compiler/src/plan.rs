@@ -165,8 +165,8 @@ pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout
     (l(c.cin), l(c.cout))
 }
 
-/// Floats of a 64-byte cache line.
-const LINE_FLOATS: usize = 16;
+/// Floats of a cache line ([`crate::memory::ALIGN`] bytes).
+const LINE_FLOATS: usize = crate::memory::ALIGN / 4;
 
 /// Floats from one position's plane of a Winograd scratch buffer to the next: the
 /// plane's `cblocks x tiles` vectors rounded up to an odd number of cache lines. A

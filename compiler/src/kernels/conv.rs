@@ -654,9 +654,9 @@ pub fn generate(
             b.when(Cond::lt(chunk.clone(), kchunks as i64 - 1), |b| finish(b, false));
         }
     };
-    // The row(s) of one task: register tiles along the row, then the rows' zero halo.
-    // Flat tiles: every tile of the image, each pixel's row and column a constant.
-    // Rows `first_row ..+ nr` at reduction chunk `chunk`; their halo after the last chunk.
+    // Rows `first_row ..+ nr` (a task row) at reduction chunk `chunk`: register tiles along
+    // the rows (flat tiles: every tile of the image, each pixel's row and column a
+    // constant), then the rows' zero halo, after the last chunk.
     let emit_rows = |b: &mut Builder, nr: usize, first_row: &Index, chunk: &Index| {
         if flat {
             for (tix, pixels) in flat_tiles(ow_total, lo.h, p_max).iter().enumerate() {
