@@ -21,6 +21,16 @@ fn kernel_ir_and_clif_of_resnet20() {
     expect_test::expect_file!["snapshots/resnet20.clif.txt"].assert_eq(&clif);
 }
 
+/// The Rust backend's Winograd kernels along rows: ResNet-18's 7x7x512 convs at
+/// F(1x3,3x3) (input transform, products, output transforms).
+#[test]
+fn row_winograd_kernels_of_resnet18() {
+    let p = program(&spec::preset("resnet18").unwrap(), Target::AVX512);
+    let text: String = p.kernels.iter().filter(|k| k.name.starts_with("wino1x")).map(|k| format!("{k}\n")).collect();
+    assert!(text.contains("wino1x3_gemm_512x7x7_to512x7x7"), "the cost model's choice changed:\n{text}");
+    expect_test::expect_file!["snapshots/resnet18.row_winograd.kernels.txt"].assert_eq(&text);
+}
+
 #[test]
 fn generated_rust_of_a_tiny_model() {
     let s = spec::load(&support::root().join("tests/specs/tiny_input.toml")).unwrap();

@@ -11,7 +11,8 @@ pub fn op_name(step: &Step) -> String {
     match &step.op {
         StepOp::PackInput => "pack_input".into(),
         StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
-        StepOp::Conv(Conv { winograd: Some(m), .. }) => format!("conv3x3/1 F({m},3)"),
+        StepOp::Conv(Conv { winograd: Some(w), .. }) if w.row => format!("conv3x3/1 F(1x{},3)", w.m),
+        StepOp::Conv(Conv { winograd: Some(w), .. }) => format!("conv3x3/1 F({},3)", w.m),
         StepOp::Conv(c) => format!("conv{k}x{k}/{}", c.stride, k = c.kernel),
         StepOp::MaxPool(p) => {
             format!("maxpool{k}x{k}/{}{}", p.stride, if p.ceil_mode { " ceil" } else { "" }, k = p.kernel)
@@ -90,7 +91,7 @@ pub fn fused_json(plan: &Plan) -> Value {
             "output": [s.out_shape.c, s.out_shape.h, s.out_shape.w],
             "residual": s.residual.map(|b| plan.buffers[b].name.clone()),
             "algorithm": match &s.op {
-                StepOp::Conv(Conv { winograd: Some(m), .. }) => format!("winograd F({m}x{m},3x3)"),
+                StepOp::Conv(Conv { winograd: Some(w), .. }) => format!("winograd {w}"),
                 StepOp::Conv(_) => "direct".to_string(),
                 _ => String::new(),
             },

@@ -29,6 +29,61 @@ impl fmt::Display for Shape {
     }
 }
 
+/// A stride-1 3x3 conv run as Winograd with output tiles of `m` pixels: F(m x m, 3 x 3)
+/// over square tiles, or with `row` F(1 x m, 3 x 3), a 1-D F(m, 3) along each row for each
+/// of the kernel's three rows, summed in the products (`3 * (m + 2)` transformed weights
+/// per channel pair instead of `(m + 2)^2`: fewer bytes to stream, more multiplies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Winograd {
+    pub m: usize,
+    pub row: bool,
+}
+
+impl Winograd {
+    pub const fn square(m: usize) -> Winograd {
+        Winograd { m, row: false }
+    }
+
+    pub const fn row(m: usize) -> Winograd {
+        Winograd { m, row: true }
+    }
+
+    /// Output rows and columns of one tile.
+    pub fn tile_rows(&self) -> usize {
+        if self.row {
+            1
+        } else {
+            self.m
+        }
+    }
+
+    /// Transformed positions of one tile (`n x n`, or `n` along a row), `n = m + 2`.
+    pub fn positions(&self) -> usize {
+        let n = self.m + 2;
+        if self.row {
+            n
+        } else {
+            n * n
+        }
+    }
+
+    /// Transformed weights per position and channel pair: one per kernel row along rows.
+    pub fn taps(&self) -> usize {
+        if self.row {
+            3
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for Winograd {
+    /// `F(4x4,3x3)` or `F(1x2,3x3)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "F({}x{},3x3)", self.tile_rows(), self.m)
+    }
+}
+
 /// A convolution without bias (torchvision's), plus the epilogue that fusion attaches.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Conv {
@@ -46,9 +101,9 @@ pub struct Conv {
     pub residual: bool,
     /// The epilogue ends with ReLU.
     pub relu: bool,
-    /// Run as Winograd F(m x m, 3 x 3) with this output tile `m`; `None` is direct
-    /// convolution. Chosen by the `choose_algorithm` pass.
-    pub winograd: Option<usize>,
+    /// Run as this Winograd algorithm; `None` is direct convolution. Chosen by the
+    /// `choose_algorithm` pass.
+    pub winograd: Option<Winograd>,
 }
 
 impl Conv {
@@ -247,8 +302,8 @@ pub fn attributes(op: &Op) -> String {
             if c.relu {
                 s.push_str(" +relu");
             }
-            if let Some(m) = c.winograd {
-                let _ = write!(s, " winograd F({m}x{m},3x3)");
+            if let Some(w) = c.winograd {
+                let _ = write!(s, " winograd {w}");
             }
             s
         }

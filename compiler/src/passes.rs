@@ -11,9 +11,9 @@
 //! that someone else reads disappears.
 //!
 //! The last pass, `choose_algorithm`, rewrites nothing: it is the cost model that marks
-//! which stride-1 3x3 convs run as Winograd F(m x m, 3 x 3).
+//! which stride-1 3x3 convs run as Winograd, F(m x m, 3 x 3) or F(1 x m, 3 x 3).
 
-use crate::graph::{Conv, Graph, Op, Shape};
+use crate::graph::{Conv, Graph, Op, Shape, Winograd};
 use crate::target::Target;
 use petgraph::stable_graph::NodeIndex;
 use petgraph::visit::EdgeRef;
@@ -134,10 +134,11 @@ impl Pass for FuseRelu {
 /// F(2,3) nothing (0.6e-6); once the budget is spent, convs fall back to smaller tiles.
 pub const MAX_F4_LAYERS: usize = 16;
 
-/// Error units of one conv at tile `m` (F(4,3) = 2), against a budget of
-/// `2 * MAX_F4_LAYERS`.
-fn error_units(m: usize) -> usize {
-    match m {
+/// Error units of one Winograd conv (F(4,3) = 2), against a budget of
+/// `2 * MAX_F4_LAYERS`. Along rows only one dimension is transformed, which errs less;
+/// counted as the square tile all the same.
+fn error_units(w: Winograd) -> usize {
+    match w.m {
         4 => 2,
         3 => 1,
         _ => 0,
@@ -164,14 +165,14 @@ pub struct ChooseAlgorithm {
     pub target: Target,
 }
 
-/// Bytes of a conv's weights, direct (`m = None`) or Winograd F(m, 3), without the
-/// padding to whole vectors.
-fn weight_bytes(c: &Conv, m: Option<usize>) -> usize {
-    4 * m.map_or(c.weight_count(), |m| (m + 2) * (m + 2) * c.cin * c.cout)
+/// Bytes of a conv's weights, direct (`None`) or Winograd, without the padding to whole
+/// vectors.
+fn weight_bytes(c: &Conv, w: Option<Winograd>) -> usize {
+    4 * w.map_or(c.weight_count(), |w| w.positions() * w.taps() * c.cin * c.cout)
 }
 
-/// Estimated seconds of one image's conv, direct (`m = None`) or Winograd F(m, 3).
-pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
+/// Estimated seconds of one image's conv, direct (`None`) or Winograd.
+pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>) -> f64 {
     let (cin, cout) = (c.cin as f64, c.cout as f64);
     let compute = |macs: f64| 2.0 * macs / (t.gflops as f64 * 1e9);
     let memory = |bytes: f64| bytes / (t.weight_gbytes as f64 * 1e9);
@@ -185,46 +186,49 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, m: Option<usize>) -> f64 {
     };
     // Output channels of one register tile (J vectors).
     let jl = cout.min(if t.vregs >= 32 { 4 * t.lanes } else { t.lanes } as f64);
-    match m {
+    match algorithm {
         None => {
             let k2 = (c.kernel * c.kernel) as f64;
             let bytes = weight_bytes(c, None) as f64;
             let macs = (out.h * out.w) as f64 * cout * k2 * cin / c.groups as f64;
             compute(macs).max(memory(bytes)) + l2(bytes, 4.0 * k2 * cin / c.groups as f64 * jl, out.h as f64)
         }
-        Some(m) => {
-            let nn = ((m + 2) * (m + 2)) as f64;
-            let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);
-            // As `kernels::winograd` blocks the products.
-            let pt = crate::kernels::winograd_product_tile(
-                t,
-                c.cin.div_ceil(t.lanes) * t.lanes,
-                c.cout.div_ceil(t.lanes),
-                tiles,
-            );
-            let jl = cout.min((pt.j * t.lanes) as f64);
-            let bytes = weight_bytes(c, Some(m)) as f64;
-            let blocks = tiles.div_ceil(pt.tiles) as f64;
-            let products =
-                compute(nn * tiles as f64 * cin * cout).max(memory(bytes)) + l2(bytes, 4.0 * cin * jl, blocks - 1.0);
-            let scratch = 4.0 * nn * tiles as f64 * (cin + cout);
+        Some(w) => {
+            let (nn, taps) = (w.positions() as f64, w.taps() as f64);
+            let (tiles, v_tiles) = crate::plan::winograd_tiles(w, out);
+            // As `kernels::winograd` blocks the products: (output vectors, tile blocks).
+            let (j, blocks) = if w.row {
+                let tw = out.w.div_ceil(w.m);
+                let (rows, cols) = crate::kernels::winograd_row_block(t, tw, out.h);
+                (1, out.h.div_ceil(rows) * tw.div_ceil(cols))
+            } else {
+                let cin_pad = c.cin.div_ceil(t.lanes) * t.lanes;
+                let pt = crate::kernels::winograd_product_tile(t, cin_pad, c.cout.div_ceil(t.lanes), tiles);
+                (pt.j, tiles.div_ceil(pt.tiles))
+            };
+            let jl = cout.min((j * t.lanes) as f64);
+            let bytes = weight_bytes(c, Some(w)) as f64;
+            let blocks = blocks as f64;
+            let products = compute(nn * tiles as f64 * taps * cin * cout).max(memory(bytes))
+                + l2(bytes, 4.0 * taps * cin * jl, blocks - 1.0);
+            let scratch = 4.0 * nn * (v_tiles as f64 * cin + tiles as f64 * cout);
             products + scratch / (t.transform_gbytes as f64 * 1e9)
         }
     }
 }
 
 /// The algorithms a conv may run on `t` with their estimated seconds: direct
-/// convolution (`None`) always, Winograd F(m, 3) where the conv is eligible and `m`'s
-/// estimate beats direct convolution's by [`WINOGRAD_MARGIN`].
-fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<usize>, f64)> {
+/// convolution (`None`) always, Winograd F(m x m, 3 x 3) and F(1 x m, 3 x 3) where the
+/// conv is eligible and the estimate beats direct convolution's by [`WINOGRAD_MARGIN`].
+fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<Winograd>, f64)> {
     let direct = conv_seconds(t, c, out, None);
     let mut options = vec![(None, direct)];
     let eligible = c.kernel == 3 && c.stride == 1 && c.pad == 1 && c.groups == 1 && c.cin >= 16 && c.cout >= 16;
     if eligible {
-        for m in [2, 3, 4] {
-            let cost = conv_seconds(t, c, out, Some(m));
+        for w in [2, 3, 4].into_iter().flat_map(|m| [Winograd::square(m), Winograd::row(m)]) {
+            let cost = conv_seconds(t, c, out, Some(w));
             if cost < WINOGRAD_MARGIN * direct {
-                options.push((Some(m), cost));
+                options.push((Some(w), cost));
             }
         }
     }
@@ -233,13 +237,13 @@ fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<usize>, f64)> {
 
 /// A conv of the allocation: its node, its algorithms with their estimated seconds (see
 /// [`algorithms`]) and the index of the one chosen so far.
-type Choice = (NodeIndex, Vec<(Option<usize>, f64)>, usize);
+type Choice = (NodeIndex, Vec<(Option<Winograd>, f64)>, usize);
 
 /// The move `(conv, algorithm)` with the lowest `score(node, chosen, candidate)` among
 /// those it scores (`None`: not a move); the first such on ties.
 fn best_move(
     convs: &[Choice],
-    score: impl Fn(NodeIndex, (Option<usize>, f64), (Option<usize>, f64)) -> Option<f64>,
+    score: impl Fn(NodeIndex, (Option<Winograd>, f64), (Option<Winograd>, f64)) -> Option<f64>,
 ) -> Option<(usize, usize)> {
     let mut best: Option<(f64, usize, usize)> = None;
     for (k, (n, options, at)) in convs.iter().enumerate() {
@@ -267,7 +271,7 @@ impl Pass for ChooseAlgorithm {
     fn run(&self, graph: &mut Graph) -> usize {
         // An escape hatch for measurements and bit-level comparisons with direct convolution.
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
-        let units = |m: Option<usize>| m.map_or(0, error_units);
+        let units = |w: Option<Winograd>| w.map_or(0, error_units);
         let mut convs: Vec<Choice> = vec![];
         for n in graph.schedule() {
             let Op::Conv(c) = &graph.node(n).op else { continue };
@@ -292,8 +296,8 @@ impl Pass for ChooseAlgorithm {
         // byte saved until the weights fit (or every conv is direct). Sizes are estimated
         // without the padding to whole vectors; the classifier's weights count as they are.
         if let Some(budget) = self.target.weight_budget {
-            let bytes = |n: NodeIndex, m: Option<usize>| match &graph.node(n).op {
-                Op::Conv(c) => weight_bytes(c, m),
+            let bytes = |n: NodeIndex, w: Option<Winograd>| match &graph.node(n).op {
+                Op::Conv(c) => weight_bytes(c, w),
                 _ => 0,
             };
             let fixed: usize = graph
@@ -417,8 +421,8 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         let classifier = 4 * 2048 * 1000;
-        let total = |v: &[(Option<usize>, usize)]| classifier + v.iter().map(|x| x.1).sum::<usize>();
-        let winograd = |v: &[(Option<usize>, usize)]| v.iter().filter(|x| x.0.is_some()).count();
+        let total = |v: &[(Option<Winograd>, usize)]| classifier + v.iter().map(|x| x.1).sum::<usize>();
+        let winograd = |v: &[(Option<Winograd>, usize)]| v.iter().filter(|x| x.0.is_some()).count();
         let free = choose(None);
         let budget = 118 << 20;
         assert!(total(&free) > budget, "the test needs a budget that binds");
@@ -447,19 +451,20 @@ mod tests {
         // AVX-512: F(4,3) down to 28x28; at 14x14x256 F(4,3)'s products wait on its
         // 9.4 MB of transformed weights, F(3,3)'s 6.6 MB arrive as fast as 25 tiles in
         // registers use them; at 7x7x512 the 4x larger transformed weights (37.7 MB per
-        // conv) cost more than the multiplies saved, F(2,3)'s 16.8 MB less.
-        for (h, m) in chosen(Target::AVX512) {
+        // conv) cost more than the multiplies saved, F(2,3)'s 16.8 MB less, and F(1x3)
+        // along rows streams 15.7 MB with all 21 tiles in registers.
+        for (h, w) in chosen(Target::AVX512) {
             let want = match h {
-                28.. => Some(4),
-                14 => Some(3),
-                _ => Some(2),
+                28.. => Winograd::square(4),
+                14 => Winograd::square(3),
+                _ => Winograd::row(3),
             };
-            assert_eq!(m, want, "avx512, {h}x{h}");
+            assert_eq!(w, Some(want), "avx512, {h}x{h}");
         }
         // Cranelift computes 3.5x slower: F(4,3) down to 14x14; at 7x7x512 its 37.7 MB
         // of transformed weights cost more than F(3,3)'s 26.2 MB and extra multiplies.
-        for (h, m) in chosen(Target::CRANELIFT_X64) {
-            assert_eq!(m, Some(if h >= 14 { 4 } else { 3 }), "cranelift, {h}x{h}");
+        for (h, w) in chosen(Target::CRANELIFT_X64) {
+            assert_eq!(w, Some(Winograd::square(if h >= 14 { 4 } else { 3 })), "cranelift, {h}x{h}");
         }
     }
 }

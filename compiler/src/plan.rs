@@ -10,7 +10,7 @@
 //! **Architecture Invariant:** the producer of a buffer writes all of it, halo included
 //! (the halo with zeros), so a buffer never depends on what the arena held before.
 
-use crate::graph::{Conv, Graph, MaxPool, Op, Shape};
+use crate::graph::{Conv, Graph, MaxPool, Op, Shape, Winograd};
 use crate::passes::Pass;
 use crate::target::Target;
 use anyhow::{bail, Result};
@@ -147,22 +147,30 @@ pub struct Plan {
     pub input: Shape,
 }
 
-/// The scratch layouts of a Winograd F(m, 3) conv with output `out`: `V` holds the
-/// input channels and `M` the output channels, each as `n * n` transformed positions
-/// (the layout's rows) times `tiles` tiles (its columns). Only the sizes matter to the
-/// planner; the kernels index them `[xi][channel block][tile][lane]` with positions
-/// [`winograd_plane_floats`] apart, so the layout's `n * n` rows are rounded up to cover
-/// the padded planes (a few more rows).
-pub fn winograd_layouts(c: &Conv, m: usize, out: Shape, lanes: usize) -> (Layout, Layout) {
-    let n = m + 2;
-    let tiles = out.h.div_ceil(m) * out.w.div_ceil(m);
-    let l = |ch: usize| {
+/// Tiles of a Winograd conv's output `out` (in `M`) and of its transformed input (in
+/// `V`): the same for square tiles; along rows, `V` also holds the input rows above and
+/// below the output.
+pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
+    let tw = out.w.div_ceil(w.m);
+    let th = out.h.div_ceil(w.tile_rows());
+    (th * tw, if w.row { (th + 2) * tw } else { th * tw })
+}
+
+/// The scratch layouts of a Winograd conv with output `out`: `V` holds the input
+/// channels and `M` the output channels, each as `w.positions()` transformed positions
+/// (the layout's rows) times its tiles ([`winograd_tiles`], its columns). Only the sizes
+/// matter to the planner; the kernels index them `[xi][channel block][tile][lane]` with
+/// positions [`winograd_plane_floats`] apart, so the layout's rows are rounded up to
+/// cover the padded planes (a few more rows).
+pub fn winograd_layouts(c: &Conv, w: Winograd, out: Shape, lanes: usize) -> (Layout, Layout) {
+    let (m_tiles, v_tiles) = winograd_tiles(w, out);
+    let l = |ch: usize, tiles: usize| {
         let cblocks = ch.div_ceil(lanes);
-        let need = n * n * winograd_plane_floats(cblocks, tiles, lanes);
+        let need = w.positions() * winograd_plane_floats(cblocks, tiles, lanes);
         let plane = cblocks * tiles * lanes;
         Layout { c: ch, cb: lanes, h: need.div_ceil(plane), w: tiles, halo: 0 }
     };
-    (l(c.cin), l(c.cout))
+    (l(c.cin, v_tiles), l(c.cout, m_tiles))
 }
 
 /// Floats of a cache line ([`crate::memory::ALIGN`] bytes).
@@ -199,8 +207,9 @@ pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option
 fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
     match op {
         // Whole Winograd tiles read up to `tiles * m - size` rows and columns past the end.
-        Op::Conv(Conv { winograd: Some(m), pad, .. }) => {
-            pad + (output.h.div_ceil(*m) * m - output.h).max(output.w.div_ceil(*m) * m - output.w)
+        Op::Conv(Conv { winograd: Some(w), pad, .. }) => {
+            let over = |size: usize, m: usize| size.div_ceil(m) * m - size;
+            pad + over(output.h, w.tile_rows()).max(over(output.w, w.m))
         }
         Op::Conv(c) => c.pad,
         Op::MaxPool(p) => {
@@ -217,7 +226,11 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
     // The algorithm of each conv depends on the target's speed: decided here, per plan.
     let mut chosen = fused.clone();
     crate::passes::ChooseAlgorithm { target }.run(&mut chosen);
-    let fused = &chosen;
+    build_chosen(&chosen, target)
+}
+
+/// [`build`] with each conv's algorithm as `fused` has it (tests force algorithms).
+pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
     let order = fused.schedule();
     let mut buf_of: HashMap<NodeIndex, BufId> = HashMap::new();
     let mut buffers: Vec<Buffer> = Vec::new();
@@ -247,8 +260,8 @@ pub fn build(fused: &Graph, target: Target) -> Result<Plan> {
             buffers.len() - 1
         };
         let mut scratch = vec![];
-        if let Op::Conv(c @ Conv { winograd: Some(m), .. }) = &node.op {
-            let (v, mm) = winograd_layouts(c, *m, node.shape, target.lanes);
+        if let Op::Conv(c @ Conv { winograd: Some(w), .. }) = &node.op {
+            let (v, mm) = winograd_layouts(c, *w, node.shape, target.lanes);
             scratch.push(add_buffer(&format!("{}.wino_v", node.name), v));
             scratch.push(add_buffer(&format!("{}.wino_m", node.name), mm));
         } else if let Op::Conv(c) = &node.op {

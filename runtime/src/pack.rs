@@ -65,16 +65,20 @@ pub struct LinearPacking {
 }
 
 /// A stride-1 3x3 conv run as Winograd F(m, 3): transformed weights
-/// `U[xi][ktile][ic][jl]` (`xi` over the `n x n` transformed positions, `ktile` over tiles of
-/// `jl` output channels, `ic` over the padded input channels), bias `[ktiles * jl]`.
+/// `U[xi][ktile][ic][tap][jl]` (`xi` over the `n x n` transformed positions, or the `n`
+/// positions along a row with `row`, `ktile` over tiles of `jl` output channels, `ic` over
+/// the padded input channels, `tap` over the kernel's 3 rows with `row`, else one), bias
+/// `[ktiles * jl]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WinogradPacking {
     pub weight: Name,
     pub bn: Option<Name>,
     pub cout: usize,
     pub cin: usize,
-    /// Output tile size (2 or 4).
+    /// Output tile size (2, 3 or 4).
     pub m: usize,
+    /// F(1 x m, 3 x 3) along rows instead of F(m x m, 3 x 3).
+    pub row: bool,
     pub jl: usize,
     pub ktiles: usize,
     /// Input channels including padding.
@@ -84,9 +88,19 @@ pub struct WinogradPacking {
 }
 
 impl WinogradPacking {
-    pub fn weight_floats(&self) -> usize {
+    /// Transformed positions and weights per position and channel pair.
+    pub fn positions_taps(&self) -> (usize, usize) {
         let n = self.m + 2;
-        n * n * self.ktiles * self.cin_pad * self.jl
+        if self.row {
+            (n, 3)
+        } else {
+            (n * n, 1)
+        }
+    }
+
+    pub fn weight_floats(&self) -> usize {
+        let (positions, taps) = self.positions_taps();
+        positions * taps * self.ktiles * self.cin_pad * self.jl
     }
 }
 
@@ -149,15 +163,20 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
 pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
     let tr = crate::winograd::transform(p.m).with_context(|| format!("{}: no Winograd F({}, 3)", p.weight, p.m))?;
-    let nn = tr.n * tr.n;
+    let (positions, taps) = p.positions_taps();
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
     for oc in 0..p.cout {
         let (kt, lane) = (oc / p.jl, oc % p.jl);
         for ic in 0..p.cin {
-            let u = tr.filter(&w[(oc * p.cin + ic) * 9..][..9]);
-            for (xi, &v) in u.iter().enumerate().take(nn) {
-                out[((xi * p.ktiles + kt) * p.cin_pad + ic) * p.jl + lane] = v as f32;
+            let g = &w[(oc * p.cin + ic) * 9..][..9];
+            // `[xi][tap]`: `G g G^T`, or `G g_r` for each kernel row `r` along rows.
+            let u = if p.row { tr.filter_rows(g) } else { tr.filter(g) };
+            for xi in 0..positions {
+                for tap in 0..taps {
+                    out[(((xi * p.ktiles + kt) * p.cin_pad + ic) * taps + tap) * p.jl + lane] =
+                        u[xi * taps + tap] as f32;
+                }
             }
         }
     }

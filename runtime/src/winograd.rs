@@ -137,6 +137,19 @@ impl Transform {
         }
         u
     }
+
+    /// `u[xi][r] = (G g_r)[xi]` for each row `g_r` of a 3x3 filter (row-major): the
+    /// weights of F(1 x m, 3 x 3), `n x 3`.
+    pub fn filter_rows(&self, g: &[f32]) -> Vec<f64> {
+        let n = self.n;
+        let mut u = vec![0.0f64; n * 3];
+        for xi in 0..n {
+            for r in 0..3 {
+                u[xi * 3 + r] = (0..3).map(|k| self.g[xi * 3 + k] * g[r * 3 + k] as f64).sum();
+            }
+        }
+        u
+    }
 }
 
 #[cfg(test)]
@@ -174,6 +187,32 @@ mod tests {
                         .sum();
                     assert!((y - want).abs() < 1e-9, "F({m},3) tile ({r},{c}): {y} vs {want}");
                 }
+            }
+        }
+    }
+
+    /// One row tile of F(1 x m, 3 x 3): the kernel rows' 1-D transforms, summed, equal
+    /// the direct correlation of a 3 x n input patch.
+    #[test]
+    fn row_tile_equals_direct_correlation() {
+        for m in [2, 3, 4] {
+            let tr = transform(m).unwrap();
+            let n = tr.n;
+            let d: Vec<f64> = (0..3 * n).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();
+            let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
+            let u = tr.filter_rows(&g);
+            for c in 0..m {
+                let mut y = 0.0;
+                for r in 0..3 {
+                    // v = B^T d_r, the r-th input row's transform.
+                    let v: Vec<f64> = (0..n).map(|xi| (0..n).map(|a| tr.bt[xi * n + a] * d[r * n + a]).sum()).collect();
+                    y += (0..n).map(|xi| tr.at[c * n + xi] * u[xi * 3 + r] * v[xi]).sum::<f64>();
+                }
+                let want: f64 = (0..3)
+                    .flat_map(|a| (0..3).map(move |b| (a, b)))
+                    .map(|(a, b)| d[a * n + c + b] * g[a * 3 + b] as f64)
+                    .sum();
+                assert!((y - want).abs() < 1e-9, "F(1x{m},3x3) column {c}: {y} vs {want}");
             }
         }
     }

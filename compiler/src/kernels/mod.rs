@@ -17,6 +17,7 @@ pub(crate) use conv::panel_tile;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
 pub(crate) use winograd::product_tile as winograd_product_tile;
+pub(crate) use winograd::row_block as winograd_row_block;
 
 /// A call's batch order from the bytes of weights it reads. Weights well past L2 (over
 /// twice its size) are read once per batch, task-major (ResNet-50 batch 8, per image vs
@@ -91,9 +92,9 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         // (kernel, arguments, multiply-adds, batch order) of each call this step makes.
         let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize, Order)> = vec![];
         let (kernel, args, recipe) = match &step.op {
-            StepOp::Conv(c @ Conv { winograd: Some(m), .. }) => {
+            StepOp::Conv(c @ Conv { winograd: Some(wino), .. }) => {
                 let res = step.residual.map(|r| buf(Some(r)));
-                let g = winograd::generate(t, c, *m, buf(step.input), buf(step.output), res, &mut weights);
+                let g = winograd::generate(t, c, *wino, buf(step.input), buf(step.output), res, &mut weights);
                 let (v, mm) = (arena(Some(step.scratch[0])), arena(Some(step.scratch[1])));
                 let [k_in, k_gemm, k_out] = g.kernels;
                 let u_bytes = g.packing.weight_floats() * 4;

@@ -9,16 +9,23 @@
 //! 3. `wino_out`:  `y = A^T M A + bias (+ residual) (ReLU)` per output tile, stored in the
 //!    output layout with its zero halo.
 //!
+//! Along rows (F(1 x m, 3 x 3), `Winograd::row`) a tile is `m` pixels of one row and each
+//! kernel row is a 1-D F(m, 3): `V[xi] = B^T d` for every row tile of every input row the
+//! output reads, `M[xi][y] = sum_tap V[xi][y + tap] U[xi][tap]` (the products reduce over
+//! the three kernel rows too), `y = A^T M`: `3 n` weights per channel pair instead of
+//! `n^2`, for `3 n / m` multiplies per output instead of `(n / m)^2`.
+//!
 //! Scratch index: `[xi][channel block][tile][lane]`, so one position's matrix is contiguous;
 //! positions are `plan::winograd_plane_floats` apart (an odd number of cache lines).
-//! The weight side `U = G g G^T` is packed once at load (`runtime::pack::pack_winograd`).
+//! The weight side `U = G g G^T` (along rows `G g_r` per kernel row) is packed once at
+//! load (`runtime::pack::pack_winograd`).
 //! Both transforms run separably (rows, then columns) through the scratch buffer itself,
 //! which keeps the live registers to about `2n` plus the constants.
 
 use super::conv::{channel_unroll, j_candidates, tile_pixels, PREFETCH_FLOATS};
 use super::simple::{pixel, zero_halo_of_row};
 use super::WeightAlloc;
-use crate::graph::Conv;
+use crate::graph::{Conv, Winograd};
 use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
 use crate::plan::Buffer;
 use crate::target::Target;
@@ -76,59 +83,85 @@ impl Consts {
 /// Geometry shared by the three kernels.
 struct Tiles {
     tr: Transform,
+    /// Along rows (`wino.row`) a tile is `m` pixels of one row, and `V` holds the tiles
+    /// of every input row the output reads (one more above and below).
+    wino: Winograd,
     /// Tiles per row and per column of the output.
     tw: usize,
     th: usize,
+    /// Tiles of the transformed input, in `V` (`plan::winograd_tiles`).
+    v_tiles: usize,
     lanes: usize,
 }
 
 impl Tiles {
+    /// Tiles of the output, in `M`.
     fn count(&self) -> usize {
         self.tw * self.th
     }
     /// Float index of the vector of position `xi`, channel block `cblock` (of `cblocks`),
-    /// tile `tile` in a scratch buffer.
-    fn scratch(&self, xi: &Index, cblocks: usize, cblock: &Index, tile: &Index) -> Index {
-        let plane = crate::plan::winograd_plane_floats(cblocks, self.count(), self.lanes) as i64;
-        xi.scaled(plane).plus(&cblock.scaled(self.count() as i64).plus(tile).scaled(self.lanes as i64))
+    /// tile `tile` (of `tiles`) in a scratch buffer.
+    fn scratch(&self, tiles: usize, xi: &Index, cblocks: usize, cblock: &Index, tile: &Index) -> Index {
+        let plane = crate::plan::winograd_plane_floats(cblocks, tiles, self.lanes) as i64;
+        xi.scaled(plane).plus(&cblock.scaled(tiles as i64).plus(tile).scaled(self.lanes as i64))
     }
 }
 
 pub fn generate(
     t: Target,
     c: &Conv,
-    m: usize,
+    wino: Winograd,
     input: &Buffer,
     out: &Buffer,
     res: Option<&Buffer>,
     w: &mut WeightAlloc,
 ) -> Generated {
+    let m = wino.m;
     let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
-    let tiles = Tiles { tr, tw: lo.w.div_ceil(m), th: lo.h.div_ceil(m), lanes: t.lanes };
-    let pt = product_tile(t, li.cpad(), lo.cblocks(), tiles.count());
-    let (j, jl) = (pt.j, pt.j * t.lanes);
-    let ktiles = lo.cblocks() / j;
-    let n = tiles.tr.n;
+    let (tw, th) = (lo.w.div_ceil(m), lo.h.div_ceil(wino.tile_rows()));
+    let v_tiles = crate::plan::winograd_tiles(wino, crate::graph::Shape { c: lo.c, h: lo.h, w: lo.w }).1;
+    let tiles = Tiles { tr, wino, tw, th, v_tiles, lanes: t.lanes };
+    // Row products are one output vector wide (`products_row`).
+    let pt = (!wino.row).then(|| product_tile(t, li.cpad(), lo.cblocks(), tiles.count()));
+    let jl = pt.as_ref().map_or(1, |pt| pt.j) * t.lanes;
+    let ktiles = lo.cblocks() * t.lanes / jl;
     let packing = WinogradPacking {
         weight: c.weight.clone().into(),
         bn: c.folded_bn.clone().map(Into::into),
         cout: c.cout,
         cin: c.cin,
         m,
+        row: wino.row,
         jl,
         ktiles,
         cin_pad: li.cpad(),
-        offset: w.take(n * n * ktiles * li.cpad() * jl),
+        offset: w.take(wino.positions() * wino.taps() * ktiles * li.cpad() * jl),
         bias_offset: w.take(ktiles * jl),
     };
     let shape = format!("{}x{}x{}_to{}x{}x{}", li.c, li.h, li.w, lo.c, lo.h, lo.w);
-    let kernels = [
-        input_transform(&tiles, &li, &shape),
-        products(t, &tiles, &pt, li.cblocks(), lo.cblocks(), &shape),
-        output_transform(&tiles, c, &lo, res, &shape),
-    ];
+    let kernels = match &pt {
+        None => [
+            input_transform_row(&tiles, &li, &shape),
+            products_row(t, &tiles, li.cblocks(), lo.cblocks(), &shape),
+            output_transform_row(&tiles, c, &lo, res, &shape),
+        ],
+        Some(pt) => [
+            input_transform(&tiles, &li, &shape),
+            products(t, &tiles, pt, li.cblocks(), lo.cblocks(), &shape),
+            output_transform(&tiles, c, &lo, res, &shape),
+        ],
+    };
     Generated { kernels, packing }
+}
+
+/// Kernel name prefix: `wino2`, or `wino1x2` along rows.
+fn prefix(g: &Tiles) -> String {
+    if g.wino.row {
+        format!("wino1x{}", g.tr.m)
+    } else {
+        format!("wino{}", g.tr.m)
+    }
 }
 
 /// `V = B^T d B` per tile and input channel block. Arguments: 0 `V`, 1 input.
@@ -145,8 +178,10 @@ fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     b.for_loop(g.tw, |b, tx| {
         let tile = ty.scaled(g.tw as i64).plus(&tx);
         // Position `i * n + j` of the tile, `i` and `j` loop variables or constants.
-        let v_at =
-            |i: &Index, j: &Index| Addr { arg: 0, index: g.scratch(&i.scaled(n as i64).plus(j), cblocks, &cb, &tile) };
+        let v_at = |i: &Index, j: &Index| Addr {
+            arg: 0,
+            index: g.scratch(g.v_tiles, &i.scaled(n as i64).plus(j), cblocks, &cb, &tile),
+        };
         // Both passes loop over the tile's rows / columns instead of unrolling them: six
         // times less code for rustc to optimize (three ISAs per kernel).
         // Rows: s[i][c] = sum_j d[i][j] B[j][c], into V.
@@ -172,8 +207,36 @@ fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
             }
         });
     });
-    let name = format!("wino{}_in_{shape}", tr.m);
+    let name = format!("{}_in_{shape}", prefix(g));
     b.finish(name, vec!["v", "in"], lanes, vec![cblocks, g.th])
+}
+
+/// `V = B^T d` per row tile `d` of every input row the output reads (rows -1 to `h`,
+/// through the input's zero halo) and input channel block. Arguments: 0 `V`, 1 input.
+/// Tasks: (channel block, input row).
+fn input_transform_row(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
+    let (tr, lanes) = (&g.tr, g.lanes);
+    let n = tr.n;
+    let cblocks = li.cblocks();
+    let mut b = Builder::new(2);
+    let (cb, vy) = (Index::var(0, 1), Index::var(1, 1));
+    let k = Consts::new(&mut b, tr.bt);
+    let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    b.for_loop(g.tw, |b, tx| {
+        let tile = vy.scaled(g.tw as i64).plus(&tx);
+        for (jx, &r) in d.iter().enumerate() {
+            let x = tx.scaled(tr.m as i64).offset(jx as i64 - 1);
+            b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index: pixel(li, &cb, &vy.offset(-1), &x) })));
+        }
+        for (xi, &dst) in s.iter().enumerate() {
+            k.combine(b, dst, None, (0..n).map(|jx| (tr.bt[xi * n + jx], d[jx])));
+            let at = g.scratch(g.v_tiles, &Index::constant(xi as i64), cblocks, &cb, &tile);
+            b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: dst });
+        }
+    });
+    let name = format!("{}_in_{shape}", prefix(g));
+    b.finish(name, vec!["v", "in"], lanes, vec![cblocks, g.th + 2])
 }
 
 /// The register tile of a Winograd product: `j` output vectors by `tiles` tiles.
@@ -245,7 +308,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
                     }
                 }
                 for (pp, a) in acc.iter().take(p).enumerate() {
-                    let x = g.scratch(&xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
+                    let x = g.scratch(g.v_tiles, &xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
                     for jj in 0..j {
                         let xv = Src::Bcast(Addr { arg: 1, index: x.clone() });
                         b.set(a[jj], Expr::Fma(a[jj], xv, Src::Reg(wreg[jj])));
@@ -257,7 +320,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
             for (jj, &r) in a.iter().enumerate() {
                 let ob = kt.scaled(j as i64).offset(jj as i64);
                 b.push(Stmt::Store {
-                    addr: Addr { arg: 0, index: g.scratch(&xi, cbo, &ob, &p0.offset(pp as i64)) },
+                    addr: Addr { arg: 0, index: g.scratch(count, &xi, cbo, &ob, &p0.offset(pp as i64)) },
                     src: r,
                 });
             }
@@ -270,6 +333,93 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     }
     let name = format!("wino{}_gemm_{shape}", g.tr.m);
     b.finish(name, vec!["m", "v", "u"], lanes, vec![n * n, ktiles])
+}
+
+/// The register block of a row product ([`products_row`]): `rows` output rows by `cols`
+/// tiles of each, one output vector wide, beside the three taps' weight vectors and one
+/// broadcast (28 + 4 of 32 registers: 7 rows of 4 tiles, ResNet's 7x7 at F(1x2)). Rows
+/// are split evenly, so no block is much shorter than the others.
+pub(crate) fn row_block(t: Target, tw: usize, th: usize) -> (usize, usize) {
+    let budget = t.vregs - 8;
+    let cols = tw.min(budget);
+    let rows = (budget / cols).min(th);
+    (th.div_ceil(th.div_ceil(rows)), cols)
+}
+
+/// `M[xi][y] = sum_tap V[xi][y + tap] U[xi][tap]` for each output row `y` (`V`'s rows
+/// start one input row above the output): a register block of output rows by tiles,
+/// reduced over input channels. Each broadcast of `V` feeds the (up to) three output rows
+/// that read it, one per tap, so a block of `r` rows loads `r + 2` rows of broadcasts
+/// for `3r` rows of FMAs (loads, not FMAs, would bound a broadcast per FMA). Arguments:
+/// 0 `M`, 1 `V`, 2 `U`. Tasks: (position, output vector).
+fn products_row(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+    let lanes = t.lanes;
+    let taps = g.wino.taps();
+    let (rows, cols) = row_block(t, g.tw, g.th);
+    let cin_pad = (cbi * lanes) as i64;
+    let mut b = Builder::new(2);
+    let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
+    let unroll = channel_unroll(t, lanes);
+    let acc: Vec<Vec<VReg>> = (0..rows).map(|_| (0..cols).map(|_| b.vreg()).collect()).collect();
+    let w: Vec<VReg> = (0..taps).map(|_| b.vreg()).collect();
+    let x = b.vreg();
+    let tw = g.tw as i64;
+    // A block of `r` rows from row `y0` by `c` tiles from tile `x0`.
+    let emit = |b: &mut Builder, y0: &Index, r: usize, x0: &Index, c: usize| {
+        for a in acc.iter().take(r) {
+            for &reg in a.iter().take(c) {
+                b.set(reg, Expr::Zero);
+            }
+        }
+        b.for_loop(cbi, |b, icb| {
+            b.for_loop_unrolled(lanes, unroll, |b, icl| {
+                let ic = icb.scaled(lanes as i64).plus(&icl);
+                let wk = xi.scaled(cbo as i64).plus(&kt).scaled(cin_pad).plus(&ic).scaled((taps * lanes) as i64);
+                for (tap, &wr) in w.iter().enumerate() {
+                    let at = wk.offset((tap * lanes) as i64);
+                    b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: at.clone() })));
+                    // Every position's weights are read once per image, from memory.
+                    if t.prefetch {
+                        b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: at.offset(PREFETCH_FLOATS as i64) } });
+                    }
+                }
+                for vr in 0..r + 2 {
+                    for cc in 0..c {
+                        let tile = y0.offset(vr as i64).scaled(tw).plus(x0).offset(cc as i64);
+                        let at = g.scratch(g.v_tiles, &xi, cbi, &icb, &tile).plus(&icl);
+                        b.set(x, Expr::Src(Src::Bcast(Addr { arg: 1, index: at })));
+                        for (tap, &wr) in w.iter().enumerate() {
+                            if let Some(a) = vr.checked_sub(tap).and_then(|y| acc.get(y)).filter(|_| vr - tap < r) {
+                                b.set(a[cc], Expr::Fma(a[cc], Src::Reg(x), Src::Reg(wr)));
+                            }
+                        }
+                    }
+                }
+            });
+        });
+        for (rr, a) in acc.iter().take(r).enumerate() {
+            for (cc, &reg) in a.iter().take(c).enumerate() {
+                let tile = y0.offset(rr as i64).scaled(tw).plus(x0).offset(cc as i64);
+                b.push(Stmt::Store {
+                    addr: Addr { arg: 0, index: g.scratch(g.count(), &xi, cbo, &kt, &tile) },
+                    src: reg,
+                });
+            }
+        }
+    };
+    let (full_r, rem_r, full_c, rem_c) = (g.th / rows, g.th % rows, g.tw / cols, g.tw % cols);
+    let row_blocks = |b: &mut Builder, y0: &Index, r: usize| {
+        b.for_loop(full_c, |b, xb| emit(b, y0, r, &xb.scaled(cols as i64), cols));
+        if rem_c > 0 {
+            emit(b, y0, r, &Index::constant((full_c * cols) as i64), rem_c);
+        }
+    };
+    b.for_loop(full_r, |b, yb| row_blocks(b, &yb.scaled(rows as i64), rows));
+    if rem_r > 0 {
+        row_blocks(&mut b, &Index::constant((full_r * rows) as i64), rem_r);
+    }
+    let name = format!("{}_gemm_{shape}", prefix(g));
+    b.finish(name, vec!["m", "v", "u"], lanes, vec![g.wino.positions(), cbo])
 }
 
 /// `y = A^T M A + bias (+ residual) (ReLU)` per tile and output channel block, then the
@@ -291,8 +441,10 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let not_last_row = Cond::lt(ty.clone(), g.th as i64 - 1);
     let emit_tile = |b: &mut Builder, tx: &Index, cols: usize| {
         let tile = ty.scaled(g.tw as i64).plus(tx);
-        let m_at =
-            |i: &Index, j: &Index| Addr { arg: 1, index: g.scratch(&i.scaled(n as i64).plus(j), cblocks, &cb, &tile) };
+        let m_at = |i: &Index, j: &Index| Addr {
+            arg: 1,
+            index: g.scratch(g.count(), &i.scaled(n as i64).plus(j), cblocks, &cb, &tile),
+        };
         // Rows: s[i][c] = sum_j M[i][j] A[j][c], into M[i][c] (c < cols).
         b.for_loop(n, |b, i| {
             for (jx, &r) in d.iter().enumerate() {
@@ -313,14 +465,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
                 let x = tx.scaled(m as i64).plus(&col);
                 let emit_row = |b: &mut Builder| {
                     k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (tr.at[row * n + i], d[i])));
-                    if let Some(rb) = res {
-                        let at = Addr { arg: 3, index: pixel(&rb.layout, &cb, &y, &x) };
-                        b.set(dst, Expr::Add(dst, Src::Load(at)));
-                    }
-                    if c.relu {
-                        b.set(dst, Expr::Relu(dst));
-                    }
-                    b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(lo, &cb, &y, &x) }, src: dst });
+                    epilogue(b, c, lo, res, dst, &cb, &y, &x);
                 };
                 if row < rows_last {
                     emit_row(b);
@@ -343,7 +488,70 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
             b.when(not_last_row.clone(), |b| zero_halo_of_row(b, lanes, 0, lo, &cb, &y));
         }
     }
-    let mut name = format!("wino{m}_out_{shape}");
+    finish_output(b, g, c, res, shape, vec![cblocks, g.th])
+}
+
+/// `y = A^T M + bias (+ residual) (ReLU)` per row tile and output channel block, then the
+/// output's halo. Arguments: 0 output, 1 `M`, 2 bias, 3 residual. Tasks: (channel block,
+/// output row).
+fn output_transform_row(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&Buffer>, shape: &str) -> Kernel {
+    let (tr, lanes) = (&g.tr, g.lanes);
+    let (n, m) = (tr.n, tr.m);
+    let cblocks = lo.cblocks();
+    let mut b = Builder::new(2);
+    let (cb, y) = (Index::var(0, 1), Index::var(1, 1));
+    let k = Consts::new(&mut b, tr.at);
+    let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    let s: Vec<VReg> = (0..m).map(|_| b.vreg()).collect();
+    let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
+    // The last tile may hang over the row: its columns `>= cols_last` are not stored.
+    let cols_last = lo.w - (g.tw - 1) * m;
+    let emit_tile = |b: &mut Builder, tx: &Index, cols: usize| {
+        let tile = y.scaled(g.tw as i64).plus(tx);
+        for (xi, &r) in d.iter().enumerate() {
+            let at = g.scratch(g.count(), &Index::constant(xi as i64), cblocks, &cb, &tile);
+            b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index: at })));
+        }
+        for (col, &dst) in s.iter().take(cols).enumerate() {
+            k.combine(b, dst, Some(bias.clone()), (0..n).map(|xi| (tr.at[col * n + xi], d[xi])));
+            epilogue(b, c, lo, res, dst, &cb, &y, &tx.scaled(m as i64).offset(col as i64));
+        }
+    };
+    let full = if cols_last == m { g.tw } else { g.tw - 1 };
+    b.for_loop(full, |b, tx| emit_tile(b, &tx, m));
+    if full < g.tw {
+        emit_tile(&mut b, &Index::constant(full as i64), cols_last);
+    }
+    zero_halo_of_row(&mut b, lanes, 0, lo, &cb, &y);
+    finish_output(b, g, c, res, shape, vec![cblocks, lo.h])
+}
+
+/// The output transforms' epilogue of one vector `dst` (bias already in): the residual
+/// at pixel (`y`, `x`), ReLU, the store.
+#[allow(clippy::too_many_arguments)]
+fn epilogue(
+    b: &mut Builder,
+    c: &Conv,
+    lo: &crate::plan::Layout,
+    res: Option<&Buffer>,
+    dst: VReg,
+    cb: &Index,
+    y: &Index,
+    x: &Index,
+) {
+    if let Some(rb) = res {
+        let at = Addr { arg: 3, index: pixel(&rb.layout, cb, y, x) };
+        b.set(dst, Expr::Add(dst, Src::Load(at)));
+    }
+    if c.relu {
+        b.set(dst, Expr::Relu(dst));
+    }
+    b.push(Stmt::Store { addr: Addr { arg: 0, index: pixel(lo, cb, y, x) }, src: dst });
+}
+
+/// Names the output transform and finishes it over `tasks`.
+fn finish_output(b: Builder, g: &Tiles, c: &Conv, res: Option<&Buffer>, shape: &str, tasks: Vec<usize>) -> Kernel {
+    let mut name = format!("{}_out_{shape}", prefix(g));
     if c.residual {
         name += "_res";
     }
@@ -354,5 +562,5 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     if res.is_some() {
         args.push("res");
     }
-    b.finish(name, args, lanes, vec![cblocks, g.th])
+    b.finish(name, args, g.lanes, tasks)
 }
