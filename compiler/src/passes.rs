@@ -158,8 +158,11 @@ const WINOGRAD_MARGIN: f64 = 0.8;
 /// weights from L2 once per output row (an upper bound where a task covers two rows or the
 /// whole output, see `kernels/conv.rs`). So on 7x7x512 outputs F(4,3) loses to direct
 /// convolution on a fast target while F(2,3) wins, and on a slow target F(4,3) wins
-/// down to 14x14 and F(3,3) there. Sizes that do not tile evenly compute whole tiles and
-/// store the valid part. The constants in [`Target`] were calibrated on the per-kernel
+/// down to 14x14 and F(3,3) there. Tiles along rows, F(1 x m, 3 x 3), cut multiplies
+/// only 1.5x (m = 2), 1.8x (m = 3) or 2x (m = 4) but their weights grow only 1.3x (1.7x,
+/// 2x): on AVX-512 F(1x3) beats F(2,3) at 7x7x512 (measured 0.86x the time), and under
+/// a weight budget they are the cheap way to give bytes back. Sizes that do not tile
+/// evenly compute whole tiles and store the valid part. The constants in [`Target`] were calibrated on the per-kernel
 /// times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
 pub struct ChooseAlgorithm {
     pub target: Target,

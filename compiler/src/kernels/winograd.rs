@@ -475,11 +475,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
             }
         });
     };
-    let full = if cols_last == m { g.tw } else { g.tw - 1 };
-    b.for_loop(full, |b, tx| emit_tile(b, &tx, m));
-    if full < g.tw {
-        emit_tile(&mut b, &Index::constant(full as i64), cols_last);
-    }
+    tile_columns(&mut b, g, cols_last, emit_tile);
     for row in 0..m {
         let y = ty.scaled(m as i64).offset(row as i64);
         if row < rows_last {
@@ -517,13 +513,21 @@ fn output_transform_row(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Opti
             epilogue(b, c, lo, res, dst, &cb, &y, &tx.scaled(m as i64).offset(col as i64));
         }
     };
-    let full = if cols_last == m { g.tw } else { g.tw - 1 };
-    b.for_loop(full, |b, tx| emit_tile(b, &tx, m));
-    if full < g.tw {
-        emit_tile(&mut b, &Index::constant(full as i64), cols_last);
-    }
+    tile_columns(&mut b, g, cols_last, emit_tile);
     zero_halo_of_row(&mut b, lanes, 0, lo, &cb, &y);
     finish_output(b, g, c, res, shape, vec![cblocks, lo.h])
+}
+
+/// Emits `emit(tile column, columns to store)` for each tile column of the output: a loop
+/// over the whole tiles, then the last tile if it hangs over the output (`cols_last <
+/// m` columns of it stored).
+fn tile_columns(b: &mut Builder, g: &Tiles, cols_last: usize, emit: impl Fn(&mut Builder, &Index, usize)) {
+    let m = g.tr.m;
+    let full = if cols_last == m { g.tw } else { g.tw - 1 };
+    b.for_loop(full, |b, tx| emit(b, &tx, m));
+    if full < g.tw {
+        emit(b, &Index::constant(full as i64), cols_last);
+    }
 }
 
 /// The output transforms' epilogue of one vector `dst` (bias already in): the residual
