@@ -152,12 +152,13 @@ fn reduction_chunks_match_reference() {
 
 /// Winograd along rows, F(1 x m, 3 x 3) for m = 2, 3 and 4, forced on every stride-1 3x3
 /// conv past the stem of a basic-block network on an odd-sized input (the last tile of
-/// each row hangs over; register blocks of several rows with a shorter last block, and on
-/// 16 registers rows wider than a block; a residual, ReLU, and a conv whose output feeds
-/// another row Winograd conv's halo), for both targets, against the reference.
+/// each row hangs over; register blocks of several rows with a shorter last block, rows
+/// wider than a block (27 tiles at m = 2); channels padded to whole vectors (24 and 40
+/// with 16 lanes); a residual, ReLU, and a conv whose output feeds another row Winograd
+/// conv's halo), for both targets, against the reference.
 #[test]
 fn row_winograd_matches_reference() {
-    let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [16, 32]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 11, 27]\n";
+    let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [24, 40]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 9, 53]\n";
     let spec = resnetc::spec::parse(text, "row_winograd").unwrap();
     let graph = from_spec::build(&spec).unwrap();
     for m in [2, 3, 4] {
@@ -174,7 +175,7 @@ fn row_winograd_matches_reference() {
         assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
-            assert_kernels(&prog, &[&format!("wino1x{m}_gemm_16x11x27_to16x11x27")]);
+            assert_kernels(&prog, &[&format!("wino1x{m}_gemm_24x9x53_to24x9x53")]);
             let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
             eprintln!("F(1x{m},3x3) {} rel err {rel:.2e}", target.name);
         }

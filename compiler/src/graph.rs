@@ -48,7 +48,7 @@ impl Winograd {
         Winograd { m, row: true }
     }
 
-    /// Output rows and columns of one tile.
+    /// Output rows of one tile (its columns: `m`).
     pub fn tile_rows(&self) -> usize {
         if self.row {
             1

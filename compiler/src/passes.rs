@@ -285,14 +285,14 @@ impl Pass for ChooseAlgorithm {
                 .expect("direct convolution is always an option");
             convs.push((n, options, start));
         }
-        let mut budget = 2 * MAX_F4_LAYERS;
+        let mut error_budget = 2 * MAX_F4_LAYERS;
         // Upgrades score minus the seconds they save per error unit.
         while let Some((k, i)) = best_move(&convs, |_, (m0, t0), (m, t)| {
-            let extra = units(m).checked_sub(units(m0)).filter(|&e| e > 0 && e <= budget)?;
+            let extra = units(m).checked_sub(units(m0)).filter(|&e| e > 0 && e <= error_budget)?;
             (t < t0).then(|| -(t0 - t) / extra as f64)
         }) {
             let (_, options, at) = &mut convs[k];
-            budget -= units(options[i].0) - units(options[*at].0);
+            error_budget -= units(options[i].0) - units(options[*at].0);
             *at = i;
         }
         // A weight budget: give back the Winograd choices that cost the least time per
@@ -313,14 +313,18 @@ impl Pass for ChooseAlgorithm {
                 .sum();
             let mut total: usize = fixed + convs.iter().map(|(n, o, at)| bytes(*n, o[*at].0)).sum::<usize>();
             while total > budget {
-                // Downgrades score the seconds they add per byte they save.
+                // Downgrades score the seconds they add per byte they save. Fewer bytes
+                // may still cost error units (a square F(2,3) to F(1x3) along rows): only
+                // within what the error budget has left.
                 let Some((k, i)) = best_move(&convs, |n, (m0, t0), (m, t)| {
                     let (now, b) = (bytes(n, m0), bytes(n, m));
-                    (b < now).then(|| (t - t0).max(0.0) / (now - b) as f64)
+                    let affordable = units(m) <= units(m0) + error_budget;
+                    (b < now && affordable).then(|| (t - t0).max(0.0) / (now - b) as f64)
                 }) else {
                     break;
                 };
                 let (n, options, at) = &mut convs[k];
+                error_budget = error_budget + units(options[*at].0) - units(options[i].0);
                 total -= bytes(*n, options[*at].0) - bytes(*n, options[i].0);
                 *at = i;
             }
@@ -402,6 +406,30 @@ mod tests {
                 if *name == "resnet152" {
                     assert_eq!(spent, 2 * MAX_F4_LAYERS, "{name} on {}", target.name);
                 }
+            }
+        }
+    }
+
+    /// A weight budget never buys bytes with error the budget does not have (a square
+    /// F(3,3) to F(1x4) along rows saves bytes but costs a unit): every preset, for weight
+    /// budgets from generous to tight.
+    #[test]
+    fn weight_budget_keeps_the_error_budget() {
+        for name in PRESETS {
+            let (fused, _) = fuse(&crate::from_spec::build(&preset(name).unwrap()).unwrap());
+            for mb in (10..=400).step_by(10) {
+                let mut g = fused.clone();
+                let target = Target::AVX512.with_weight_budget(Some(mb << 20));
+                ChooseAlgorithm { target }.run(&mut g);
+                let spent: usize = g
+                    .schedule()
+                    .into_iter()
+                    .filter_map(|n| match &g.node(n).op {
+                        Op::Conv(c) => c.winograd.map(error_units),
+                        _ => None,
+                    })
+                    .sum();
+                assert!(spent <= 2 * MAX_F4_LAYERS, "{name} at {mb} MB: {spent} error units");
             }
         }
     }

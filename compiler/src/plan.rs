@@ -178,7 +178,7 @@ const LINE_FLOATS: usize = crate::memory::ALIGN / 4;
 
 /// Floats from one position's plane of a Winograd scratch buffer to the next: the
 /// plane's `cblocks x tiles` vectors rounded up to an odd number of cache lines. A
-/// transform touches one tile's `n x n` positions, a plane apart; planes a power-of-two
+/// transform touches one tile's `n x n` positions (`n` along rows), a plane apart; planes a power-of-two
 /// multiple of lines apart put those vectors in a few L1 sets, which evict each other
 /// between the row and column passes (512x7x7 at F(2,3): 512 lines apart, one set for
 /// all 16). With odd strides they fall in distinct sets. Measured, 1 thread: Rust

@@ -19,8 +19,8 @@
 //! positions are `plan::winograd_plane_floats` apart (an odd number of cache lines).
 //! The weight side `U = G g G^T` (along rows `G g_r` per kernel row) is packed once at
 //! load (`runtime::pack::pack_winograd`).
-//! Both transforms run separably (rows, then columns) through the scratch buffer itself,
-//! which keeps the live registers to about `2n` plus the constants.
+//! With square tiles both transforms run separably (rows, then columns) through the
+//! scratch buffer itself, which keeps the live registers to about `2n` plus the constants.
 
 use super::conv::{channel_unroll, j_candidates, tile_pixels, PREFETCH_FLOATS};
 use super::simple::{pixel, zero_halo_of_row};
@@ -126,7 +126,7 @@ pub fn generate(
     let pt = (!wino.row).then(|| product_tile(t, li.cpad(), lo.cblocks(), tiles.count()));
     let jl = pt.as_ref().map_or(1, |pt| pt.j) * t.lanes;
     let ktiles = lo.cblocks() * t.lanes / jl;
-    let packing = WinogradPacking {
+    let mut packing = WinogradPacking {
         weight: c.weight.clone().into(),
         bn: c.folded_bn.clone().map(Into::into),
         cout: c.cout,
@@ -136,9 +136,11 @@ pub fn generate(
         jl,
         ktiles,
         cin_pad: li.cpad(),
-        offset: w.take(wino.positions() * wino.taps() * ktiles * li.cpad() * jl),
-        bias_offset: w.take(ktiles * jl),
+        offset: 0,
+        bias_offset: 0,
     };
+    packing.offset = w.take(packing.weight_floats());
+    packing.bias_offset = w.take(ktiles * jl);
     let shape = format!("{}x{}x{}_to{}x{}x{}", li.c, li.h, li.w, lo.c, lo.h, lo.w);
     let kernels = match &pt {
         None => [
@@ -331,14 +333,16 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     if count % p_max > 0 {
         emit(&mut b, &Index::constant((full * p_max) as i64), count % p_max);
     }
-    let name = format!("wino{}_gemm_{shape}", g.tr.m);
+    let name = format!("{}_gemm_{shape}", prefix(g));
     b.finish(name, vec!["m", "v", "u"], lanes, vec![n * n, ktiles])
 }
 
 /// The register block of a row product ([`products_row`]): `rows` output rows by `cols`
 /// tiles of each, one output vector wide, beside the three taps' weight vectors and one
-/// broadcast (28 + 4 of 32 registers: 7 rows of 4 tiles, ResNet's 7x7 at F(1x2)). Rows
-/// are split evenly, so no block is much shorter than the others.
+/// broadcast: at most `vregs - 8` accumulators. (All 28 tiles of a 7x7 output at F(1x2)
+/// plus those 4 fill 32 registers, and LLVM spilled: 1.05x the time of 4 + 3 rows.)
+/// ResNet's 7x7 at F(1x3) is one block of 7 rows of 3 tiles. Rows are split evenly, so no
+/// block is much shorter than the others.
 pub(crate) fn row_block(t: Target, tw: usize, th: usize) -> (usize, usize) {
     let budget = t.vregs - 8;
     let cols = tw.min(budget);
@@ -388,10 +392,10 @@ fn products_row(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
                         let tile = y0.offset(vr as i64).scaled(tw).plus(x0).offset(cc as i64);
                         let at = g.scratch(g.v_tiles, &xi, cbi, &icb, &tile).plus(&icl);
                         b.set(x, Expr::Src(Src::Bcast(Addr { arg: 1, index: at })));
-                        for (tap, &wr) in w.iter().enumerate() {
-                            if let Some(a) = vr.checked_sub(tap).and_then(|y| acc.get(y)).filter(|_| vr - tap < r) {
-                                b.set(a[cc], Expr::Fma(a[cc], Src::Reg(x), Src::Reg(wr)));
-                            }
+                        // Output row `vr - tap` of the block reads this row with `tap`.
+                        for (tap, &wr) in w.iter().enumerate().filter(|&(tap, _)| vr >= tap && vr - tap < r) {
+                            let a = acc[vr - tap][cc];
+                            b.set(a, Expr::Fma(a, Src::Reg(x), Src::Reg(wr)));
                         }
                     }
                 }
