@@ -395,6 +395,16 @@ mod tests {
         assert_eq!(counts, vec![("fold_bn", 53), ("fuse_residual", 16), ("fuse_relu", 49)]);
     }
 
+    /// Winograd error units a graph's chosen algorithms spend.
+    fn error_units_spent(g: &Graph) -> usize {
+        g.g.node_weights()
+            .filter_map(|node| match &node.op {
+                Op::Conv(c) => c.winograd.map(error_units),
+                _ => None,
+            })
+            .sum()
+    }
+
     /// No preset spends more than the error budget on either target, and a deep network
     /// spends all of it (the greedy allocation stops only when the budget is gone).
     #[test]
@@ -404,14 +414,7 @@ mod tests {
             for target in [Target::AVX512, Target::CRANELIFT_X64] {
                 let mut g = fused.clone();
                 ChooseAlgorithm { target }.run(&mut g);
-                let spent: usize = g
-                    .schedule()
-                    .into_iter()
-                    .filter_map(|n| match &g.node(n).op {
-                        Op::Conv(c) => c.winograd.map(error_units),
-                        _ => None,
-                    })
-                    .sum();
+                let spent = error_units_spent(&g);
                 assert!(spent <= 2 * MAX_F4_LAYERS, "{name} on {}: {spent} error units", target.name);
                 if *name == "resnet152" {
                     assert_eq!(spent, 2 * MAX_F4_LAYERS, "{name} on {}", target.name);
@@ -431,14 +434,7 @@ mod tests {
                 let mut g = fused.clone();
                 let target = Target::AVX512.with_weight_budget(Some(mb << 20));
                 ChooseAlgorithm { target }.run(&mut g);
-                let spent: usize = g
-                    .schedule()
-                    .into_iter()
-                    .filter_map(|n| match &g.node(n).op {
-                        Op::Conv(c) => c.winograd.map(error_units),
-                        _ => None,
-                    })
-                    .sum();
+                let spent = error_units_spent(&g);
                 assert!(spent <= 2 * MAX_F4_LAYERS, "{name} at {mb} MB: {spent} error units");
             }
         }
