@@ -57,6 +57,11 @@ impl Winograd {
         }
     }
 
+    /// Tiles per row and per column of an `h x w` output (the last ones may hang over).
+    pub fn grid(&self, h: usize, w: usize) -> (usize, usize) {
+        (w.div_ceil(self.m), h.div_ceil(self.tile_rows()))
+    }
+
     /// Transformed positions of one tile (`n x n`, or `n` along a row), `n = m + 2`.
     pub fn positions(&self) -> usize {
         let n = self.m + 2;

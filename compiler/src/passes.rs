@@ -210,9 +210,9 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
             let (tiles, v_tiles) = crate::plan::winograd_tiles(w, out);
             // As `kernels::winograd` blocks the products: (output vectors, tile blocks).
             let (j, blocks) = if w.row {
-                let tw = out.w.div_ceil(w.m);
-                let (rows, cols) = crate::kernels::winograd_row_block(t, tw, out.h);
-                (1, out.h.div_ceil(rows) * tw.div_ceil(cols))
+                let (tw, th) = w.grid(out.h, out.w);
+                let (rows, cols) = crate::kernels::winograd_row_block(t, tw, th);
+                (1, th.div_ceil(rows) * tw.div_ceil(cols))
             } else {
                 let cin_pad = c.cin.div_ceil(t.lanes) * t.lanes;
                 let pt = crate::kernels::winograd_product_tile(t, cin_pad, c.cout.div_ceil(t.lanes), tiles);

@@ -151,8 +151,7 @@ pub struct Plan {
 /// `V`): the same for square tiles; along rows, `V` also holds the input rows above and
 /// below the output.
 pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
-    let tw = out.w.div_ceil(w.m);
-    let th = out.h.div_ceil(w.tile_rows());
+    let (tw, th) = w.grid(out.h, out.w);
     (th * tw, if w.row { (th + 2) * tw } else { th * tw })
 }
 

@@ -119,7 +119,7 @@ pub fn generate(
     let m = wino.m;
     let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
-    let (tw, th) = (lo.w.div_ceil(m), lo.h.div_ceil(wino.tile_rows()));
+    let (tw, th) = wino.grid(lo.h, lo.w);
     let v_tiles = crate::plan::winograd_tiles(wino, crate::graph::Shape { c: lo.c, h: lo.h, w: lo.w }).1;
     let tiles = Tiles { tr, wino, tw, th, v_tiles, lanes: t.lanes };
     // Row products are one output vector wide (`products_row`).
