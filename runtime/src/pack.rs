@@ -88,19 +88,14 @@ pub struct WinogradPacking {
 }
 
 impl WinogradPacking {
-    /// Transformed positions and weights per position and channel pair.
-    pub fn positions_taps(&self) -> (usize, usize) {
-        let n = self.m + 2;
-        if self.row {
-            (n, 3)
-        } else {
-            (n * n, 1)
-        }
+    /// The Winograd algorithm packed for.
+    pub fn algorithm(&self) -> crate::winograd::Winograd {
+        crate::winograd::Winograd { m: self.m, row: self.row }
     }
 
     pub fn weight_floats(&self) -> usize {
-        let (positions, taps) = self.positions_taps();
-        positions * taps * self.ktiles * self.cin_pad * self.jl
+        let w = self.algorithm();
+        w.positions() * w.taps() * self.ktiles * self.cin_pad * self.jl
     }
 }
 
@@ -163,7 +158,7 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
 pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
     let tr = crate::winograd::transform(p.m).with_context(|| format!("{}: no Winograd F({}, 3)", p.weight, p.m))?;
-    let (positions, taps) = p.positions_taps();
+    let (positions, taps) = (p.algorithm().positions(), p.algorithm().taps());
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
     for oc in 0..p.cout {

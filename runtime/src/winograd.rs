@@ -8,6 +8,68 @@
 //! data transforms, the packer applies `G` to the weights, so the two sides cannot
 //! disagree.
 
+use std::fmt;
+
+/// A stride-1 3x3 conv run as Winograd with output tiles of `m` pixels: F(m x m, 3 x 3)
+/// over square tiles, or with `row` F(1 x m, 3 x 3), a 1-D F(m, 3) along each row for each
+/// of the kernel's three rows, summed in the products (`3 * (m + 2)` transformed weights
+/// per channel pair instead of `(m + 2)^2`: fewer bytes to stream, more multiplies).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Winograd {
+    pub m: usize,
+    pub row: bool,
+}
+
+impl Winograd {
+    pub const fn square(m: usize) -> Winograd {
+        Winograd { m, row: false }
+    }
+
+    pub const fn row(m: usize) -> Winograd {
+        Winograd { m, row: true }
+    }
+
+    /// Output rows of one tile (its columns: `m`).
+    pub fn tile_rows(&self) -> usize {
+        if self.row {
+            1
+        } else {
+            self.m
+        }
+    }
+
+    /// Tiles per row and per column of an `h x w` output (the last ones may hang over).
+    pub fn grid(&self, h: usize, w: usize) -> (usize, usize) {
+        (w.div_ceil(self.m), h.div_ceil(self.tile_rows()))
+    }
+
+    /// Transformed positions of one tile (`n x n`, or `n` along a row), `n = m + 2`.
+    pub fn positions(&self) -> usize {
+        let n = self.m + 2;
+        if self.row {
+            n
+        } else {
+            n * n
+        }
+    }
+
+    /// Transformed weights per position and channel pair: one per kernel row along rows.
+    pub fn taps(&self) -> usize {
+        if self.row {
+            3
+        } else {
+            1
+        }
+    }
+}
+
+impl fmt::Display for Winograd {
+    /// `F(4x4,3x3)` or `F(1x2,3x3)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "F({}x{},3x3)", self.tile_rows(), self.m)
+    }
+}
+
 /// The three matrices of one F(m, 3), row-major.
 pub struct Transform {
     /// Output tile size.
