@@ -182,6 +182,48 @@ fn row_winograd_matches_reference() {
     }
 }
 
+/// Winograd convs in bands of tile rows (`plan::winograd_band_rows`), forced by small
+/// band budgets: F(2,3), F(3,3) and F(4,3) on every stride-1 3x3 conv of a 24/40-wide
+/// network on a 19x21 input (tiles hang over the bottom and right borders, so the last
+/// band is shorter and stores part of its last tile row; one-row and multi-row bands;
+/// first and last bands write the halo rows; residual and ReLU), for both targets,
+/// against the reference. The interpreter runs the calls in order, one band after the
+/// other, as one thread does.
+#[test]
+fn banded_winograd_matches_reference() {
+    let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [24, 40]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 19, 21]\n";
+    let spec = resnetc::spec::parse(text, "banded_winograd").unwrap();
+    let graph = from_spec::build(&spec).unwrap();
+    for m in [2, 3, 4] {
+        let mut fused = passes::fuse(&graph).0;
+        for n in fused.schedule() {
+            if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
+                if c.kernel == 3 && c.stride == 1 && c.cin >= 16 {
+                    c.winograd = Some(resnetc::graph::Winograd::square(m));
+                }
+            }
+        }
+        for target in [Target::CRANELIFT_X64, Target::AVX512] {
+            let mut band_counts = std::collections::BTreeSet::new();
+            for band_kb in [40, 80, 120, 160, 240, 400, 600, 1000] {
+                let banded = Target { band_bytes: band_kb << 10, ..target };
+                let prog = kernels::lower(&plan::build_chosen(&fused, banded).unwrap()).unwrap();
+                let groups = prog.calls.iter().filter(|c| c.order == kernels::Order::BandGroup).count();
+                let bands = groups + prog.calls.iter().filter(|c| c.order == kernels::Order::BandStart).count();
+                if groups == 0 {
+                    continue;
+                }
+                band_counts.insert(bands / groups);
+                let last = prog.kernels.iter().filter(|k| k.name.contains("_last")).count();
+                assert!(last > 0, "no last band's output transform at {band_kb} KB");
+                let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
+                eprintln!("F({m},3) {} {band_kb} KB: {bands} bands in {groups} groups, rel err {rel:.2e}", target.name);
+            }
+            assert!(band_counts.len() >= 2, "F({m},3) {}: too few band layouts {band_counts:?}", target.name);
+        }
+    }
+}
+
 /// A CIFAR-stem bottleneck network of two stages (64 and 256 wide) on `input`, lowered
 /// for `target`.
 fn two_stage_bottleneck(input: &str, target: Target) -> (resnetc::spec::Spec, Graph, kernels::Program) {

@@ -31,6 +31,20 @@ fn row_winograd_kernels_of_resnet18() {
     expect_test::expect_file!["snapshots/resnet18.row_winograd.kernels.txt"].assert_eq(&text);
 }
 
+/// The Rust backend's banded Winograd convs: ResNet-18's 64x56x56 convs at F(4,3) in
+/// bands of one tile row (the band kernels, then the first conv's calls with their
+/// pointers advanced band by band and alternating scratch slots).
+#[test]
+fn banded_winograd_of_resnet18() {
+    let p = program(&spec::preset("resnet18").unwrap(), Target::AVX512);
+    let mut text: String = p.kernels.iter().filter(|k| k.name.contains("_band")).map(|k| format!("{k}\n")).collect();
+    assert!(text.contains("wino4_gemm_64x56x56_to64x56x56_band1"), "the bands changed:\n{text}");
+    let listing = kernels::to_text(&p);
+    let calls = listing.lines().skip_while(|l| *l != "calls:").filter(|l| l.contains("layer1.0.conv1 "));
+    text.extend(calls.map(|l| format!("{l}\n")));
+    expect_test::expect_file!["snapshots/resnet18.banded_winograd.kernels.txt"].assert_eq(&text);
+}
+
 #[test]
 fn generated_rust_of_a_tiny_model() {
     let s = spec::load(&support::root().join("tests/specs/tiny_input.toml")).unwrap();

@@ -209,14 +209,17 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
         Some(w) => {
             let (nn, taps) = (w.positions() as f64, w.taps() as f64);
             let (tiles, v_tiles) = crate::plan::winograd_tiles(w, out);
-            // As `kernels::winograd` blocks the products: (output vectors, tile blocks).
+            // As `kernels::winograd` blocks the products: (output vectors, tile blocks). A
+            // conv is estimated whole: bands (`plan::winograd_band_rows`) only split convs
+            // whose weights fit L2, and keep their transforms' scratch in cache, which the
+            // estimate does not count (it errs towards direct convolution).
             let (j, blocks) = if w.row {
                 let (tw, th) = w.grid(out.h, out.w);
                 let (rows, cols) = crate::kernels::winograd_row_block(t, tw, th);
                 (1, th.div_ceil(rows) * tw.div_ceil(cols))
             } else {
                 let cin_pad = c.cin.div_ceil(t.lanes) * t.lanes;
-                let pt = crate::kernels::winograd_product_tile(t, cin_pad, c.cout.div_ceil(t.lanes), tiles);
+                let pt = crate::kernels::winograd_product_tile(t, cin_pad, c.cout.div_ceil(t.lanes), tiles, false);
                 (pt.j, tiles.div_ceil(pt.tiles))
             };
             let jl = cout.min((j * t.lanes) as f64);

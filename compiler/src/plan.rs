@@ -15,6 +15,7 @@ use crate::passes::Pass;
 use crate::target::Target;
 use anyhow::{bail, Result};
 use petgraph::stable_graph::NodeIndex;
+use resnetc_runtime::exec::BAND_SLOTS;
 use std::collections::HashMap;
 
 /// How one image's activation is laid out in the arena.
@@ -155,21 +156,61 @@ pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
     (th * tw, if w.row { (th + 2) * tw } else { th * tw })
 }
 
+/// Tile rows per band of a Winograd conv with output `out` (all of them: one band).
+///
+/// The three kernels of a conv pass its transformed input `V` and output `M` through
+/// memory: on a large output (64x56x56 at F(4,3): 1.8 MB each) those go to L3 and back.
+/// A conv over bands of tile rows, each band's three kernels run before the next band's,
+/// keeps a band's `V` and `M` in L2 beside the transformed weights, which every band
+/// reads again: the largest band for which weights and scratch fit
+/// [`Target::band_bytes`], then evened out. Only square tiles, whose `U` fits with at least
+/// one tile row (rows of 28x28x128 would re-read 2.4 MB of weights per band from L3,
+/// which measured no faster than the whole conv). Measured on 64x8x56 and 64x4x56 against
+/// 64x56x56 (Rust, 1 thread, per tile): the input transform 0.36x, the output transform
+/// 0.32x, the products 1.02x the time. In ResNet-18 (four such convs, bands of one tile
+/// row, per-kernel minima): transforms 0.55-0.75x and 0.42x, products 1.2x (each band
+/// re-reads the weights from L2), 0.84-0.93x over the three kernels.
+pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize {
+    let (tw, th) = w.grid(out.h, out.w);
+    if w.row {
+        return th;
+    }
+    let (cin, cout) = (c.cin.div_ceil(t.lanes) * t.lanes, c.cout.div_ceil(t.lanes) * t.lanes);
+    let u = 4 * w.positions() * cin * cout;
+    let row = 4 * w.positions() * tw * (cin + cout);
+    let rows = t.band_bytes.saturating_sub(u) / row;
+    if rows == 0 || rows >= th {
+        return th;
+    }
+    th.div_ceil(th.div_ceil(rows))
+}
+
 /// The scratch layouts of a Winograd conv with output `out`: `V` holds the input
 /// channels and `M` the output channels, each as `w.positions()` transformed positions
-/// (the layout's rows) times its tiles ([`winograd_tiles`], its columns). Only the sizes
-/// matter to the planner; the kernels index them `[xi][channel block][tile][lane]` with
-/// positions [`winograd_plane_floats`] apart, so the layout's rows are rounded up to
-/// cover the padded planes (a few more rows).
-pub fn winograd_layouts(c: &Conv, w: Winograd, out: Shape, lanes: usize) -> (Layout, Layout) {
-    let (m_tiles, v_tiles) = winograd_tiles(w, out);
+/// (the layout's rows) times the tiles of one band ([`winograd_tiles`],
+/// [`winograd_band_rows`]; its columns). Only the sizes matter to the planner; the kernels
+/// index them `[xi][channel block][tile][lane]` with positions [`winograd_plane_floats`]
+/// apart, so the layout's rows are rounded up to cover the padded planes (a few more rows).
+pub fn winograd_layouts(t: Target, c: &Conv, w: Winograd, out: Shape) -> (Layout, Layout) {
+    let lanes = t.lanes;
+    let (tw, th) = w.grid(out.h, out.w);
+    let band_rows = winograd_band_rows(t, c, w, out);
+    let (m_tiles, v_tiles) = if w.row { winograd_tiles(w, out) } else { (tw * band_rows, tw * band_rows) };
+    // Bands that may run at once each have a slot (`exec::Order::BandGroup`).
+    let slots = if band_rows < th { BAND_SLOTS } else { 1 };
     let l = |ch: usize, tiles: usize| {
         let cblocks = ch.div_ceil(lanes);
-        let need = w.positions() * winograd_plane_floats(cblocks, tiles, lanes);
+        let need = slots * winograd_slot_floats(w, cblocks, tiles, lanes);
         let plane = cblocks * tiles * lanes;
         Layout { c: ch, cb: lanes, h: need.div_ceil(plane), w: tiles, halo: 0 }
     };
     (l(c.cin, v_tiles), l(c.cout, m_tiles))
+}
+
+/// Floats of one band's slot in a Winograd scratch buffer of `cblocks` channel blocks
+/// and `tiles` tiles per position: every position's plane.
+pub fn winograd_slot_floats(w: Winograd, cblocks: usize, tiles: usize, lanes: usize) -> usize {
+    w.positions() * winograd_plane_floats(cblocks, tiles, lanes)
 }
 
 /// Floats of a cache line ([`crate::memory::ALIGN`] bytes).
@@ -260,7 +301,7 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
         };
         let mut scratch = vec![];
         if let Op::Conv(c @ Conv { winograd: Some(w), .. }) = &node.op {
-            let (v, mm) = winograd_layouts(c, *w, node.shape, target.lanes);
+            let (v, mm) = winograd_layouts(target, c, *w, node.shape);
             scratch.push(add_buffer(&format!("{}.wino_v", node.name), v));
             scratch.push(add_buffer(&format!("{}.wino_m", node.name), mm));
         } else if let Op::Conv(c) = &node.op {

@@ -23,6 +23,10 @@ pub struct Target {
     /// Xeon has 1 MB of L2 per core: the thresholds built on it (batch order, prefetch,
     /// wide tiles) were each measured best at this value.
     pub l2_bytes: usize,
+    /// Bytes a band of a Winograd conv may keep in cache between its three kernels: the
+    /// transformed weights and the band's two scratch buffers (`plan::winograd_band_rows`).
+    /// The L2 of one core (1 MB here).
+    pub band_bytes: usize,
     /// L1 data cache bytes: an input larger than this does not stay in L1 across a conv.
     pub l1_bytes: usize,
     /// Weights of one register tile that stay in L1 (32 KB here) beside the input they meet;
@@ -74,6 +78,7 @@ impl Target {
         transform_gbytes: 5,
         l2_gbytes: 20,
         l2_bytes: 2 << 20,
+        band_bytes: 1 << 20,
         l1_bytes: 32 << 10,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: false,
@@ -90,6 +95,7 @@ impl Target {
         transform_gbytes: 7,
         l2_gbytes: 40,
         l2_bytes: 2 << 20,
+        band_bytes: 1 << 20,
         l1_bytes: 32 << 10,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,

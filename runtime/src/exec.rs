@@ -46,12 +46,33 @@ pub enum Order {
     /// one image's activations flow from call to call through cache instead of the whole
     /// batch's going out to memory between calls.
     DepthFirst = 2,
+    /// The first call of a band group: a conv run as bands of output rows, each band a
+    /// few calls that run one after the other on one thread, with no barrier between
+    /// them, while other threads run other bands. Band `b` uses scratch slot
+    /// `b % BAND_SLOTS` (the compiler places its scratch there), so at most
+    /// [`BAND_SLOTS`] threads take part, thread `p` running the bands `b % threads == p`.
+    /// Within a batch, a group runs image by image like a depth-first call.
+    BandGroup = 3,
+    /// The first call of a later band of the group.
+    BandStart = 4,
+    /// Any other call of a band.
+    Band = 5,
 }
+
+/// Scratch slots of a band group: how many of its bands may run at once.
+pub const BAND_SLOTS: usize = 2;
 
 impl Order {
     /// The descriptor encoding of AOT objects (`runner::CallDesc::order`).
     pub fn from_code(code: u64) -> Option<Order> {
-        [Order::TaskMajor, Order::DepthFirst].into_iter().find(|o| *o as u64 == code)
+        [Order::TaskMajor, Order::DepthFirst, Order::BandGroup, Order::BandStart, Order::Band]
+            .into_iter()
+            .find(|o| *o as u64 == code)
+    }
+
+    /// Whether the call continues the band group before it.
+    fn continues_group(self) -> bool {
+        matches!(self, Order::BandStart | Order::Band)
     }
 }
 
@@ -173,7 +194,7 @@ pub unsafe fn run(
         output: output.as_mut_ptr(),
     };
     let frame = &frame;
-    let mut timed = |i: usize, first: usize, count: usize| {
+    let timed = |timings: &mut Option<&mut [f64]>, i: usize, first: usize, count: usize| {
         let start = timings.is_some().then(std::time::Instant::now);
         // SAFETY: forwarded from the caller.
         unsafe { run_call(&calls[i], frame, sizes, first, count, pool) };
@@ -183,19 +204,92 @@ pub unsafe fn run(
     };
     let mut i = 0;
     while i < calls.len() {
-        if n > 1 && calls[i].order == Order::DepthFirst {
-            let end = i + calls[i..].iter().take_while(|c| c.order == Order::DepthFirst).count();
-            for image in 0..n {
-                for k in i..end {
-                    timed(k, image, 1);
+        if calls[i].order == Order::TaskMajor {
+            timed(&mut timings, i, 0, n);
+            i += 1;
+            continue;
+        }
+        // A segment of calls that run image by image, band groups included.
+        let end = i + calls[i..].iter().take_while(|c| c.order != Order::TaskMajor).count();
+        for image in 0..n {
+            let mut k = i;
+            while k < end {
+                if calls[k].order == Order::BandGroup {
+                    let stop = k + 1 + calls[k + 1..end].iter().take_while(|c| c.order.continues_group()).count();
+                    // SAFETY: forwarded from the caller.
+                    let t = timings.as_deref_mut().map(|t| &mut t[k..stop]);
+                    unsafe { run_bands(&calls[k..stop], frame, sizes, image, pool, t) };
+                    k = stop;
+                } else {
+                    timed(&mut timings, k, image, 1);
+                    k += 1;
                 }
             }
-            i = end;
-        } else {
-            timed(i, 0, n);
-            i += 1;
+        }
+        i = end;
+    }
+}
+
+/// Runs one image's band group (calls from a [`Order::BandGroup`] call to the group's
+/// end): each band's calls in order on one thread, all of their tasks, bands spread over
+/// at most [`BAND_SLOTS`] threads as the scratch slots allow. Adds each call's time to
+/// `timings` when given.
+///
+/// # Safety
+/// As [`run`]; besides, bands write disjoint memory except their slot's scratch.
+unsafe fn run_bands(
+    group: &[Call],
+    frame: &Frame,
+    sizes: Sizes,
+    image: usize,
+    pool: &Pool,
+    timings: Option<&mut [f64]>,
+) {
+    let starts: Vec<usize> = (0..group.len()).filter(|&k| group[k].order != Order::Band).collect();
+    let threads = pool.threads().min(BAND_SLOTS);
+    let times: Vec<std::sync::Mutex<f64>> = group.iter().map(|_| std::sync::Mutex::new(0.0)).collect();
+    let timing = timings.is_some();
+    pool.run(&|p| {
+        if p >= threads {
+            return;
+        }
+        for (b, &start) in starts.iter().enumerate().filter(|&(b, _)| b % threads == p) {
+            let stop = starts.get(b + 1).copied().unwrap_or(group.len());
+            for (k, call) in group.iter().enumerate().take(stop).skip(start) {
+                let begin = timing.then(std::time::Instant::now);
+                // SAFETY: forwarded from the caller; this band's slot is this thread's.
+                unsafe { (call.f)(pointers(call, frame, sizes, image).as_ptr(), 0, call.tasks as i64) };
+                if let Some(begin) = begin {
+                    *times[k].lock().unwrap() += begin.elapsed().as_secs_f64();
+                }
+            }
+        }
+    });
+    if let Some(t) = timings {
+        for (t, m) in t.iter_mut().zip(&times) {
+            *t += *m.lock().unwrap();
         }
     }
+}
+
+/// The argument pointers of `call` for `image`.
+///
+/// # Safety
+/// As [`run`].
+unsafe fn pointers(call: &Call, frame: &Frame, sizes: Sizes, image: usize) -> [*mut f32; 8] {
+    let mut ptrs = [std::ptr::null_mut::<f32>(); 8];
+    for (p, a) in ptrs.iter_mut().zip(&call.args) {
+        // SAFETY: offsets come from the plan and stay within each region.
+        *p = unsafe {
+            match *a {
+                Arg::Arena(o) => frame.arena.add(image * sizes.arena_floats + o),
+                Arg::Weights(o) => frame.weights.add(o),
+                Arg::Input => frame.input.add(image * sizes.input_floats),
+                Arg::Output => frame.output.add(image * sizes.output_floats),
+            }
+        };
+    }
+    ptrs
 }
 
 /// Runs `call` on images `first .. first + count`, its tasks split across `pool`.
@@ -203,21 +297,8 @@ pub unsafe fn run(
 /// # Safety
 /// As [`run`].
 unsafe fn run_call(call: &Call, frame: &Frame, sizes: Sizes, first: usize, count: usize, pool: &Pool) {
-    let args = |image: usize| {
-        let mut ptrs = [std::ptr::null_mut::<f32>(); 8];
-        for (p, a) in ptrs.iter_mut().zip(&call.args) {
-            // SAFETY: offsets come from the plan and stay within each region.
-            *p = unsafe {
-                match *a {
-                    Arg::Arena(o) => frame.arena.add(image * sizes.arena_floats + o),
-                    Arg::Weights(o) => frame.weights.add(o),
-                    Arg::Input => frame.input.add(image * sizes.input_floats),
-                    Arg::Output => frame.output.add(image * sizes.output_floats),
-                }
-            };
-        }
-        ptrs
-    };
+    // SAFETY: forwarded from the caller.
+    let args = |image: usize| unsafe { pointers(call, frame, sizes, image) };
     let f = &|begin: usize, end: usize| {
         if call.order == Order::TaskMajor && count > 1 {
             for t in begin..end {

@@ -16,6 +16,7 @@ use std::collections::HashMap;
 pub(crate) use conv::panel_tile;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
+use resnetc_runtime::exec::BAND_SLOTS;
 pub(crate) use winograd::product_tile as winograd_product_tile;
 pub(crate) use winograd::row_block as winograd_row_block;
 
@@ -91,19 +92,57 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         let macs = crate::emit::macs(step);
         // (kernel, arguments, multiply-adds, batch order) of each call this step makes.
         let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize, Order)> = vec![];
+        // The order of a banded Winograd conv's last call (otherwise from its weights).
+        let mut last_order = None;
         let (kernel, args, recipe) = match &step.op {
             StepOp::Conv(c @ Conv { winograd: Some(wino), .. }) => {
                 let res = step.residual.map(|r| buf(Some(r)));
                 let g = winograd::generate(t, c, *wino, buf(step.input), buf(step.output), res, &mut weights);
-                let (v, mm) = (arena(Some(step.scratch[0])), arena(Some(step.scratch[1])));
-                let [k_in, k_gemm, k_out] = g.kernels;
                 let u_bytes = g.packing.weight_floats() * 4;
-                step_calls.push((k_in, vec![v, arena(step.input)], 0, Order::DepthFirst));
-                step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], macs, order(t, u_bytes)));
-                let mut args = vec![arena(step.output), mm, ArgRef::Weights(g.packing.bias_offset)];
-                if step.residual.is_some() {
-                    args.push(arena(step.residual));
+                // A band's kernels read and write from its first output row on, and band
+                // `b` uses slot `b % BAND_SLOTS` of the scratch buffers.
+                let from_row = |b: Option<usize>, row: usize| {
+                    let l = buf(b).layout;
+                    ArgRef::Arena(buf(b).offset / 4 + row * l.wp() * l.cb)
+                };
+                let band_tiles = g.bands[0].tile_rows * wino.grid(step.out_shape.h, step.out_shape.w).0;
+                let slot = |scratch: usize, ch: usize, band: usize| {
+                    let floats = crate::plan::winograd_slot_floats(*wino, ch.div_ceil(t.lanes), band_tiles, t.lanes);
+                    ArgRef::Arena(buf(Some(step.scratch[scratch])).offset / 4 + band % BAND_SLOTS * floats)
+                };
+                let tile_rows: usize = g.bands.iter().map(|b| b.tile_rows).sum();
+                let banded = g.bands.len() > 1;
+                // A band reads the input rows next to it, which other bands' outputs must
+                // not overwrite (the planner only lets an output reuse its residual).
+                let (i, o) = (buf(step.input), buf(step.output));
+                anyhow::ensure!(
+                    !banded || i.offset + i.bytes() <= o.offset || o.offset + o.bytes() <= i.offset,
+                    "{}: a conv in bands would write over its own input",
+                    step.name
+                );
+                let mut rows_done = 0;
+                for (b, band) in g.bands.into_iter().enumerate() {
+                    let [k_in, k_gemm, k_out] = band.kernels;
+                    let (v, mm) = (slot(0, c.cin, b), slot(1, c.cout, b));
+                    let orders = match b {
+                        _ if !banded => [Order::DepthFirst, order(t, u_bytes), Order::DepthFirst],
+                        0 => [Order::BandGroup, Order::Band, Order::Band],
+                        _ => [Order::BandStart, Order::Band, Order::Band],
+                    };
+                    // The conv's MACs, shared by tile rows (summing to the whole exactly).
+                    let band_macs = macs * (rows_done + band.tile_rows) / tile_rows - macs * rows_done / tile_rows;
+                    rows_done += band.tile_rows;
+                    step_calls.push((k_in, vec![v, from_row(step.input, band.row0)], 0, orders[0]));
+                    step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], band_macs, orders[1]));
+                    let mut args = vec![from_row(step.output, band.row0), mm, ArgRef::Weights(g.packing.bias_offset)];
+                    if step.residual.is_some() {
+                        args.push(from_row(step.residual, band.row0));
+                    }
+                    step_calls.push((k_out, args, 0, orders[2]));
                 }
+                // The last output transform is the step's own call, below.
+                let (k_out, args, _, last) = step_calls.pop().expect("a Winograd conv has a band");
+                last_order = banded.then_some(last);
                 (k_out, args, Some(Recipe::Winograd(g.packing)))
             }
             StepOp::PackInput => {
@@ -165,7 +204,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         // A Winograd conv's MACs are counted at its matrix products, as direct MACs; a
         // panel-packing call counts none.
         let last_macs = if step_calls.iter().any(|c| c.2 > 0) { 0 } else { macs };
-        step_calls.push((kernel, args, last_macs, order(t, weight_bytes)));
+        step_calls.push((kernel, args, last_macs, last_order.unwrap_or_else(|| order(t, weight_bytes))));
         for (kernel, args, macs, order) in step_calls {
             let id = match index.get(&kernel) {
                 Some(&id) => id,
@@ -197,7 +236,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
 }
 
 /// The kernel IR of a program, every distinct kernel once, then the call list (calls
-/// that run task-major with a batch are marked).
+/// that run task-major with a batch are marked, as are the bands of a band group).
 pub fn to_text(p: &Program) -> String {
     let mut out = String::new();
     for k in &p.kernels {
@@ -207,7 +246,12 @@ pub fn to_text(p: &Program) -> String {
     out.push_str("calls:\n");
     for c in &p.calls {
         let args: Vec<String> = c.args.iter().map(|a| format!("{a:?}")).collect();
-        let order = if c.order == Order::TaskMajor { "  [task-major]" } else { "" };
+        let order = match c.order {
+            Order::TaskMajor => "  [task-major]",
+            Order::BandGroup => "  [bands]",
+            Order::BandStart => "  [next band]",
+            Order::DepthFirst | Order::Band => "",
+        };
         out.push_str(&format!("  {:<24} {}({}){order}\n", c.name, p.kernels[c.kernel].name, args.join(", ")));
     }
     out

@@ -53,6 +53,21 @@ fn copy_span(b: &mut Builder, lanes: usize, dst: (usize, &Index), src: (usize, &
 /// (argument `arg`): its left and right border, and, for the first and last row, the
 /// border rows above and below.
 pub(crate) fn zero_halo_of_row(b: &mut Builder, lanes: usize, arg: usize, l: &Layout, cblock: &Index, y: &Index) {
+    zero_halo_of_band_row(b, lanes, arg, l, cblock, y, 0..l.h);
+}
+
+/// [`zero_halo_of_row`] for a kernel that writes the band `rows` of the output through
+/// a pointer advanced to row `rows.start`: `y` counts from there, and only the band
+/// that holds the first (last) row zeroes the border row above (below).
+pub(crate) fn zero_halo_of_band_row(
+    b: &mut Builder,
+    lanes: usize,
+    arg: usize,
+    l: &Layout,
+    cblock: &Index,
+    y: &Index,
+    rows: std::ops::Range<usize>,
+) {
     if l.halo == 0 {
         return;
     }
@@ -62,12 +77,17 @@ pub(crate) fn zero_halo_of_row(b: &mut Builder, lanes: usize, arg: usize, l: &La
     let this_row = row(&y.offset(halo));
     zero_span(b, lanes, arg, &this_row, (halo * cb) as usize);
     zero_span(b, lanes, arg, &this_row.offset((halo + l.w as i64) * cb), (halo * cb) as usize);
-    b.when(Cond::eq(y.clone(), 0), |b| {
-        zero_span(b, lanes, arg, &plane, (halo * wp * cb) as usize);
-    });
-    b.when(Cond::eq(y.clone(), l.h as i64 - 1), |b| {
-        zero_span(b, lanes, arg, &row(&Index::constant(halo + l.h as i64)), (halo * wp * cb) as usize);
-    });
+    if rows.start == 0 {
+        b.when(Cond::eq(y.clone(), 0), |b| {
+            zero_span(b, lanes, arg, &plane, (halo * wp * cb) as usize);
+        });
+    }
+    if rows.end == l.h {
+        let last = (rows.end - rows.start) as i64;
+        b.when(Cond::eq(y.clone(), last - 1), |b| {
+            zero_span(b, lanes, arg, &row(&Index::constant(halo + last)), (halo * wp * cb) as usize);
+        });
+    }
 }
 
 /// External NCHW input -> padded arena buffer (channel block 1). Tasks: one per row.

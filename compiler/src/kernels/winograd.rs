@@ -21,9 +21,16 @@
 //! load (`runtime::pack::pack_winograd`).
 //! With square tiles both transforms run separably (rows, then columns) through the
 //! scratch buffer itself, which keeps the live registers to about `2n` plus the constants.
+//!
+//! A large conv runs in bands of tile rows (`plan::winograd_band_rows`): the three kernels
+//! of one band, then the next band's, so `V` and `M` stay in L2. A band's kernels index
+//! the input, output and residual from the band's first row (the calls' pointers are
+//! advanced there) and `V` and `M` from its first tile; only the first and last bands
+//! write the halo rows above and below the output. The runtime runs bands on different
+//! threads at once, each in its own scratch slot (`exec::Order::BandGroup`).
 
 use super::conv::{channel_unroll, j_candidates, tile_pixels, PREFETCH_FLOATS};
-use super::simple::{pixel, zero_halo_of_row};
+use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
 use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
@@ -34,9 +41,21 @@ use resnetc_runtime::winograd::{transform, Transform};
 use std::collections::BTreeMap;
 
 pub struct Generated {
-    /// Input transform, matrix products, output transform, in call order.
-    pub kernels: [Kernel; 3],
+    /// The bands of tile rows the conv runs as, in call order (one for the whole output
+    /// unless `plan::winograd_band_rows` splits it).
+    pub bands: Vec<Band>,
     pub packing: WinogradPacking,
+}
+
+/// The kernels of one band: input transform, matrix products, output transform, in call
+/// order. They index the input, output and residual from the band's first output row
+/// (the call's pointers are advanced to it), and `V` and `M` from the band's first tile.
+pub struct Band {
+    pub kernels: [Kernel; 3],
+    /// The band's first output row.
+    pub row0: usize,
+    /// Its tile rows.
+    pub tile_rows: usize,
 }
 
 /// One register per distinct coefficient other than 0 and 1, splatted at kernel entry.
@@ -92,6 +111,9 @@ struct Tiles {
     /// Tiles of the transformed input, in `V` (`plan::winograd_tiles`).
     v_tiles: usize,
     lanes: usize,
+    /// The output rows this band writes (`th` tile rows from `rows.start`; all rows
+    /// unless the conv runs in bands).
+    rows: std::ops::Range<usize>,
 }
 
 impl Tiles {
@@ -117,13 +139,20 @@ pub fn generate(
     w: &mut WeightAlloc,
 ) -> Generated {
     let m = wino.m;
-    let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
     let (li, lo) = (input.layout, out.layout);
+    let out_shape = crate::graph::Shape { c: lo.c, h: lo.h, w: lo.w };
     let (tw, th) = wino.grid(lo.h, lo.w);
-    let v_tiles = crate::plan::winograd_tiles(wino, crate::graph::Shape { c: lo.c, h: lo.h, w: lo.w }).1;
-    let tiles = Tiles { tr, wino, tw, th, v_tiles, lanes: t.lanes };
-    // Row products are one output vector wide (`products_row`).
-    let pt = (!wino.row).then(|| product_tile(t, li.cpad(), lo.cblocks(), tiles.count()));
+    let band_rows = crate::plan::winograd_band_rows(t, c, wino, out_shape);
+    let tiles = |ty0: usize, rows: usize| {
+        let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
+        let v_tiles = if wino.row { crate::plan::winograd_tiles(wino, out_shape).1 } else { rows * tw };
+        let y0 = ty0 * wino.tile_rows();
+        let rows_px = y0..lo.h.min(y0 + rows * wino.tile_rows());
+        Tiles { tr, wino, tw, th: rows, v_tiles, lanes: t.lanes, rows: rows_px }
+    };
+    // Row products are one output vector wide (`products_row`). Every band has the same
+    // weights, so the first band's register tile decides their packing.
+    let pt = (!wino.row).then(|| product_tile(t, li.cpad(), lo.cblocks(), tw * band_rows, band_rows < th));
     let jl = pt.as_ref().map_or(1, |pt| pt.j) * t.lanes;
     let ktiles = lo.cblocks() * t.lanes / jl;
     let mut packing = WinogradPacking {
@@ -142,19 +171,45 @@ pub fn generate(
     packing.offset = w.take(packing.weight_floats());
     packing.bias_offset = w.take(ktiles * jl);
     let shape = format!("{}x{}x{}_to{}x{}x{}", li.c, li.h, li.w, lo.c, lo.h, lo.w);
-    let kernels = match &pt {
-        None => [
-            input_transform_row(&tiles, &li, &shape),
-            products_row(t, &tiles, li.cblocks(), lo.cblocks(), &shape),
-            output_transform_row(&tiles, c, &lo, res, &shape),
-        ],
-        Some(pt) => [
-            input_transform(&tiles, &li, &shape),
-            products(t, &tiles, pt, li.cblocks(), lo.cblocks(), &shape),
-            output_transform(&tiles, c, &lo, res, &shape),
-        ],
-    };
-    Generated { kernels, packing }
+    let bands = (0..th)
+        .step_by(band_rows)
+        .map(|ty0| {
+            let rows = band_rows.min(th - ty0);
+            let g = tiles(ty0, rows);
+            let kernels = match &pt {
+                None => [
+                    input_transform_row(&g, &li, &shape),
+                    products_row(t, &g, li.cblocks(), lo.cblocks(), &shape),
+                    output_transform_row(&g, c, &lo, res, &shape),
+                ],
+                Some(pt) if rows < th => {
+                    // The last band may be shorter: fewer tiles per block, the same output
+                    // vectors (the weights are packed for them).
+                    let pt = ProductTile { j: pt.j, tiles: pt.tiles.min(g.count()) };
+                    let band = format!("{shape}_band{rows}");
+                    let mut edges = band.clone();
+                    if g.rows.start == 0 {
+                        edges += "_first";
+                    }
+                    if g.rows.end == lo.h {
+                        edges += "_last";
+                    }
+                    [
+                        input_transform(&g, &li, &band),
+                        products(t, &g, &pt, li.cblocks(), lo.cblocks(), &band),
+                        output_transform(&g, c, &lo, res, &edges),
+                    ]
+                }
+                Some(pt) => [
+                    input_transform(&g, &li, &shape),
+                    products(t, &g, pt, li.cblocks(), lo.cblocks(), &shape),
+                    output_transform(&g, c, &lo, res, &shape),
+                ],
+            };
+            Band { kernels, row0: g.rows.start, tile_rows: rows }
+        })
+        .collect();
+    Generated { bands, packing }
 }
 
 /// Kernel name prefix: `wino2`, or `wino1x2` along rows.
@@ -263,9 +318,12 @@ pub(crate) struct ProductTile {
 /// vectors by 6 tiles, or 2 by 12 when a task's weights (`cin` x 4 vectors) miss L1, so
 /// each block of tiles re-reads them from L2: twice as many tiles per block halve those
 /// re-reads (ResNet-18's 28x28x128 products: 0.89x the time; 56x56x64: no change, so
-/// not there).
-pub(crate) fn product_tile(t: Target, cin_pad: usize, cblocks_out: usize, count: usize) -> ProductTile {
-    if count <= t.winograd_tiles_in_registers() {
+/// not there). A conv in bands (`banded`, `plan::winograd_band_rows`) reads its weights
+/// from L2 for every band anyway, so its few tiles per band take the blocked tiles too
+/// (ResNet-18's 64x56x56 bands of 14 tiles, 4 x 6 against 1 x 14: 2.40 against 2.53 ms
+/// over four convs, per-kernel minima, 1 thread).
+pub(crate) fn product_tile(t: Target, cin_pad: usize, cblocks_out: usize, count: usize, banded: bool) -> ProductTile {
+    if count <= t.winograd_tiles_in_registers() && !banded {
         return ProductTile { j: 1, tiles: count };
     }
     let wide = t.vregs >= 32 && cin_pad * 4 * t.lanes * 4 >= t.l1_tile_weight_bytes;
@@ -283,8 +341,8 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let (n, lanes) = (g.tr.n, t.lanes);
     let jl = (j * lanes) as i64;
     let ktiles = cbo / j;
-    let count = g.count();
     let cin_pad = cbi * lanes;
+    let count = g.count();
     let mut b = Builder::new(2);
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
     let unroll = channel_unroll(t, lanes);
@@ -441,7 +499,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
     // The last tile row and column may hang over the output: rows `>= rows_last` of the
     // last tile row and columns `>= cols_last` of the last tile column are not stored.
-    let (rows_last, cols_last) = (lo.h - (g.th - 1) * m, lo.w - (g.tw - 1) * m);
+    let (rows_last, cols_last) = (g.rows.len() - (g.th - 1) * m, lo.w - (g.tw - 1) * m);
     let not_last_row = Cond::lt(ty.clone(), g.th as i64 - 1);
     let emit_tile = |b: &mut Builder, tx: &Index, cols: usize| {
         let tile = ty.scaled(g.tw as i64).plus(tx);
@@ -483,9 +541,9 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     for row in 0..m {
         let y = ty.scaled(m as i64).offset(row as i64);
         if row < rows_last {
-            zero_halo_of_row(&mut b, lanes, 0, lo, &cb, &y);
+            zero_halo_of_band_row(&mut b, lanes, 0, lo, &cb, &y, g.rows.clone());
         } else {
-            b.when(not_last_row.clone(), |b| zero_halo_of_row(b, lanes, 0, lo, &cb, &y));
+            b.when(not_last_row.clone(), |b| zero_halo_of_band_row(b, lanes, 0, lo, &cb, &y, g.rows.clone()));
         }
     }
     finish_output(b, g, c, res, shape, vec![cblocks, g.th])
