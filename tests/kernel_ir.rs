@@ -150,6 +150,22 @@ fn reduction_chunks_match_reference() {
     }
 }
 
+/// The fused `graph` with `w` forced on every stride-1 3x3 conv past the stem (at least
+/// 16 input channels), and how many that is.
+fn forced_winograd(graph: &Graph, w: resnetc::graph::Winograd) -> (Graph, usize) {
+    let mut fused = passes::fuse(graph).0;
+    let mut forced = 0;
+    for n in fused.schedule() {
+        if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
+            if c.kernel == 3 && c.stride == 1 && c.cin >= 16 {
+                c.winograd = Some(w);
+                forced += 1;
+            }
+        }
+    }
+    (fused, forced)
+}
+
 /// Winograd along rows, F(1 x m, 3 x 3) for m = 2, 3 and 4, forced on every stride-1 3x3
 /// conv past the stem of a basic-block network on an odd-sized input (the last tile of
 /// each row hangs over; register blocks of several rows with a shorter last block, rows
@@ -162,16 +178,7 @@ fn row_winograd_matches_reference() {
     let spec = resnetc::spec::parse(text, "row_winograd").unwrap();
     let graph = from_spec::build(&spec).unwrap();
     for m in [2, 3, 4] {
-        let mut fused = passes::fuse(&graph).0;
-        let mut forced = 0;
-        for n in fused.schedule() {
-            if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
-                if c.kernel == 3 && c.stride == 1 && c.cin >= 16 {
-                    c.winograd = Some(resnetc::graph::Winograd::row(m));
-                    forced += 1;
-                }
-            }
-        }
+        let (fused, forced) = forced_winograd(&graph, resnetc::graph::Winograd::row(m));
         assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
@@ -195,14 +202,8 @@ fn banded_winograd_matches_reference() {
     let spec = resnetc::spec::parse(text, "banded_winograd").unwrap();
     let graph = from_spec::build(&spec).unwrap();
     for m in [2, 3, 4] {
-        let mut fused = passes::fuse(&graph).0;
-        for n in fused.schedule() {
-            if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
-                if c.kernel == 3 && c.stride == 1 && c.cin >= 16 {
-                    c.winograd = Some(resnetc::graph::Winograd::square(m));
-                }
-            }
-        }
+        let (fused, forced) = forced_winograd(&graph, resnetc::graph::Winograd::square(m));
+        assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let mut band_counts = std::collections::BTreeSet::new();
             for band_kb in [40, 80, 120, 160, 240, 400, 600, 1000] {
