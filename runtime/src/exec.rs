@@ -48,10 +48,11 @@ pub enum Order {
     DepthFirst = 2,
     /// The first call of a band group: a conv run as bands of output rows, each band a
     /// few calls that run one after the other on one thread, with no barrier between
-    /// them, while other threads run other bands. Band `b` uses scratch slot
-    /// `b % BAND_SLOTS` (the compiler places its scratch there), so at most
-    /// [`BAND_SLOTS`] threads take part, thread `p` running the bands `b % threads == p`.
-    /// Within a batch, a group runs image by image like a depth-first call.
+    /// them, while another thread runs other bands. Band `b` uses scratch slot
+    /// `b % BAND_SLOTS` (the compiler places its scratch there) and, with exactly
+    /// [`BAND_SLOTS`] threads, runs on thread `b % BAND_SLOTS`; with any other thread
+    /// count the bands run one after the other (see `run_bands`). Within a batch, a group
+    /// runs image by image like a depth-first call.
     BandGroup = 3,
     /// The first call of a later band of the group.
     BandStart = 4,
@@ -163,11 +164,13 @@ struct Frame {
     input: *mut f32,
     output: *mut f32,
 }
-// SAFETY: kernels write disjoint memory per task (the IR's invariant).
+// SAFETY: kernels write disjoint memory per task (the IR's invariant), and bands that run
+// at once disjoint memory per band (`run_bands`).
 unsafe impl Sync for Frame {}
 
 /// Runs `calls` on `n` images; adds each call's wall time in seconds to `timings[i]`
-/// when given. `arena` must hold `n * arena_floats` floats, 64-byte
+/// when given (for the calls of bands that run at once, each call's own time, so their
+/// sum exceeds the group's wall time). `arena` must hold `n * arena_floats` floats, 64-byte
 /// aligned; `input` `n * input_floats`, `output` `n * output_floats`.
 ///
 /// # Safety
@@ -216,8 +219,8 @@ pub unsafe fn run(
             while k < end {
                 if calls[k].order == Order::BandGroup {
                     let stop = k + 1 + calls[k + 1..end].iter().take_while(|c| c.order.continues_group()).count();
-                    // SAFETY: forwarded from the caller.
                     let t = timings.as_deref_mut().map(|t| &mut t[k..stop]);
+                    // SAFETY: forwarded from the caller.
                     unsafe { run_bands(&calls[k..stop], frame, sizes, image, pool, t) };
                     k = stop;
                 } else {
@@ -231,43 +234,59 @@ pub unsafe fn run(
 }
 
 /// Runs one image's band group (calls from a [`Order::BandGroup`] call to the group's
-/// end): each band's calls in order on one thread, all of their tasks, bands spread over
-/// at most [`BAND_SLOTS`] threads as the scratch slots allow. Adds each call's time to
-/// `timings` when given.
+/// end). With [`BAND_SLOTS`] threads, each runs whole bands, band `b` on thread
+/// `b % BAND_SLOTS` (its scratch slot's), each call with all of its tasks and no barrier
+/// inside a band. With one thread, or more threads than slots, the bands run one after
+/// the other, each call's tasks split across the pool as any call's. Adds each call's
+/// time to `timings` when given (thread time: concurrent bands overlap).
 ///
 /// # Safety
-/// As [`run`]; besides, bands write disjoint memory except their slot's scratch.
+/// As [`run`]; besides, the bands of a group write disjoint memory except their slot's
+/// scratch, and none reads what another writes.
 unsafe fn run_bands(
     group: &[Call],
     frame: &Frame,
     sizes: Sizes,
     image: usize,
     pool: &Pool,
-    timings: Option<&mut [f64]>,
+    mut timings: Option<&mut [f64]>,
 ) {
+    if pool.threads() != BAND_SLOTS {
+        for (k, call) in group.iter().enumerate() {
+            let begin = timings.is_some().then(std::time::Instant::now);
+            // SAFETY: forwarded from the caller; one band at a time.
+            unsafe { run_call(call, frame, sizes, image, 1, pool) };
+            if let (Some(t), Some(begin)) = (timings.as_deref_mut(), begin) {
+                t[k] += begin.elapsed().as_secs_f64();
+            }
+        }
+        return;
+    }
     let starts: Vec<usize> = (0..group.len()).filter(|&k| group[k].order != Order::Band).collect();
-    let threads = pool.threads().min(BAND_SLOTS);
-    let times: Vec<std::sync::Mutex<f64>> = group.iter().map(|_| std::sync::Mutex::new(0.0)).collect();
+    // Per thread: (call, seconds) of the calls it ran, when timing.
+    let times: Vec<std::sync::Mutex<Vec<(usize, f64)>>> = (0..BAND_SLOTS).map(|_| Default::default()).collect();
     let timing = timings.is_some();
     pool.run(&|p| {
-        if p >= threads {
-            return;
-        }
-        for (b, &start) in starts.iter().enumerate().filter(|&(b, _)| b % threads == p) {
+        let mut mine = vec![];
+        for (b, &start) in starts.iter().enumerate().filter(|&(b, _)| b % BAND_SLOTS == p) {
             let stop = starts.get(b + 1).copied().unwrap_or(group.len());
             for (k, call) in group.iter().enumerate().take(stop).skip(start) {
                 let begin = timing.then(std::time::Instant::now);
-                // SAFETY: forwarded from the caller; this band's slot is this thread's.
+                // SAFETY: forwarded from the caller; this band's scratch slot is this
+                // thread's alone.
                 unsafe { (call.f)(pointers(call, frame, sizes, image).as_ptr(), 0, call.tasks as i64) };
                 if let Some(begin) = begin {
-                    *times[k].lock().unwrap() += begin.elapsed().as_secs_f64();
+                    mine.push((k, begin.elapsed().as_secs_f64()));
                 }
             }
         }
+        if timing {
+            *times[p].lock().unwrap() = mine;
+        }
     });
     if let Some(t) = timings {
-        for (t, m) in t.iter_mut().zip(&times) {
-            *t += *m.lock().unwrap();
+        for (k, secs) in times.into_iter().flat_map(|m| m.into_inner().unwrap()) {
+            t[k] += secs;
         }
     }
 }
@@ -325,6 +344,67 @@ unsafe fn run_call(call: &Call, frame: &Frame, sizes: Sizes, first: usize, count
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// Every order survives the AOT descriptor's encoding.
+    #[test]
+    fn orders_round_trip_through_their_codes() {
+        for o in [Order::TaskMajor, Order::DepthFirst, Order::BandGroup, Order::BandStart, Order::Band] {
+            assert_eq!(Order::from_code(o as u64), Some(o));
+        }
+        assert_eq!(Order::from_code(0), None);
+        assert_eq!(Order::from_code(6), None);
+    }
+
+    static SEQ: AtomicU64 = AtomicU64::new(1);
+
+    /// Stores the next sequence number at its first argument.
+    unsafe extern "C" fn stamp(args: *const *mut f32, _begin: i64, _end: i64) {
+        unsafe { **args = SEQ.fetch_add(1, Ordering::SeqCst) as f32 };
+    }
+
+    /// [`stamp`], 30 ms late.
+    unsafe extern "C" fn slow_stamp(args: *const *mut f32, begin: i64, end: i64) {
+        std::thread::sleep(std::time::Duration::from_millis(30));
+        unsafe { stamp(args, begin, end) };
+    }
+
+    /// Two adjacent band groups of two bands of two calls, the first group's second band
+    /// slow: at one, two and three threads (and with a second image), each band's calls
+    /// run in order and the second group starts only when the first has ended, so two
+    /// groups never merge into one.
+    #[test]
+    fn band_groups_run_in_order_and_one_after_the_other() {
+        let call = |f: KernelFn, slot: usize, order: Order| Call { f, args: vec![Arg::Arena(slot)], tasks: 1, order };
+        let calls = vec![
+            call(stamp, 0, Order::BandGroup),
+            call(stamp, 1, Order::Band),
+            call(slow_stamp, 2, Order::BandStart),
+            call(slow_stamp, 3, Order::Band),
+            call(stamp, 4, Order::BandGroup),
+            call(stamp, 5, Order::Band),
+            call(stamp, 6, Order::BandStart),
+            call(stamp, 7, Order::Band),
+        ];
+        let sizes = Sizes { arena_floats: 8, input_floats: 1, output_floats: 1 };
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            let mut arena = Aligned::zeroed(2 * 8).unwrap();
+            let mut timings = vec![0.0; calls.len()];
+            let mut output = [0.0; 2];
+            // SAFETY: the kernels write one float at their argument, inside the arena.
+            unsafe { run(&calls, sizes, &[], &mut arena, &[0.0; 2], &mut output, 2, &pool, Some(&mut timings)) };
+            for image in arena.as_slice().chunks(8) {
+                let seq: Vec<f32> = image.to_vec();
+                for band in seq.chunks(2) {
+                    assert!(band[0] < band[1], "a band's calls out of order: {seq:?}, {threads} threads");
+                }
+                let first_end = seq[..4].iter().cloned().fold(0.0, f32::max);
+                assert!(seq[4..].iter().all(|&s| s > first_end), "groups overlapped: {seq:?}, {threads} threads");
+            }
+            assert!(timings[2] >= 0.06 && timings[3] >= 0.06, "slow calls timed {timings:?}");
+        }
+    }
 
     /// Buffers are 64-byte aligned and zero whatever the allocator returned.
     #[test]

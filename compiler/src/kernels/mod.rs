@@ -92,7 +92,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         let macs = crate::emit::macs(step);
         // (kernel, arguments, multiply-adds, batch order) of each call this step makes.
         let mut step_calls: Vec<(Kernel, Vec<ArgRef>, usize, Order)> = vec![];
-        // The order of a banded Winograd conv's last call (otherwise from its weights).
+        // The order of a Winograd conv's last call (otherwise from its weights).
         let mut last_order = None;
         let (kernel, args, recipe) = match &step.op {
             StepOp::Conv(c @ Conv { winograd: Some(wino), .. }) => {
@@ -108,7 +108,10 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let band_tiles = g.bands[0].tile_rows * wino.grid(step.out_shape.h, step.out_shape.w).0;
                 let slot = |scratch: usize, ch: usize, band: usize| {
                     let floats = crate::plan::winograd_slot_floats(*wino, ch.div_ceil(t.lanes), band_tiles, t.lanes);
-                    ArgRef::Arena(buf(Some(step.scratch[scratch])).offset / 4 + band % BAND_SLOTS * floats)
+                    let b = buf(Some(step.scratch[scratch]));
+                    let at = band % BAND_SLOTS * floats;
+                    anyhow::ensure!((at + floats) * 4 <= b.bytes(), "{}: band {band} past its scratch", step.name);
+                    Ok(ArgRef::Arena(b.offset / 4 + at))
                 };
                 let tile_rows: usize = g.bands.iter().map(|b| b.tile_rows).sum();
                 let banded = g.bands.len() > 1;
@@ -123,7 +126,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let mut rows_done = 0;
                 for (b, band) in g.bands.into_iter().enumerate() {
                     let [k_in, k_gemm, k_out] = band.kernels;
-                    let (v, mm) = (slot(0, c.cin, b), slot(1, c.cout, b));
+                    let (v, mm) = (slot(0, c.cin, b)?, slot(1, c.cout, b)?);
                     let orders = match b {
                         _ if !banded => [Order::DepthFirst, order(t, u_bytes), Order::DepthFirst],
                         0 => [Order::BandGroup, Order::Band, Order::Band],
@@ -142,7 +145,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 }
                 // The last output transform is the step's own call, below.
                 let (k_out, args, _, last) = step_calls.pop().expect("a Winograd conv has a band");
-                last_order = banded.then_some(last);
+                last_order = Some(last);
                 (k_out, args, Some(Recipe::Winograd(g.packing)))
             }
             StepOp::PackInput => {

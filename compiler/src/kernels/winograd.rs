@@ -105,10 +105,11 @@ struct Tiles {
     /// Along rows (`wino.row`) a tile is `m` pixels of one row, and `V` holds the tiles
     /// of every input row the output reads (one more above and below).
     wino: Winograd,
-    /// Tiles per row and per column of the output.
+    /// Tiles per row of the output, and tile rows of this band (of the output when the
+    /// conv is not in bands).
     tw: usize,
     th: usize,
-    /// Tiles of the transformed input, in `V` (`plan::winograd_tiles`).
+    /// Tiles of this band's transformed input, in `V` (`plan::winograd_tiles`).
     v_tiles: usize,
     lanes: usize,
     /// The output rows this band writes (`th` tile rows from `rows.start`; all rows
@@ -341,8 +342,8 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let (n, lanes) = (g.tr.n, t.lanes);
     let jl = (j * lanes) as i64;
     let ktiles = cbo / j;
-    let cin_pad = cbi * lanes;
     let count = g.count();
+    let cin_pad = cbi * lanes;
     let mut b = Builder::new(2);
     let (xi, kt) = (Index::var(0, 1), Index::var(1, 1));
     let unroll = channel_unroll(t, lanes);
@@ -361,7 +362,8 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
                 let wk = xi.scaled(ktiles as i64).plus(&kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
                 for (jj, &wr) in wreg.iter().enumerate() {
                     b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
-                    // Every position's weights are read once per image, from memory.
+                    // Every position's weights are read once per image (per band in
+                    // bands, from L2 after the first), from memory.
                     if t.prefetch {
                         let ahead = wk.offset((jj * lanes + PREFETCH_FLOATS) as i64);
                         b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: ahead } });
