@@ -193,11 +193,9 @@ pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize
 /// apart, so the layout's rows are rounded up to cover the padded planes (a few more rows).
 pub fn winograd_layouts(t: Target, c: &Conv, w: Winograd, out: Shape) -> (Layout, Layout) {
     let lanes = t.lanes;
-    let (tw, th) = w.grid(out.h, out.w);
-    let band_rows = winograd_band_rows(t, c, w, out);
-    let (m_tiles, v_tiles) = if w.row { winograd_tiles(w, out) } else { (tw * band_rows, tw * band_rows) };
+    let (m_tiles, v_tiles) = winograd_slot_tiles(t, c, w, out);
     // Bands that may run at once each have a slot (`exec::Order::BandGroup`).
-    let slots = if band_rows < th { BAND_SLOTS } else { 1 };
+    let slots = if winograd_band_rows(t, c, w, out) < w.grid(out.h, out.w).1 { BAND_SLOTS } else { 1 };
     let l = |ch: usize, tiles: usize| {
         let cblocks = ch.div_ceil(lanes);
         let need = slots * winograd_slot_floats(w, cblocks, tiles, lanes);
@@ -205,6 +203,16 @@ pub fn winograd_layouts(t: Target, c: &Conv, w: Winograd, out: Shape) -> (Layout
         Layout { c: ch, cb: lanes, h: need.div_ceil(plane), w: tiles, halo: 0 }
     };
     (l(c.cin, v_tiles), l(c.cout, m_tiles))
+}
+
+/// Tiles of `M` and of `V` in one slot of a Winograd conv's scratch buffers: those of its
+/// whole output ([`winograd_tiles`]), or in bands those of one full band.
+pub fn winograd_slot_tiles(t: Target, c: &Conv, w: Winograd, out: Shape) -> (usize, usize) {
+    if w.row {
+        return winograd_tiles(w, out);
+    }
+    let tiles = w.grid(out.h, out.w).0 * winograd_band_rows(t, c, w, out);
+    (tiles, tiles)
 }
 
 /// Floats of one band's slot in a Winograd scratch buffer of `cblocks` channel blocks

@@ -217,7 +217,9 @@ pub unsafe fn run(
         for image in 0..n {
             let mut k = i;
             while k < end {
-                if calls[k].order == Order::BandGroup {
+                // With any other thread count than the slots', bands run one after the
+                // other as ordinary calls.
+                if calls[k].order == Order::BandGroup && pool.threads() == BAND_SLOTS {
                     let stop = k + 1 + calls[k + 1..end].iter().take_while(|c| c.order.continues_group()).count();
                     let t = timings.as_deref_mut().map(|t| &mut t[k..stop]);
                     // SAFETY: forwarded from the caller.
@@ -234,34 +236,24 @@ pub unsafe fn run(
 }
 
 /// Runs one image's band group (calls from a [`Order::BandGroup`] call to the group's
-/// end). With [`BAND_SLOTS`] threads, each runs whole bands, band `b` on thread
+/// end) on a pool of [`BAND_SLOTS`] threads: each runs whole bands, band `b` on thread
 /// `b % BAND_SLOTS` (its scratch slot's), each call with all of its tasks and no barrier
-/// inside a band. With one thread, or more threads than slots, the bands run one after
-/// the other, each call's tasks split across the pool as any call's. Adds each call's
-/// time to `timings` when given (thread time: concurrent bands overlap).
+/// inside a band. (With one thread, or more threads than slots, `run` runs the bands one
+/// after the other, each call's tasks split across the pool as any call's.) Adds each
+/// call's time to `timings` when given (thread time: concurrent bands overlap).
 ///
 /// # Safety
-/// As [`run`]; besides, the bands of a group write disjoint memory except their slot's
-/// scratch, and none reads what another writes.
+/// As [`run`]; besides, the pool has [`BAND_SLOTS`] threads, and the bands of a group
+/// write disjoint memory except their slot's scratch, and none reads what another
+/// writes.
 unsafe fn run_bands(
     group: &[Call],
     frame: &Frame,
     sizes: Sizes,
     image: usize,
     pool: &Pool,
-    mut timings: Option<&mut [f64]>,
+    timings: Option<&mut [f64]>,
 ) {
-    if pool.threads() != BAND_SLOTS {
-        for (k, call) in group.iter().enumerate() {
-            let begin = timings.is_some().then(std::time::Instant::now);
-            // SAFETY: forwarded from the caller; one band at a time.
-            unsafe { run_call(call, frame, sizes, image, 1, pool) };
-            if let (Some(t), Some(begin)) = (timings.as_deref_mut(), begin) {
-                t[k] += begin.elapsed().as_secs_f64();
-            }
-        }
-        return;
-    }
     let starts: Vec<usize> = (0..group.len()).filter(|&k| group[k].order != Order::Band).collect();
     // Per thread: (call, seconds) of the calls it ran, when timing.
     let times: Vec<std::sync::Mutex<Vec<(usize, f64)>>> = (0..BAND_SLOTS).map(|_| Default::default()).collect();

@@ -105,9 +105,9 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                     let l = buf(b).layout;
                     ArgRef::Arena(buf(b).offset / 4 + row * l.wp() * l.cb)
                 };
-                let band_tiles = g.bands[0].tile_rows * wino.grid(step.out_shape.h, step.out_shape.w).0;
-                let slot = |scratch: usize, ch: usize, band: usize| {
-                    let floats = crate::plan::winograd_slot_floats(*wino, ch.div_ceil(t.lanes), band_tiles, t.lanes);
+                let (m_tiles, v_tiles) = crate::plan::winograd_slot_tiles(t, c, *wino, step.out_shape);
+                let slot = |scratch: usize, ch: usize, tiles: usize, band: usize| {
+                    let floats = crate::plan::winograd_slot_floats(*wino, ch.div_ceil(t.lanes), tiles, t.lanes);
                     let b = buf(Some(step.scratch[scratch]));
                     let at = band % BAND_SLOTS * floats;
                     anyhow::ensure!((at + floats) * 4 <= b.bytes(), "{}: band {band} past its scratch", step.name);
@@ -126,7 +126,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let mut rows_done = 0;
                 for (b, band) in g.bands.into_iter().enumerate() {
                     let [k_in, k_gemm, k_out] = band.kernels;
-                    let (v, mm) = (slot(0, c.cin, b)?, slot(1, c.cout, b)?);
+                    let (v, mm) = (slot(0, c.cin, v_tiles, b)?, slot(1, c.cout, m_tiles, b)?);
                     let orders = match b {
                         _ if !banded => [Order::DepthFirst, order(t, u_bytes), Order::DepthFirst],
                         0 => [Order::BandGroup, Order::Band, Order::Band],
