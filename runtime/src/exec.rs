@@ -477,12 +477,15 @@ mod tests {
         }
     }
 
-    /// Adds one at its second argument and stamps the next sequence number at its first.
+    /// For each of its tasks `t`: adds one at `args[1][t]` and stamps the next sequence
+    /// number at `args[0][t]` (tasks write disjoint floats, as the kernels' do).
     unsafe extern "C" fn count_stamp(args: *const *mut f32, begin: i64, end: i64) {
-        for _ in begin..end {
-            unsafe { **args.add(1) += 1.0 };
+        for t in begin as usize..end as usize {
+            unsafe {
+                *(*args.add(1)).add(t) += 1.0;
+                *(*args).add(t) = SEQ.fetch_add(1, Ordering::SeqCst) as f32;
+            }
         }
-        unsafe { stamp(args, begin, end) };
     }
 
     /// Task-major and depth-first calls on 1-7 images at 1-3 threads (whole rounds of
@@ -490,11 +493,14 @@ mod tests {
     /// of every image exactly once, and each image's calls in order.
     #[test]
     fn every_image_runs_every_call_once_in_order() {
-        let sizes = Sizes { arena_floats: 8, input_floats: 1, output_floats: 1 };
-        let call = |slot: usize, order: Order| Call {
+        const TASKS: usize = 3;
+        const CALLS: usize = 4;
+        let per_image = 2 * CALLS * TASKS;
+        let sizes = Sizes { arena_floats: per_image, input_floats: 1, output_floats: 1 };
+        let call = |k: usize, order: Order| Call {
             f: count_stamp,
-            args: vec![Arg::Arena(slot), Arg::Arena(4 + slot)],
-            tasks: 3,
+            args: vec![Arg::Arena(k * TASKS), Arg::Arena((CALLS + k) * TASKS)],
+            tasks: TASKS,
             order,
         };
         let calls = vec![
@@ -506,19 +512,25 @@ mod tests {
         for threads in [1, 2, 3] {
             let pool = Pool::new(threads);
             for n in 1..=7 {
-                let mut arena = Aligned::zeroed(n * 8).unwrap();
+                let mut arena = Aligned::zeroed(n * per_image).unwrap();
                 let mut output = vec![0.0; n];
                 let mut timings = vec![0.0; calls.len()];
-                // SAFETY: the kernels write two floats of the image's arena.
+                // SAFETY: the kernels write floats of the image's arena, one per task.
                 unsafe {
                     run(&calls, sizes, &[], &mut arena, &vec![0.0; n], &mut output, n, &pool, Some(&mut timings))
                 };
-                for (i, image) in arena.as_slice().chunks(8).enumerate() {
-                    assert_eq!(&image[4..], &[3.0; 4], "tasks run per call, image {i} of {n}, {threads} threads");
+                for (i, image) in arena.as_slice().chunks(per_image).enumerate() {
+                    let (stamps, counts) = image.split_at(CALLS * TASKS);
                     assert!(
-                        image[..4].windows(2).all(|w| w[0] < w[1]),
-                        "calls out of order: {image:?}, image {i} of {n}"
+                        counts.iter().all(|&c| c == 1.0),
+                        "tasks run: {counts:?}, image {i} of {n}, {threads} threads"
                     );
+                    let calls: Vec<&[f32]> = stamps.chunks(TASKS).collect();
+                    for k in 1..CALLS {
+                        let before = calls[k - 1].iter().cloned().fold(0.0, f32::max);
+                        let after = calls[k].iter().cloned().fold(f32::MAX, f32::min);
+                        assert!(before < after, "calls out of order: {stamps:?}, image {i} of {n}, {threads} threads");
+                    }
                 }
                 assert!(timings.iter().all(|&t| t > 0.0), "every call timed: {timings:?}");
             }

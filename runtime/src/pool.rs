@@ -102,11 +102,16 @@ impl Pool {
         }
     }
 
-    /// Splits `0..tasks` into one contiguous range per participant and calls `f(begin, end)`
-    /// on each non-empty range.
+    /// Runs `f(begin, end)` over disjoint ranges that cover `0..tasks`, across the
+    /// participants. Each participant owns one contiguous share and runs it front to back,
+    /// a few chunks at a time; one that has finished takes half of what is left at the back
+    /// of another's share, and again, until nothing is left. So each participant's tasks
+    /// stay contiguous (each reads about its share of the weights and rows, as with a fixed
+    /// split), while a participant the OS or the host delayed no longer holds the others up
+    /// until the call's end: with a fixed split every call waited for its slowest half.
     pub fn split(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let n = self.threads().min(tasks.max(1));
-        if n <= 1 {
+        if n <= 1 || tasks > u32::MAX as usize {
             if tasks > 0 {
                 f(0, tasks);
             }
@@ -118,14 +123,65 @@ impl Pool {
             let begin = i * per + i.min(extra);
             (begin, begin + per + usize::from(i < extra))
         };
+        // The shares as (begin, end) packed into one word each, so that taking from
+        // either end is one compare-and-swap; on the stack for the usual thread counts.
+        let share = |i: usize| {
+            let (b, e) = range(i);
+            AtomicU64::new(pack(b, e))
+        };
+        let on_stack: [AtomicU64; STACK_SHARES];
+        let on_heap: Vec<AtomicU64>;
+        let shares: &[AtomicU64] = if n <= STACK_SHARES {
+            on_stack = std::array::from_fn(|i| if i < n { share(i) } else { AtomicU64::new(0) });
+            &on_stack[..n]
+        } else {
+            on_heap = (0..n).map(share).collect();
+            &on_heap
+        };
         self.run(&|i| {
-            if i < n {
-                let (b, e) = range(i);
-                if b < e {
+            if i >= n {
+                return;
+            }
+            let (b, e) = range(i);
+            let chunk = (e - b).div_ceil(OWN_CHUNKS).max(1);
+            while let Some((b, e)) = take(&shares[i], |b, e| (b, (b + chunk).min(e))) {
+                f(b, e);
+            }
+            for k in (1..n).map(|k| (i + k) % n) {
+                while let Some((b, e)) = take(&shares[k], |b, e| (e - (e - b).div_ceil(2), e)) {
                     f(b, e);
                 }
             }
         });
+    }
+}
+
+/// Chunks a participant takes its own share in: small enough that another can take over
+/// the rest when it lags, large enough that a kernel call covers several rows.
+const OWN_CHUNKS: usize = 8;
+
+/// Participants whose shares [`Pool::split`] keeps on the stack.
+const STACK_SHARES: usize = 16;
+
+fn pack(begin: usize, end: usize) -> u64 {
+    (begin as u64) << 32 | end as u64
+}
+
+/// Takes the range `pick(begin, end)` (a non-empty part at one end of the share's
+/// non-empty rest) out of `share`; `None` once the share is empty.
+fn take(share: &AtomicU64, pick: impl Fn(usize, usize) -> (usize, usize)) -> Option<(usize, usize)> {
+    let mut now = share.load(Ordering::Acquire);
+    loop {
+        let (b, e) = ((now >> 32) as usize, (now & u32::MAX as u64) as usize);
+        if b >= e {
+            return None;
+        }
+        let (pb, pe) = pick(b, e);
+        let rest = if pb == b { pack(pe, e) } else { pack(b, pb) };
+        match share.compare_exchange_weak(now, rest, Ordering::AcqRel, Ordering::Acquire) {
+            Ok(_) => return Some((pb, pe)),
+            Err(seen) => now = seen,
+        }
     }
 }
 
@@ -191,6 +247,38 @@ mod tests {
                 });
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50), "tasks {tasks}");
+        }
+    }
+
+    /// The caller's first chunk blocks until every other task has run: only if the
+    /// worker takes over the rest of the caller's share does it finish (with a fixed
+    /// split it would wait for the timeout). Every task runs once all the same.
+    #[test]
+    fn a_late_participant_s_share_is_taken_over() {
+        let pool = Pool::new(2);
+        let caller = std::thread::current().id();
+        for tasks in [2, 3, 17, 100, 1000] {
+            let hits: Vec<AtomicUsize> = (0..tasks).map(|_| AtomicUsize::new(0)).collect();
+            let done = AtomicUsize::new(0);
+            let timed_out = AtomicBool::new(false);
+            pool.split(tasks, &|b, e| {
+                if b == 0 && std::thread::current().id() == caller {
+                    let start = std::time::Instant::now();
+                    while done.load(Ordering::Acquire) < tasks - e {
+                        if start.elapsed() > std::time::Duration::from_secs(10) {
+                            timed_out.store(true, Ordering::Relaxed);
+                            break;
+                        }
+                        std::thread::yield_now();
+                    }
+                }
+                (b..e).for_each(|t| {
+                    hits[t].fetch_add(1, Ordering::Relaxed);
+                });
+                done.fetch_add(e - b, Ordering::Release);
+            });
+            assert!(!timed_out.load(Ordering::Relaxed), "the caller's share was not taken over, {tasks} tasks");
+            assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "tasks {tasks}");
         }
     }
 
