@@ -7,6 +7,7 @@ mod support;
 use resnetc::graph::Graph;
 use resnetc::target::Target;
 use resnetc::{from_spec, kernels, passes, plan, reference, weights};
+use resnetc_runtime::exec::{band_slot, BAND_SLOTS};
 use resnetc_runtime::pack;
 use support::random_spec::{random_spec, Rng};
 
@@ -234,9 +235,10 @@ fn banded_winograd_matches_reference() {
 }
 
 /// `prog` with the bands of each band group run as two threads might run them: in
-/// reverse order, or (`interleave`) pairs of bands call by call (`in0 in1 gemm0 gemm1
-/// out0 out1`). The interpreter runs calls in order, so a band that writes what another
-/// band reads, or two bands running at once in one scratch slot, then goes wrong.
+/// reverse order, or (`interleave`) the threads' bands call by call, the k-th band of
+/// each slot together (`in0 in1 gemm0 gemm1 out0 out1`, see `exec::band_slot`). The
+/// interpreter runs calls in order, so a band that writes what another band reads, or
+/// two bands running at once in one scratch slot, then goes wrong.
 fn reordered_bands(prog: &kernels::Program, interleave: bool) -> kernels::Program {
     use kernels::Order;
     let mut calls = vec![];
@@ -258,9 +260,15 @@ fn reordered_bands(prog: &kernels::Program, interleave: bool) -> kernels::Progra
             bands.last_mut().unwrap().push(c.clone());
         }
         if interleave {
-            for pair in bands.chunks(2) {
-                for k in 0..pair[0].len() {
-                    calls.extend(pair.iter().map(|b| b[k].clone()));
+            let n = bands.len();
+            let mut slots: Vec<Vec<Vec<kernels::Call>>> = vec![vec![]; BAND_SLOTS];
+            for (b, band) in bands.into_iter().enumerate() {
+                slots[band_slot(b, n)].push(band);
+            }
+            for k in 0..slots.iter().map(Vec::len).max().unwrap_or(0) {
+                let together: Vec<&Vec<kernels::Call>> = slots.iter().filter_map(|s| s.get(k)).collect();
+                for c in 0..together[0].len() {
+                    calls.extend(together.iter().map(|b| b[c].clone()));
                 }
             }
         } else {

@@ -49,8 +49,8 @@ pub enum Order {
     /// The first call of a band group: a conv run as bands of output rows, each band a
     /// few calls that run one after the other on one thread, with no barrier between
     /// them, while another thread runs other bands. Band `b` uses scratch slot
-    /// `b % BAND_SLOTS` (the compiler places its scratch there) and, with exactly
-    /// [`BAND_SLOTS`] threads, runs on thread `b % BAND_SLOTS`; with any other thread
+    /// [`band_slot`] (the compiler places its scratch there) and, with exactly
+    /// [`BAND_SLOTS`] threads, runs on the thread of that number; with any other thread
     /// count the bands run one after the other (see `run_bands`). Within a batch, a group
     /// runs image by image like a depth-first call.
     BandGroup = 3,
@@ -62,6 +62,15 @@ pub enum Order {
 
 /// Scratch slots of a band group: how many of its bands may run at once.
 pub const BAND_SLOTS: usize = 2;
+
+/// The scratch slot of band `b` of a group of `bands`, and (with [`BAND_SLOTS`] threads)
+/// the thread that runs it: the bands split into contiguous runs, one per slot. So each
+/// thread's bands cover one block of rows, the block its share of a row-split call before
+/// or after the group also covers, and the rows stay in that core's cache (with bands
+/// dealt out in turn, half of every band's input came from the other core's).
+pub fn band_slot(b: usize, bands: usize) -> usize {
+    b * BAND_SLOTS / bands.max(1)
+}
 
 impl Order {
     /// The descriptor encoding of AOT objects (`runner::CallDesc::order`).
@@ -307,7 +316,7 @@ unsafe fn run_images(
 
 /// Runs one image's band group (calls from a [`Order::BandGroup`] call to the group's
 /// end) on a pool of [`BAND_SLOTS`] threads: each runs whole bands, band `b` on thread
-/// `b % BAND_SLOTS` (its scratch slot's), each call with all of its tasks and no barrier
+/// [`band_slot`] (its scratch slot's), each call with all of its tasks and no barrier
 /// inside a band. (With one thread, or more threads than slots, `run` runs the bands one
 /// after the other, each call's tasks split across the pool as any call's.) Adds each
 /// call's time to `timings` when given (thread time: concurrent bands overlap).
@@ -330,7 +339,7 @@ unsafe fn run_bands(
     let timing = timings.is_some();
     pool.run(&|p| {
         let mut mine = vec![];
-        for (b, &start) in starts.iter().enumerate().filter(|&(b, _)| b % BAND_SLOTS == p) {
+        for (b, &start) in starts.iter().enumerate().filter(|&(b, _)| band_slot(b, starts.len()) == p) {
             let stop = starts.get(b + 1).copied().unwrap_or(group.len());
             for (k, call) in group.iter().enumerate().take(stop).skip(start) {
                 let begin = timing.then(std::time::Instant::now);

@@ -14,9 +14,9 @@ use resnetc_runtime::pack::Recipe;
 use std::collections::HashMap;
 
 pub(crate) use conv::panel_tile;
+use resnetc_runtime::exec::band_slot;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
-use resnetc_runtime::exec::BAND_SLOTS;
 pub(crate) use winograd::product_tile as winograd_product_tile;
 pub(crate) use winograd::row_block as winograd_row_block;
 
@@ -100,16 +100,17 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let g = winograd::generate(t, c, *wino, buf(step.input), buf(step.output), res, &mut weights);
                 let u_bytes = g.packing.weight_floats() * 4;
                 // A band's kernels read and write from its first output row on, and band
-                // `b` uses slot `b % BAND_SLOTS` of the scratch buffers.
+                // `b` uses slot `band_slot(b, bands)` of the scratch buffers.
                 let from_row = |b: Option<usize>, row: usize| {
                     let l = buf(b).layout;
                     ArgRef::Arena(buf(b).offset / 4 + row * l.wp() * l.cb)
                 };
                 let (m_tiles, v_tiles) = crate::plan::winograd_slot_tiles(t, c, *wino, step.out_shape);
+                let bands = g.bands.len();
                 let slot = |scratch: usize, ch: usize, tiles: usize, band: usize| {
                     let floats = crate::plan::winograd_slot_floats(*wino, ch.div_ceil(t.lanes), tiles, t.lanes);
                     let b = buf(Some(step.scratch[scratch]));
-                    let at = band % BAND_SLOTS * floats;
+                    let at = band_slot(band, bands) * floats;
                     anyhow::ensure!((at + floats) * 4 <= b.bytes(), "{}: band {band} past its scratch", step.name);
                     Ok(ArgRef::Arena(b.offset / 4 + at))
                 };
