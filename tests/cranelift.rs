@@ -154,7 +154,9 @@ fn batch_orders_match_single_images_bit_for_bit() {
 
 /// Winograd convs in bands (`exec::Order::BandGroup`): each thread runs whole bands in
 /// its own scratch slot, with no barrier inside a band. At one, two and three threads
-/// (three: one thread sits the groups out) and with a batch of three, the JIT matches the
+/// (at three, and at one, the bands run one after the other, each call split across the
+/// pool; at two, the batch's first two images run one per thread and the third in
+/// bands on both) and with a batch of three, the JIT matches the
 /// reference, and every image of the batch comes out bit-identical to the image alone.
 #[test]
 fn bands_run_in_parallel_and_match_the_reference() {

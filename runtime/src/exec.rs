@@ -38,8 +38,9 @@ pub struct Call {
 pub enum Order {
     /// Task `t / n` of image `t % n`: the weights one task reads (a tile of output
     /// channels, a Winograd position) serve every image while they are in cache, and each
-    /// thread streams only its share of them. For calls whose weights do not stay in cache
-    /// from one image to the next.
+    /// thread streams only its share of them (with images by share, see [`run`]: each
+    /// thread all of them, once for its images). For calls whose weights do not stay in
+    /// cache from one image to the next.
     TaskMajor = 1,
     /// Consecutive depth-first calls run as a segment, image by image: image 0 through
     /// the whole segment, then image 1, ... For calls with small weights (or none), so
@@ -173,12 +174,15 @@ struct Frame {
     input: *mut f32,
     output: *mut f32,
 }
-// SAFETY: kernels write disjoint memory per task (the IR's invariant), and bands that run
-// at once disjoint memory per band (`run_bands`).
+// SAFETY: kernels write disjoint memory per task (the IR's invariant), bands that run at
+// once disjoint memory per band (`run_bands`), and threads that run images by share each
+// their own images' arenas, inputs and outputs (`run`).
 unsafe impl Sync for Frame {}
 
-/// Runs `calls` on `n` images; adds each call's seconds to `timings[i]` when given
-/// (thread time: where threads run calls at once, their sum exceeds the wall time).
+/// Runs `calls` on `n` images; adds each call's seconds to `timings[i]` when given: its
+/// wall time, or where threads run calls at once (images by share, bands), each thread's
+/// time over the number of such threads, so that the timings add up to about the wall
+/// time and per-call rates stay those of the whole pool.
 /// `arena` must hold `n * arena_floats` floats, 64-byte aligned; `input`
 /// `n * input_floats`, `output` `n * output_floats`.
 ///
@@ -231,7 +235,7 @@ pub unsafe fn run(
         if let Some(t) = timings.as_deref_mut() {
             for mine in times {
                 let mine = mine.into_inner().unwrap_or_else(|e| e.into_inner());
-                t.iter_mut().zip(mine).for_each(|(t, m)| *t += m);
+                t.iter_mut().zip(mine).for_each(|(t, m)| *t += m / threads as f64);
             }
         }
     }
@@ -319,7 +323,8 @@ unsafe fn run_images(
 /// [`band_slot`] (its scratch slot's), each call with all of its tasks and no barrier
 /// inside a band. (With one thread, or more threads than slots, `run` runs the bands one
 /// after the other, each call's tasks split across the pool as any call's.) Adds each
-/// call's time to `timings` when given (thread time: concurrent bands overlap).
+/// call's time over [`BAND_SLOTS`] to `timings` when given (see [`run`]). Allocates only
+/// when timing.
 ///
 /// # Safety
 /// As [`run`]; besides, the pool has [`BAND_SLOTS`] threads, and the bands of a group
@@ -333,31 +338,37 @@ unsafe fn run_bands(
     pool: &Pool,
     timings: Option<&mut [f64]>,
 ) {
-    let starts: Vec<usize> = (0..group.len()).filter(|&k| group[k].order != Order::Band).collect();
-    // Per thread: (call, seconds) of the calls it ran, when timing.
-    let times: Vec<std::sync::Mutex<Vec<(usize, f64)>>> = (0..BAND_SLOTS).map(|_| Default::default()).collect();
+    // A band starts at every call but a `Band` one.
+    let bands = group.iter().filter(|c| c.order != Order::Band).count();
     let timing = timings.is_some();
+    // Per thread: (call, seconds) of the calls it ran, when timing.
+    let times: Vec<std::sync::Mutex<Vec<(usize, f64)>>> =
+        if timing { (0..BAND_SLOTS).map(|_| Default::default()).collect() } else { Vec::new() };
     pool.run(&|p| {
         let mut mine = vec![];
-        for (b, &start) in starts.iter().enumerate().filter(|&(b, _)| band_slot(b, starts.len()) == p) {
-            let stop = starts.get(b + 1).copied().unwrap_or(group.len());
-            for (k, call) in group.iter().enumerate().take(stop).skip(start) {
-                let begin = timing.then(std::time::Instant::now);
-                // SAFETY: forwarded from the caller; this band's scratch slot is this
-                // thread's alone.
-                unsafe { (call.f)(pointers(call, frame, sizes, image).as_ptr(), 0, call.tasks as i64) };
-                if let Some(begin) = begin {
-                    mine.push((k, begin.elapsed().as_secs_f64()));
-                }
+        let mut band = 0;
+        for (k, call) in group.iter().enumerate() {
+            if k > 0 && call.order != Order::Band {
+                band += 1;
+            }
+            if band_slot(band, bands) != p {
+                continue;
+            }
+            let begin = timing.then(std::time::Instant::now);
+            // SAFETY: forwarded from the caller; this band's scratch slot is this thread's
+            // alone.
+            unsafe { (call.f)(pointers(call, frame, sizes, image).as_ptr(), 0, call.tasks as i64) };
+            if let Some(begin) = begin {
+                mine.push((k, begin.elapsed().as_secs_f64()));
             }
         }
         if timing {
-            *times[p].lock().unwrap() = mine;
+            *times[p].lock().unwrap_or_else(|e| e.into_inner()) = mine;
         }
     });
     if let Some(t) = timings {
-        for (k, secs) in times.into_iter().flat_map(|m| m.into_inner().unwrap()) {
-            t[k] += secs;
+        for (k, secs) in times.into_iter().flat_map(|m| m.into_inner().unwrap_or_else(|e| e.into_inner())) {
+            t[k] += secs / BAND_SLOTS as f64;
         }
     }
 }
@@ -480,7 +491,8 @@ mod tests {
                     let first_end = seq[..4].iter().cloned().fold(0.0, f32::max);
                     assert!(seq[4..].iter().all(|&s| s > first_end), "groups overlapped: {seq:?}, {threads} threads");
                 }
-                let slow = 0.03 * n as f64;
+                // 30 ms per image, over the threads where several run at once.
+                let slow = 0.03 * n as f64 / threads as f64;
                 assert!(timings[2] >= slow && timings[3] >= slow, "slow calls timed {timings:?}, {n} images");
             }
         }
@@ -543,6 +555,19 @@ mod tests {
                 }
                 assert!(timings.iter().all(|&t| t > 0.0), "every call timed: {timings:?}");
             }
+        }
+    }
+
+    /// Band slots come in contiguous runs: below `BAND_SLOTS`, never decreasing, the first
+    /// band in slot 0, and with two bands or more every slot in use (up to their count).
+    #[test]
+    fn band_slots_are_contiguous_runs() {
+        for bands in 1..=9 {
+            let slots: Vec<usize> = (0..bands).map(|b| band_slot(b, bands)).collect();
+            assert_eq!(slots[0], 0, "{slots:?}");
+            assert!(slots.windows(2).all(|w| w[0] <= w[1]), "{slots:?}");
+            assert!(slots.iter().all(|&s| s < BAND_SLOTS), "{slots:?}");
+            assert_eq!(slots[bands - 1], bands.min(BAND_SLOTS) - 1, "{slots:?}");
         }
     }
 

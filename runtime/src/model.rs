@@ -1,6 +1,7 @@
 //! A compiled model ready to run, whatever produced its kernels (Cranelift JIT or rustc
 //! through the `resnet!` macro): kernel calls, packed weights, a thread pool and a cache of
-//! arenas so that a forward call allocates nothing once warm.
+//! arenas so that a forward call allocates nothing once warm (unless timed, or with more
+//! than 16 threads, see `Pool::split`).
 
 use crate::exec::{self, Aligned, Call, Sizes};
 use crate::pool::Pool;

@@ -105,10 +105,13 @@ impl Pool {
     /// Runs `f(begin, end)` over disjoint ranges that cover `0..tasks`, across the
     /// participants. Each participant owns one contiguous share and runs it front to back,
     /// a few chunks at a time; one that has finished takes half of what is left at the back
-    /// of another's share, and again, until nothing is left. So each participant's tasks
-    /// stay contiguous (each reads about its share of the weights and rows, as with a fixed
-    /// split), while a participant the OS or the host delayed no longer holds the others up
-    /// until the call's end: with a fixed split every call waited for its slowest half.
+    /// of another's share, and again, until nothing is left. So an owner's tasks are the
+    /// front of its share (each reads about its share of the weights and rows, as with a
+    /// fixed split), and a participant the OS or the host delayed holds the call up only
+    /// by the chunk it is running, not by the rest of its share: with a fixed split every
+    /// call waited for its slowest half. (A range once taken is run by its taker.) More
+    /// than `u32::MAX` tasks run on the caller alone; more than 16 participants cost one
+    /// small allocation per call.
     pub fn split(&self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         let n = self.threads().min(tasks.max(1));
         if n <= 1 || tasks > u32::MAX as usize {
@@ -143,7 +146,7 @@ impl Pool {
                 return;
             }
             let (b, e) = range(i);
-            let chunk = (e - b).div_ceil(OWN_CHUNKS).max(1);
+            let chunk = (e - b).div_ceil(OWN_CHUNKS);
             while let Some((b, e)) = take(&shares[i], |b, e| (b, (b + chunk).min(e))) {
                 f(b, e);
             }
@@ -254,7 +257,7 @@ mod tests {
     /// worker takes over the rest of the caller's share does it finish (with a fixed
     /// split it would wait for the timeout). Every task runs once all the same.
     #[test]
-    fn a_late_participant_s_share_is_taken_over() {
+    fn late_participants_share_is_taken_over() {
         let pool = Pool::new(2);
         let caller = std::thread::current().id();
         for tasks in [2, 3, 17, 100, 1000] {

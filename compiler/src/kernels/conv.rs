@@ -419,16 +419,18 @@ const CHUNK_WEIGHT_BYTES: usize = 16 << 10;
 /// 128 KB) and a tile has many task rows, a task instead covers every row of its tile,
 /// chunk by chunk: a chunk's weights ([`CHUNK_WEIGHT_BYTES`]) stay in L1 across the rows,
 /// and the partial sums go through the output (stored, and loaded by the next chunk).
-/// Measured in Rust on ResNet-50, 1 thread, against the unchunked kernels: the 1x1 convs
-/// over 1024x14x14 0.90x (to 256 channels) and 0.91x (to 512) the time. Not where it did
+/// Measured in Rust on ResNet-50, 1 thread, against the unchunked kernels (on the Xeon):
+/// the 1x1 convs over 1024x14x14 0.90x (to 256 channels) and 0.91x (to 512) the time; the
+/// one to 256 channels (1 MB of weights, which stay in L2) has since taken rows outside
+/// tiles instead, for thread locality, neutral at 1 thread on the EPYC. Not where it did
 /// not pay: 512x28x28 to 128 and to 256 (128 and 64 KB per tile) 0.96-1.03x with chunks
 /// of 64 or 128 channels, 2048x7x7 to 512 (four task rows) 1.05-1.07x, strided 1x1 convs
 /// 1.06-1.30x (their reads are scattered). Only stride-1 1x1 convs without a residual (a
 /// residual conv's output may overwrite its residual in place before the last chunk would
 /// add it), reading their input in place (a panel is per task row), with tiles outside
 /// rows, only with 32 registers (measured there). The tasks are then the output-channel
-/// tiles alone: 8 and 16 for ResNet-50's, enough for the two cores measured; many more
-/// threads would want blocks of rows as tasks too.
+/// tiles alone: 16 for ResNet-50's (1024x14x14 to 512), enough for the two cores
+/// measured; many more threads would want blocks of rows as tasks too.
 fn reduction_chunks(t: Target, c: &Conv, tl: &Tiling, cb_in: usize, row_tasks: usize, in_place: bool) -> usize {
     let jl = tl.j * t.lanes;
     // Input channels per chunk: the tile's weights of a chunk fill CHUNK_WEIGHT_BYTES.
@@ -494,8 +496,7 @@ pub fn generate(
     // the same output and residual channel planes, two sequential streams the hardware
     // prefetchers follow, instead of a new plane per task (Cranelift, ResNet-50's
     // expanding convs on 56x56 and 28x28: 0.90x the time; on 14-wide rows 1.04x). Only
-    // measured with 16 registers (the Rust backend's wider tiles already take tiles
-    // outside for ResNet-50's). The traffic estimate counts the input, not a panel the
+    // measured with 16 registers. The traffic estimate counts the input, not a panel the
     // conv may read instead (larger for strided k x k convs).
     let row_tasks = lo.h.div_ceil(rows);
     let w_bytes = tiles * k * k * tl.icr * jl * 4;
