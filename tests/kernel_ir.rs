@@ -177,9 +177,7 @@ fn forced_winograd(graph: &Graph, w: resnetc::graph::Winograd) -> (Graph, usize)
 /// conv's halo), for both targets, against the reference.
 #[test]
 fn row_winograd_matches_reference() {
-    let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [24, 40]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 9, 53]\n";
-    let spec = resnetc::spec::parse(text, "row_winograd").unwrap();
-    let graph = from_spec::build(&spec).unwrap();
+    let (spec, graph) = basic_24_40("[3, 9, 53]", "row_winograd");
     for m in [2, 3, 4] {
         let (fused, forced) = forced_winograd(&graph, resnetc::graph::Winograd::row(m));
         assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
@@ -201,9 +199,7 @@ fn row_winograd_matches_reference() {
 /// other, as one thread does.
 #[test]
 fn banded_winograd_matches_reference() {
-    let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [24, 40]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 19, 21]\n";
-    let spec = resnetc::spec::parse(text, "banded_winograd").unwrap();
-    let graph = from_spec::build(&spec).unwrap();
+    let (spec, graph) = basic_24_40("[3, 19, 21]", "banded_winograd");
     for m in [2, 3, 4] {
         let (fused, forced) = forced_winograd(&graph, resnetc::graph::Winograd::square(m));
         assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
@@ -234,6 +230,17 @@ fn banded_winograd_matches_reference() {
             assert!(band_counts.len() >= 2, "F({m},3) {}: too few band layouts {band_counts:?}", target.name);
         }
     }
+}
+
+/// A CIFAR-stem basic-block network of two stages (24 and 40 wide, channels that do not
+/// fill whole vectors) on `input`, and its graph.
+fn basic_24_40(input: &str, name: &str) -> (resnetc::spec::Spec, Graph) {
+    let text = format!(
+        "block = \"basic\"\nlayers = [2, 1]\nwidths = [24, 40]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
+    );
+    let spec = resnetc::spec::parse(&text, name).unwrap();
+    let graph = from_spec::build(&spec).unwrap();
+    (spec, graph)
 }
 
 /// `prog` with the bands of each band group run as two threads might run them: in
