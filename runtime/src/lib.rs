@@ -53,8 +53,13 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 }
 
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
-/// so that a failure never leaves a partial output file behind.
+/// so that a failure never leaves a partial output file behind. A path that exists and is
+/// not a regular file (`/dev/null`, a FIFO) is written in place: the rename would replace
+/// the device with a file.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+        return std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()));
+    }
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
@@ -67,4 +72,36 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         return Err(e).with_context(|| format!("{}: cannot write", path.display()));
     }
     Ok(())
+}
+
+#[cfg(all(test, unix))]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::FileTypeExt;
+
+    /// Writing to a FIFO (as to `/dev/null` or `/dev/stdout`) writes through it and leaves
+    /// it a FIFO, where a rename over it would have replaced it with a regular file.
+    #[test]
+    fn writing_to_a_fifo_keeps_it() {
+        let dir = std::env::temp_dir().join(format!("resnetc-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("out");
+        let _ = std::fs::remove_file(&fifo);
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("no mkfifo here: skipped");
+            return;
+        }
+        // The read end, opened without waiting for a writer (O_NONBLOCK), so that a
+        // regression fails instead of hanging.
+        use std::io::Read;
+        use std::os::unix::fs::OpenOptionsExt;
+        let mut reader = std::fs::OpenOptions::new().read(true).custom_flags(0o4000).open(&fifo).unwrap();
+        write_file_atomic(&fifo, b"abc").unwrap();
+        let mut got = vec![];
+        let _ = reader.read_to_end(&mut got);
+        assert_eq!(got, b"abc");
+        assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 }
