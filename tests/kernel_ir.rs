@@ -81,7 +81,19 @@ fn interpreted_kernels_match_reference_on_random_specs() {
 fn wide_register_tiles_match_reference() {
     let text = "block = \"basic\"\nlayers = [1, 1, 1]\nwidths = [32, 64, 128]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 26, 28]\n";
     let spec = resnetc::spec::parse(text, "wide_tiles").unwrap();
-    let (graph, prog) = lower(&spec, Target::AVX512);
+    // The cost model's algorithms, but stride-2 convs direct (it takes the strided
+    // Winograd for the 7x7 one).
+    let graph = from_spec::build(&spec).unwrap();
+    let mut fused = passes::fuse(&graph).0;
+    passes::Pass::run(&passes::ChooseAlgorithm { target: Target::AVX512 }, &mut fused);
+    for n in fused.schedule() {
+        if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
+            if c.stride > 1 {
+                c.winograd = None;
+            }
+        }
+    }
+    let prog = kernels::lower(&plan::build_chosen(&fused, Target::AVX512).unwrap()).unwrap();
     // 3x3 stride 2 to 7x7: 4 tiles of 2 output vectors by 4 row pairs (one row tiles
     // would make 4 x 7 or, at 4 vectors, 2 x 7 tasks).
     let k = prog.kernels.iter().find(|k| k.name.starts_with("conv3x3s2_64x13x14_to128x7x7")).expect("the 7x7 conv");
@@ -228,6 +240,48 @@ fn banded_winograd_matches_reference() {
                 }
             }
             assert!(band_counts.len() >= 2, "F({m},3) {}: too few band layouts {band_counts:?}", target.name);
+        }
+    }
+}
+
+/// Strided Winograd, F(2 x 2, 3 x 3) with stride 2, forced on every stride-2 3x3 conv of
+/// a basic-block network (24, 40 and 48 wide: channels padded to whole vectors) on odd
+/// and even inputs (19x21: the 10x11 output's last tiles hang over and read two rows and
+/// columns of halo; 20x20; 9x13: 5x7 then 3x4 outputs), and of a bottleneck network (the
+/// 3x3 conv of its second stage), for both targets, against the reference.
+#[test]
+fn strided_winograd_matches_reference() {
+    let basic = |input: &str| {
+        format!(
+            "block = \"basic\"\nlayers = [1, 1, 1]\nwidths = [24, 40, 48]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
+        )
+    };
+    let bottleneck = "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [16, 32]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 15, 18]\n";
+    let cases = [
+        (basic("[3, 19, 21]"), 2, "wino2s2_gemm_24x19x21_to40x10x11"),
+        (basic("[3, 20, 20]"), 2, "wino2s2_gemm_40x10x10_to48x5x5"),
+        (basic("[3, 9, 13]"), 2, "wino2s2_gemm_40x5x7_to48x3x4"),
+        (bottleneck.to_string(), 1, "wino2s2_gemm_32x15x18_to32x8x9"),
+    ];
+    for (text, strided, kernel) in cases {
+        let spec = resnetc::spec::parse(&text, "strided_winograd").unwrap();
+        let graph = from_spec::build(&spec).unwrap();
+        let mut fused = passes::fuse(&graph).0;
+        let mut forced = 0;
+        for n in fused.schedule() {
+            if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
+                if c.kernel == 3 && c.stride == 2 {
+                    c.winograd = Some(resnetc::graph::Winograd::strided());
+                    forced += 1;
+                }
+            }
+        }
+        assert_eq!(forced, strided, "the stride-2 3x3 convs of {text}");
+        for target in [Target::CRANELIFT_X64, Target::AVX512] {
+            let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
+            assert_kernels(&prog, &[kernel]);
+            let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
+            eprintln!("strided F(2x2,3x3) {kernel} {} rel err {rel:.2e}", target.name);
         }
     }
 }

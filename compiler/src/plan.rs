@@ -172,7 +172,8 @@ pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
 /// re-reads the weights from L2), 0.84-0.93x over the three kernels.
 pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize {
     let (tw, th) = w.grid(out.h, out.w);
-    if w.row {
+    // (A strided conv's bands would start `m * stride` input rows apart: not generated.)
+    if w.row || w.stride > 1 {
         return th;
     }
     let (cin, cout) = (c.cin.div_ceil(t.lanes) * t.lanes, c.cout.div_ceil(t.lanes) * t.lanes);
@@ -254,10 +255,13 @@ pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option
 /// Halo a consumer needs on its input.
 fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
     match op {
-        // Whole Winograd tiles read up to `tiles * m - size` rows and columns past the end.
+        // Whole Winograd tiles read past the end: `T` tiles of `m` outputs read input up to
+        // `(T m - 1) stride + 2 - pad` (stride 1, pad 1: `T m - size` past the output).
         Op::Conv(Conv { winograd: Some(w), pad, .. }) => {
-            let over = |size: usize, m: usize| size.div_ceil(m) * m - size;
-            pad + over(output.h, w.tile_rows()).max(over(output.w, w.m))
+            let past = |out: usize, input: usize, m: usize| {
+                ((out.div_ceil(m) * m - 1) * w.stride + 3).saturating_sub(pad + input)
+            };
+            (*pad).max(past(output.h, input.h, w.tile_rows())).max(past(output.w, input.w, w.m))
         }
         Op::Conv(c) => c.pad,
         Op::MaxPool(p) => {

@@ -10,7 +10,8 @@ pub struct Target {
     /// Vector registers available to a micro-kernel's tile.
     pub vregs: usize,
     /// Sustained single-thread convolution throughput, GFLOP/s (measured on the
-    /// development machine; the cost model only compares algorithms with it).
+    /// development machine; the cost model only compares algorithms with it, so what
+    /// matters is its ratio to the bandwidths below).
     pub gflops: u32,
     /// Sustained single-thread memory bandwidth for streamed weights, GB/s.
     pub weight_gbytes: u32,
@@ -19,15 +20,16 @@ pub struct Target {
     /// Bandwidth of weights re-read from L2 by a kernel whose per-tile weights miss L1, GB/s.
     pub l2_gbytes: u32,
     /// The cache size, bytes, past which a call's weights count as not staying in cache
-    /// from one image of a batch to the next (and prefetching pays). 2 MB, though this
-    /// Xeon has 1 MB of L2 per core: the thresholds built on it (batch order, prefetch,
+    /// from one image of a batch to the next (and prefetching pays). 2 MB, though the
+    /// development machines have 1 MB of L2 per core: the thresholds built on it (batch order, prefetch,
     /// wide tiles) were each measured best at this value.
     pub l2_bytes: usize,
     /// Bytes a band of a Winograd conv may keep in cache between its three kernels: the
     /// transformed weights and the band's two scratch buffers (`plan::winograd_band_rows`).
     /// The L2 of one core (1 MB here).
     pub band_bytes: usize,
-    /// L1 data cache bytes: an input larger than this does not stay in L1 across a conv.
+    /// L1 data cache bytes: an input larger than this does not stay in L1 across a conv;
+    /// the cost model counts L2 re-reads of a register tile's weights past this.
     pub l1_bytes: usize,
     /// Weights of one register tile that stay in L1 (32 KB here) beside the input they meet;
     /// a tile whose weights exceed this re-reads them from L2 for every register tile.
@@ -85,18 +87,28 @@ impl Target {
         panels: true,
         weight_budget: None,
     };
-    /// rustc with AVX-512F: 512-bit zmm registers, 32 of them.
+    /// rustc with AVX-512F: 512-bit zmm registers, 32 of them. Calibrated on the AMD
+    /// EPYC (Zen 5, full-width 512-bit FMAs, 48 KB L1d, 1 MB L2 per core) with
+    /// ResNet-50's per-kernel minima at 1 thread (`RESNETC_PROFILE`): direct and 1x1 convs
+    /// at 235-260 GFLOP/s, Winograd products 225-255; weights streamed by the products of
+    /// its 7x7x512 convs at about 22 GB/s (a 256 MB read: 35 GB/s); the Winograd
+    /// transforms through their scratch at 43-57 GB/s. (The previous calibration, on an
+    /// Intel Xeon and a Zen 4 with half-rate 512-bit FMAs, was 115 GFLOP/s, 10 GB/s of
+    /// weights and 7 of transforms: with it the strided Winograd of 28x28 and 14x14
+    /// outputs, measured 0.80x and 0.84x the direct conv's time here, did not pay.) Tiles
+    /// keep the 32 KB of weights per register tile they were measured best with here too
+    /// (48 KB moved 1x1 convs to other tiles, 1.03x their time).
     pub const AVX512: Target = Target {
         name: "avx512",
         lanes: 16,
         vregs: 32,
-        gflops: 115,
-        weight_gbytes: 10,
-        transform_gbytes: 7,
-        l2_gbytes: 40,
+        gflops: 245,
+        weight_gbytes: 25,
+        transform_gbytes: 50,
+        l2_gbytes: 100,
         l2_bytes: 2 << 20,
         band_bytes: 1 << 20,
-        l1_bytes: 32 << 10,
+        l1_bytes: 48 << 10,
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
         panels: false,

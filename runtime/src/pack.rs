@@ -64,7 +64,7 @@ pub struct LinearPacking {
     pub bias_offset: usize,
 }
 
-/// A stride-1 3x3 conv run as Winograd F(m, 3): transformed weights
+/// A 3x3 conv run as Winograd F(m, 3) (stride 1 or 2): transformed weights
 /// `U[xi][ktile][ic][tap][jl]` (`xi` over the `n x n` transformed positions, or the `n`
 /// positions along a row with `row`, `ktile` over tiles of `jl` output channels, `ic` over
 /// the padded input channels, `tap` over the kernel's 3 rows with `row`, else one), bias
@@ -79,6 +79,8 @@ pub struct WinogradPacking {
     pub m: usize,
     /// F(1 x m, 3 x 3) along rows instead of F(m x m, 3 x 3).
     pub row: bool,
+    /// The conv's stride (2: F(2 x 2, 3 x 3) with stride 2).
+    pub stride: usize,
     pub jl: usize,
     pub ktiles: usize,
     /// Input channels including padding.
@@ -90,7 +92,7 @@ pub struct WinogradPacking {
 impl WinogradPacking {
     /// The Winograd algorithm packed for.
     pub fn algorithm(&self) -> crate::winograd::Winograd {
-        crate::winograd::Winograd { m: self.m, row: self.row }
+        crate::winograd::Winograd { m: self.m, row: self.row, stride: self.stride }
     }
 
     pub fn weight_floats(&self) -> usize {
@@ -154,10 +156,10 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
     Ok(())
 }
 
-/// Transforms one stride-1 3x3 conv's folded weights into the Winograd domain, into `blob`.
+/// Transforms one 3x3 conv's folded weights into the Winograd domain, into `blob`.
 pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
-    let tr = crate::winograd::transform(p.m).with_context(|| format!("{}: no Winograd F({}, 3)", p.weight, p.m))?;
+    let tr = p.algorithm().transform().with_context(|| format!("{}: no Winograd {}", p.weight, p.algorithm()))?;
     let (positions, taps) = (p.algorithm().positions(), p.algorithm().taps());
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);

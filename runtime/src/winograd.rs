@@ -7,26 +7,55 @@
 //! for m = 3 and +-2 for m = 4) live only here: the compiler reads them to generate the
 //! data transforms, the packer applies `G` to the weights, so the two sides cannot
 //! disagree.
+//!
+//! A stride-2 3x3 conv has one too, F(2 x 2, 3 x 3) with stride 2 over `5 x 5` input
+//! tiles: split by parity, the even kernel taps (0 and 2) over the even inputs are a
+//! 2-tap conv, which F(2, 2) computes with 3 multiplies instead of 4, and the odd tap
+//! over the odd inputs takes 2; so 5 multiplies per 2 outputs along each axis, 25 per
+//! 2 x 2 tile instead of 36 (0.69x). Its matrices hold only 0 and +-1 (`G` only 0 and 1),
+//! so it adds no rounding error beyond direct convolution's reordered sums.
 
 use std::fmt;
 
-/// A stride-1 3x3 conv run as Winograd with output tiles of `m` pixels: F(m x m, 3 x 3)
-/// over square tiles, or with `row` F(1 x m, 3 x 3), a 1-D F(m, 3) along each row for each
-/// of the kernel's three rows, summed in the products (`3 * (m + 2)` transformed weights
-/// per channel pair instead of `(m + 2)^2`: fewer bytes to stream, more multiplies).
+/// A 3x3 conv run as Winograd with output tiles of `m` pixels: F(m x m, 3 x 3) over
+/// square tiles, or with `row` F(1 x m, 3 x 3), a 1-D F(m, 3) along each row for each of
+/// the kernel's three rows, summed in the products (`3 * (m + 2)` transformed weights per
+/// channel pair instead of `(m + 2)^2`: fewer bytes to stream, more multiplies). Stride 1,
+/// or 2 for the square F(2 x 2, 3 x 3) with stride 2 ([`Winograd::strided`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Winograd {
     pub m: usize,
     pub row: bool,
+    /// The conv's stride: input tiles start `m * stride` pixels apart.
+    pub stride: usize,
 }
 
 impl Winograd {
     pub const fn square(m: usize) -> Winograd {
-        Winograd { m, row: false }
+        Winograd { m, row: false, stride: 1 }
     }
 
     pub const fn row(m: usize) -> Winograd {
-        Winograd { m, row: true }
+        Winograd { m, row: true, stride: 1 }
+    }
+
+    /// F(2 x 2, 3 x 3) with stride 2, the one strided transform.
+    pub const fn strided() -> Winograd {
+        Winograd { m: 2, row: false, stride: 2 }
+    }
+
+    /// Input pixels of a tile along each transformed axis: `(m - 1) * stride + 3`.
+    pub fn input_size(&self) -> usize {
+        (self.m - 1) * self.stride + 3
+    }
+
+    /// Its transform matrices, if there is one for `m` and the stride.
+    pub fn transform(&self) -> Option<Transform> {
+        match self.stride {
+            1 => transform(self.m),
+            2 if self.m == 2 && !self.row => Some(Transform { m: 2, n: 5, bt: &S2_BT, g: &S2_G, at: &S2_AT }),
+            _ => None,
+        }
     }
 
     /// Output rows of one tile (its columns: `m`).
@@ -43,9 +72,10 @@ impl Winograd {
         (w.div_ceil(self.m), h.div_ceil(self.tile_rows()))
     }
 
-    /// Transformed positions of one tile (`n x n`, or `n` along a row), `n = m + 2`.
+    /// Transformed positions of one tile (`n x n`, or `n` along a row), `n` the
+    /// [`Winograd::input_size`].
     pub fn positions(&self) -> usize {
-        let n = self.m + 2;
+        let n = self.input_size();
         if self.row {
             n
         } else {
@@ -64,9 +94,10 @@ impl Winograd {
 }
 
 impl fmt::Display for Winograd {
-    /// `F(4x4,3x3)` or `F(1x2,3x3)`.
+    /// `F(4x4,3x3)`, `F(1x2,3x3)` or `F(2x2,3x3,s2)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "F({}x{},3x3)", self.tile_rows(), self.m)
+        let stride = if self.stride > 1 { format!(",s{}", self.stride) } else { String::new() };
+        write!(f, "F({}x{},3x3{stride})", self.tile_rows(), self.m)
     }
 }
 
@@ -74,7 +105,7 @@ impl fmt::Display for Winograd {
 pub struct Transform {
     /// Output tile size.
     pub m: usize,
-    /// Input tile size, `m + 2`.
+    /// Input tile size, `m + 2` (`(m - 1) * stride + 3`).
     pub n: usize,
     /// `B^T`, `n x n`: input tile -> transformed domain.
     pub bt: &'static [f64],
@@ -169,7 +200,30 @@ const F4_AT: [f64; 24] = [
     0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
 ];
 
-/// The transform producing `m x m` output tiles; `m` is 2, 3 or 4.
+// F(2, 3) with stride 2 over inputs x0..x4 (outputs y0 = w0 x0 + w1 x1 + w2 x2 and
+// y1 = w0 x2 + w1 x3 + w2 x4): m1 = (x0 - x2) w0, m2 = x2 (w0 + w2), m3 = (x4 - x2) w2
+// (F(2, 2) of the even taps over the even inputs), m4 = x1 w1, m5 = x3 w1 (the odd tap);
+// y0 = m1 + m2 + m4, y1 = m2 + m3 + m5.
+const S2_BT: [f64; 25] = [
+    1.0, 0.0, -1.0, 0.0, 0.0, //
+    0.0, 0.0, 1.0, 0.0, 0.0, //
+    0.0, 0.0, -1.0, 0.0, 1.0, //
+    0.0, 1.0, 0.0, 0.0, 0.0, //
+    0.0, 0.0, 0.0, 1.0, 0.0,
+];
+const S2_G: [f64; 15] = [
+    1.0, 0.0, 0.0, //
+    1.0, 0.0, 1.0, //
+    0.0, 0.0, 1.0, //
+    0.0, 1.0, 0.0, //
+    0.0, 1.0, 0.0,
+];
+const S2_AT: [f64; 10] = [
+    1.0, 1.0, 0.0, 1.0, 0.0, //
+    0.0, 1.0, 1.0, 0.0, 1.0,
+];
+
+/// The stride-1 transform producing `m x m` output tiles; `m` is 2, 3 or 4.
 pub fn transform(m: usize) -> Option<Transform> {
     match m {
         2 => Some(Transform { m: 2, n: 4, bt: &F2_BT, g: &F2_G, at: &F2_AT }),
@@ -218,12 +272,14 @@ impl Transform {
 mod tests {
     use super::*;
 
-    /// One output tile through the three transforms equals the direct correlation.
+    /// One output tile through the three transforms equals the direct correlation (with
+    /// the stride's input step).
     #[test]
     fn tile_equals_direct_correlation() {
-        for m in [2, 3, 4] {
-            let tr = transform(m).unwrap();
-            let n = tr.n;
+        for w in [Winograd::square(2), Winograd::square(3), Winograd::square(4), Winograd::strided()] {
+            let tr = w.transform().unwrap();
+            let (n, m, s) = (tr.n, tr.m, w.stride);
+            assert_eq!(n, w.input_size());
             let d: Vec<f64> = (0..n * n).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();
             let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
             let u = tr.filter(&g);
@@ -245,9 +301,9 @@ mod tests {
                         .sum();
                     let want: f64 = (0..3)
                         .flat_map(|a| (0..3).map(move |b| (a, b)))
-                        .map(|(a, b)| d[(r + a) * n + c + b] * g[a * 3 + b] as f64)
+                        .map(|(a, b)| d[(s * r + a) * n + s * c + b] * g[a * 3 + b] as f64)
                         .sum();
-                    assert!((y - want).abs() < 1e-9, "F({m},3) tile ({r},{c}): {y} vs {want}");
+                    assert!((y - want).abs() < 1e-9, "{w} tile ({r},{c}): {y} vs {want}");
                 }
             }
         }

@@ -37,7 +37,7 @@ use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
 use crate::plan::Buffer;
 use crate::target::Target;
 use resnetc_runtime::pack::WinogradPacking;
-use resnetc_runtime::winograd::{transform, Transform};
+use resnetc_runtime::winograd::Transform;
 use std::collections::BTreeMap;
 
 pub struct Generated {
@@ -145,7 +145,7 @@ pub fn generate(
     let (tw, th) = wino.grid(lo.h, lo.w);
     let band_rows = crate::plan::winograd_band_rows(t, c, wino, out_shape);
     let tiles = |ty0: usize, rows: usize| {
-        let tr = transform(m).expect("the cost model only picks F(2,3), F(3,3) and F(4,3)");
+        let tr = wino.transform().expect("the cost model only picks Winograd algorithms that have a transform");
         let v_tiles = if wino.row { crate::plan::winograd_tiles(wino, out_shape).1 } else { rows * tw };
         let y0 = ty0 * wino.tile_rows();
         let rows_px = y0..lo.h.min(y0 + rows * wino.tile_rows());
@@ -163,6 +163,7 @@ pub fn generate(
         cin: c.cin,
         m,
         row: wino.row,
+        stride: wino.stride,
         jl,
         ktiles,
         cin_pad: li.cpad(),
@@ -213,20 +214,23 @@ pub fn generate(
     Generated { bands, packing }
 }
 
-/// Kernel name prefix: `wino2`, or `wino1x2` along rows.
+/// Kernel name prefix: `wino2`, `wino1x2` along rows, `wino2s2` with stride 2.
 fn prefix(g: &Tiles) -> String {
     if g.wino.row {
         format!("wino1x{}", g.tr.m)
+    } else if g.wino.stride > 1 {
+        format!("wino{}s{}", g.tr.m, g.wino.stride)
     } else {
         format!("wino{}", g.tr.m)
     }
 }
 
 /// `V = B^T d B` per tile and input channel block. Arguments: 0 `V`, 1 input.
-/// Tasks: (channel block, tile row).
+/// Tasks: (channel block, tile row). Input tiles start `m * stride` pixels apart, one
+/// pixel (the padding) above and left of their output tile's first input pixel.
 fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     let (tr, lanes) = (&g.tr, g.lanes);
-    let (n, m) = (tr.n, tr.m as i64);
+    let (n, m) = (tr.n, (tr.m * g.wino.stride) as i64);
     let cblocks = li.cblocks();
     let mut b = Builder::new(2);
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
