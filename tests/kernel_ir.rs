@@ -246,7 +246,7 @@ fn banded_winograd_matches_reference() {
 
 /// Strided Winograd, F(2 x 2, 3 x 3) with stride 2, forced on every stride-2 3x3 conv of
 /// a basic-block network (24, 40 and 48 wide: channels padded to whole vectors) on odd
-/// and even inputs (19x21: the 10x11 output's last tiles hang over and read two rows and
+/// and even inputs (19x21: the 10x11 output's last tile column hangs over and reads three
 /// columns of halo; 20x20; 9x13: 5x7 then 3x4 outputs), and of a bottleneck network (the
 /// 3x3 conv of its second stage), for both targets, against the reference.
 #[test]

@@ -12,7 +12,10 @@ pub fn op_name(step: &Step) -> String {
         StepOp::PackInput => "pack_input".into(),
         StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
         StepOp::Conv(Conv { winograd: Some(w), .. }) if w.row => format!("conv3x3/1 F(1x{},3)", w.m),
-        StepOp::Conv(Conv { winograd: Some(w), stride, .. }) => format!("conv3x3/{stride} F({},3)", w.m),
+        StepOp::Conv(Conv { winograd: Some(w), .. }) if w.stride > 1 => {
+            format!("conv3x3/{} F({},3)s{0}", w.stride, w.m)
+        }
+        StepOp::Conv(Conv { winograd: Some(w), .. }) => format!("conv3x3/1 F({},3)", w.m),
         StepOp::Conv(c) => format!("conv{k}x{k}/{}", c.stride, k = c.kernel),
         StepOp::MaxPool(p) => {
             format!("maxpool{k}x{k}/{}{}", p.stride, if p.ceil_mode { " ceil" } else { "" }, k = p.kernel)

@@ -256,7 +256,8 @@ pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option
 fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
     match op {
         // Whole Winograd tiles read past the end: `T` tiles of `m` outputs read input up to
-        // `(T m - 1) stride + 2 - pad` (stride 1, pad 1: `T m - size` past the output).
+        // index `(T m - 1) stride + 2 - pad` (stride 1, pad 1: `pad + (T m - size)` past
+        // the last row or column).
         Op::Conv(Conv { winograd: Some(w), pad, .. }) => {
             let past = |out: usize, input: usize, m: usize| {
                 ((out.div_ceil(m) * m - 1) * w.stride + 3).saturating_sub(pad + input)
@@ -387,4 +388,46 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
     // data race between the tasks of a call: every plan is checked, not only in tests.
     crate::memory::verify(&plan).map_err(|e| anyhow::anyhow!("internal error: memory plan: {e}"))?;
     Ok(plan)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The halo whole Winograd tiles need, against the last input index their tiles read
+    /// counted by hand (a short halo is not caught by comparing outputs: those reads feed
+    /// only discarded outputs).
+    #[test]
+    fn winograd_halo_covers_the_last_tile() {
+        let conv = |stride: usize, w: Winograd| {
+            let c = Conv {
+                weight: "c".into(),
+                cin: 16,
+                cout: 16,
+                kernel: 3,
+                stride,
+                pad: 1,
+                groups: 1,
+                folded_bn: None,
+                residual: false,
+                relu: false,
+                winograd: Some(w),
+            };
+            Op::Conv(c)
+        };
+        let shape = |h: usize, w: usize| Shape { c: 16, h, w };
+        // (stride, algorithm, input h x w, output h x w, halo): strided tiles of 2 outputs
+        // read 5 inputs 4 apart from -1, so T tiles read up to 4 T - 1.
+        let cases = [
+            (2, Winograd::strided(), (19, 21), (10, 11), 3), // rows to 19 (1 past), columns to 23 (3)
+            (2, Winograd::strided(), (20, 20), (10, 10), 1), // to 19: the padding only
+            (2, Winograd::strided(), (10, 10), (5, 5), 2),   // to 11
+            (1, Winograd::square(3), (14, 14), (14, 14), 2), // 5 tiles of 3 read to 15
+            (1, Winograd::square(4), (7, 7), (7, 7), 2),     // 2 tiles of 4 read to 8
+            (1, Winograd::row(3), (7, 7), (7, 7), 3),        // columns to 9; rows to 7
+        ];
+        for (stride, w, (ih, iw), (oh, ow), want) in cases {
+            assert_eq!(halo_needed(&conv(stride, w), shape(ih, iw), shape(oh, ow)), want, "{w} {ih}x{iw}");
+        }
+    }
 }

@@ -74,7 +74,8 @@ pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     Ok(())
 }
 
-#[cfg(all(test, unix))]
+// Linux: the test opens the FIFO with O_NONBLOCK's Linux value.
+#[cfg(all(test, target_os = "linux"))]
 mod tests {
     use super::*;
     use std::os::unix::fs::FileTypeExt;

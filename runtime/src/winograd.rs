@@ -12,8 +12,9 @@
 //! tiles: split by parity, the even kernel taps (0 and 2) over the even inputs are a
 //! 2-tap conv, which F(2, 2) computes with 3 multiplies instead of 4, and the odd tap
 //! over the odd inputs takes 2; so 5 multiplies per 2 outputs along each axis, 25 per
-//! 2 x 2 tile instead of 36 (0.69x). Its matrices hold only 0 and +-1 (`G` only 0 and 1),
-//! so it adds no rounding error beyond direct convolution's reordered sums.
+//! 2 x 2 tile instead of 36 (0.69x). Its matrices hold only 0 and +-1 (`G` only 0 and 1):
+//! its rounding error is of F(2, 3)'s order (the rounded `x0 - x2` and `w0 + w2` cancel
+//! against `x2 w0`), so it spends no error budget.
 
 use std::fmt;
 
@@ -223,8 +224,9 @@ const S2_AT: [f64; 10] = [
     0.0, 1.0, 1.0, 0.0, 1.0,
 ];
 
-/// The stride-1 transform producing `m x m` output tiles; `m` is 2, 3 or 4.
-pub fn transform(m: usize) -> Option<Transform> {
+/// The stride-1 transform producing `m x m` output tiles; `m` is 2, 3 or 4 (callers ask
+/// [`Winograd::transform`]).
+fn transform(m: usize) -> Option<Transform> {
     match m {
         2 => Some(Transform { m: 2, n: 4, bt: &F2_BT, g: &F2_G, at: &F2_AT }),
         3 => Some(Transform { m: 3, n: 5, bt: &F3_BT, g: &F3_G, at: &F3_AT }),

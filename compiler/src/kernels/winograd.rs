@@ -1,4 +1,5 @@
-//! Winograd F(m x m, 3 x 3) for stride-1 3x3 convolutions, as three kernels over the
+//! Winograd F(m x m, 3 x 3) for 3x3 convolutions (stride 1, or the strided F(2 x 2, 3 x 3)
+//! of stride-2 ones, whose input tiles start `2 m` pixels apart), as three kernels over the
 //! step's two scratch buffers (see `plan::winograd_layouts`):
 //!
 //! 1. `wino_in`:   `V[xi] = (B^T d B)[xi]` for every `n x n` input tile `d` (read through
@@ -230,7 +231,17 @@ fn prefix(g: &Tiles) -> String {
 /// pixel (the padding) above and left of their output tile's first input pixel.
 fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     let (tr, lanes) = (&g.tr, g.lanes);
-    let (n, m) = (tr.n, (tr.m * g.wino.stride) as i64);
+    let (n, step) = (tr.n, tr.m * g.wino.stride);
+    // Whole tiles read past the border into the halo (`plan::halo_needed`); the
+    // interpreter would not catch a short halo (those reads feed only discarded outputs).
+    // The last tile of this band reads up to input index `(T - 1) step + n - 2`.
+    let last = |tiles: usize| (tiles - 1) * step + n - 2;
+    let ty0 = g.rows.start / tr.m;
+    assert!(
+        last(ty0 + g.th) < li.h + li.halo && last(g.tw) < li.w + li.halo,
+        "{shape}: Winograd tiles read past the input's halo"
+    );
+    let m = step as i64;
     let cblocks = li.cblocks();
     let mut b = Builder::new(2);
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
