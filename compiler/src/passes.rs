@@ -305,8 +305,9 @@ impl Pass for ChooseAlgorithm {
     }
 
     /// Each conv starts at its fastest algorithm that spends no error budget (direct,
-    /// F(2,3), along rows F(1x2), or the strided F(2 x 2, 3 x 3)); then, greedily, the upgrade to a larger tile that saves the most estimated
-    /// time per error unit is taken while the budget lasts ([`MAX_F4_LAYERS`]). So the
+    /// F(2,3), along rows F(1x2), or the strided F(2 x 2, 3 x 3)); then, greedily, the
+    /// upgrade to a larger tile that saves the most estimated time per error unit is
+    /// taken while the budget lasts ([`MAX_F4_LAYERS`]). So the
     /// budget goes where larger tiles save most, not to the first convs met (on deep
     /// networks whose 3x3 convs would spend it several times over).
     fn run(&self, graph: &mut Graph) -> usize {

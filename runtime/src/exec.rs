@@ -40,7 +40,8 @@ pub enum Order {
     /// channels, a Winograd position) serve every image while they are in cache, and each
     /// thread streams only its share of them (with images by share, see [`run`]: each
     /// thread all of them, once for its images). For calls whose weights do not stay in
-    /// cache from one image to the next.
+    /// cache from one image to the next. (A whole batch on one thread runs them image by
+    /// image too: see `run_images`.)
     TaskMajor = 1,
     /// Consecutive depth-first calls run as a segment, image by image: image 0 through
     /// the whole segment, then image 1, ... For calls with small weights (or none), so
