@@ -121,8 +121,9 @@ fn jit_matches_reference_on_200_random_specs() {
 }
 
 /// Batches run weight-heavy calls task-major (every image per task, see
-/// `exec::Order`), the rest depth-first: each image of a batch must come out bit-identical to the same
-/// image run alone, at one and two threads.
+/// `exec::Order`), the rest depth-first: each image of a batch must come out bit-identical
+/// to the same image run alone, at one thread (where the whole batch runs image by image)
+/// and at two (each thread's two images task-major, the fifth split across both).
 #[test]
 fn batch_orders_match_single_images_bit_for_bit() {
     // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights, direct) and the strided

@@ -254,8 +254,8 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
 /// convolution (`None`) always, Winograd F(m x m, 3 x 3) and F(1 x m, 3 x 3) (stride 1) or
 /// the strided F(2 x 2, 3 x 3) (stride 2) where the conv is eligible and the estimate
 /// beats direct convolution's by [`WINOGRAD_MARGIN`]. (On the Cranelift JIT the strided
-/// one measured 0.94x the direct conv's time on ResNet-50's 14x14 output, the one it is
-/// chosen for, 0.92x on 28x28 (not chosen: within the margin) and 1.18x on 7x7x512.)
+/// one measured 0.94x the direct conv's time on ResNet-50's 14x14 output, 0.84-0.92x on
+/// 28x28, both chosen, and 1.18x on 7x7x512, not chosen.)
 fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<Winograd>, f64)> {
     let direct = conv_seconds(t, c, out, None);
     let mut options = vec![(None, direct)];
