@@ -159,26 +159,24 @@ const ROW_REREAD_SHARE: f64 = 0.5;
 /// coarse, and a wrong Winograd choice also costs accuracy.
 const WINOGRAD_MARGIN: f64 = 0.8;
 
-/// The cost model of the conv algorithm, per target: for pad-1, ungrouped 3x3
-/// convs with at least 16 input and output channels (stride 1, or 2 below), Winograd F(m, 3) (m = 4, 3 or 2) when
-/// its estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. What decides:
-/// Winograd cuts multiplies 4x (m = 4), 3.24x (m = 3) or 2.25x (m = 2), but its
-/// transformed weights are 4x (2.8x, 1.8x) larger, streamed from memory once per image
-/// and re-read from L2 once per block of tiles; direct convolution re-reads all its
-/// weights from L2 once per output row (an upper bound where a task covers two rows or the
-/// whole output, see `kernels/conv.rs`), or streams them once when they do not stay in
-/// L2 and its input does (output-channel tiles outside rows). So on 7x7x512 outputs F(4,3) loses to direct
-/// convolution on a fast target while F(2,3) wins, and on a slow target F(4,3) wins
-/// down to 14x14 and F(3,3) there. Tiles along rows, F(1 x m, 3 x 3), cut multiplies
-/// only 1.5x (m = 2), 1.8x (m = 3) or 2x (m = 4) but their weights grow only 1.3x (1.7x,
-/// 2x): on AVX-512 F(1x3) beats F(2,3) at 7x7x512 (measured 0.86x the time), and under
-/// a weight budget they are the cheap way to give bytes back. For stride-2 3x3 convs the
-/// one candidate is the strided F(2 x 2, 3 x 3) (25 multiplies per 2x2 outputs instead
-/// of 36, weights 2.8x larger): it pays where its weights stay small (ResNet-50's 28x28
-/// and 14x14 outputs), not where they stream from memory (its 7x7x512 conv: 26 MB
-/// against 9.4, measured 1.15x the direct conv's time). Sizes that do not tile
-/// evenly compute whole tiles and store the valid part. The constants in [`Target`] were calibrated on the per-kernel
-/// times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
+/// The cost model of the conv algorithm, per target: for pad-1, ungrouped 3x3 convs with at least
+/// 16 input and output channels (stride 1, or 2 below), Winograd F(m, 3) (m = 4, 3 or 2) when its
+/// estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. What decides: Winograd cuts
+/// multiplies 4x (m = 4), 3.24x (m = 3) or 2.25x (m = 2), but its transformed weights are 4x (2.8x,
+/// 1.8x) larger, streamed from memory once per image and re-read from L2 once per block of tiles;
+/// direct convolution re-reads all its weights from L2 once per output row (an upper bound where a
+/// task covers two rows or the whole output, see `kernels/conv.rs`), or streams them once when they
+/// do not stay in L2 and its input does (output-channel tiles outside rows). So on 7x7x512 outputs
+/// F(4,3) loses to direct convolution on AVX-512 while F(2,3) wins, and on the slower Cranelift
+/// target F(4,3) wins at every size of ResNet. Tiles along rows, F(1 x m, 3 x 3), cut multiplies
+/// only 1.5x (m = 2), 1.8x (m = 3) or 2x (m = 4) but their weights grow only 1.3x (1.7x, 2x): on
+/// AVX-512 F(1x3) beats F(2,3) at 7x7x512 (measured 0.86x the time), and under a weight budget they
+/// are the cheap way to give bytes back. For stride-2 3x3 convs the one candidate is the strided
+/// F(2 x 2, 3 x 3) (25 multiplies per 2x2 outputs instead of 36, weights 2.8x larger): it pays
+/// where its weights stay small (ResNet-50's 28x28 and 14x14 outputs), not where they stream from
+/// memory (its 7x7x512 conv: 26 MB against 9.4, measured 1.15x the direct conv's time). Sizes that
+/// do not tile evenly compute whole tiles and store the valid part. The constants in [`Target`]
+/// were calibrated on the per-kernel times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
 pub struct ChooseAlgorithm {
     pub target: Target,
 }
@@ -213,9 +211,8 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
             // output-channel tiles outside rows (`kernels/conv.rs`), so it streams the
             // weights once and re-reads the input from L2 once per tile instead, under its
             // FMAs (ResNet-50's strided 3x3 over 512x14x14: 244 GFLOP/s, compute-bound).
-            let cached = |b: f64| b <= (t.l2_bytes / 2) as f64;
-            let input = 4.0 * cin * ((out.h * out.w * c.stride * c.stride) as f64);
-            let rereads = if !cached(bytes) && cached(input) {
+            let input = 4 * c.cin * out.h * out.w * c.stride * c.stride;
+            let rereads = if !t.stays_in_l2(bytes as usize) && t.stays_in_l2(input) {
                 0.0
             } else {
                 l2(bytes, 4.0 * k2 * cin / c.groups as f64 * jl, out.h as f64)

@@ -64,6 +64,12 @@ impl Target {
         }
     }
 
+    /// Whether `bytes` (a call's weights or input) stay in L2 from task to task: half of
+    /// `l2_bytes`, leaving room for what the call streams beside them.
+    pub fn stays_in_l2(&self, bytes: usize) -> bool {
+        bytes <= self.l2_bytes / 2
+    }
+
     /// This target with at most `bytes` of packed conv weights (see `weight_budget`).
     pub fn with_weight_budget(self, bytes: Option<usize>) -> Target {
         Target { weight_budget: bytes, ..self }

@@ -135,7 +135,7 @@ fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usi
         && (width % WIDE_TILE.0 == 0 || width * 2 == WIDE_TILE.0)
         && cblocks_out % WIDE_TILE.1 == 0
         && tile_weight_bytes > t.l1_tile_weight_bytes
-        && (c.kernel > 1 || input.bytes() <= t.l2_bytes / 2)
+        && (c.kernel > 1 || t.stays_in_l2(input.bytes()))
 }
 
 /// Output pixels per register tile of `j` output vectors, for a reduction whose inner
@@ -500,7 +500,7 @@ pub fn generate(
     // conv may read instead (larger for strided k x k convs).
     let row_tasks = lo.h.div_ceil(rows);
     let w_bytes = tiles * k * k * tl.icr * jl * 4;
-    let cached = |bytes: usize| bytes <= t.l2_bytes / 2;
+    let cached = |bytes: usize| t.stays_in_l2(bytes);
     let streams = t.vregs < 32 && c.residual && cached(li.bytes()) && cached(w_bytes) && lo.w * lanes * 4 >= 448;
     // Also tiles outside when the weights do not stay in L2 and the input does: the
     // input's re-reads then come from L2, where rows outside would stream every weight
