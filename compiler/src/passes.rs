@@ -231,8 +231,7 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
                 let (rows, cols) = crate::kernels::winograd_row_block(t, tw, th);
                 (1, th.div_ceil(rows) * tw.div_ceil(cols))
             } else {
-                let cin_pad = c.cin.div_ceil(t.lanes) * t.lanes;
-                let pt = crate::kernels::winograd_product_tile(t, cin_pad, c.cout.div_ceil(t.lanes), tiles, false);
+                let pt = crate::kernels::winograd_product_tile(t, c.cout.div_ceil(t.lanes), tiles, false);
                 (pt.j, tiles.div_ceil(pt.tiles))
             };
             let jl = cout.min((j * t.lanes) as f64);

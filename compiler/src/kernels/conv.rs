@@ -118,24 +118,24 @@ fn pixel_budget(t: Target, j: usize, unroll: usize) -> usize {
 }
 
 /// Pixels x output vectors of the wide register tile.
-const WIDE_TILE: (usize, usize) = (14, 2);
+pub(super) const WIDE_TILE: (usize, usize) = (14, 2);
 
 /// Whether a conv uses [`WIDE_TILE`] instead of 7 pixels x 4 vectors: with 32 registers,
-/// when rows are multiples of 14 wide (or 7 wide: then a task takes two rows, the 14
-/// pixels of its register tile) and a tile's weights (`k * k * cin` x 4 vectors)
-/// miss L1, so every register tile re-reads them from L2: 14 x 2 reads half the weight
-/// bytes per FMA. The price is twice the channel tiles, each re-reading the input; a 1x1
-/// conv pays it only when its input stays in L2. Measured on ResNet-50 (1 thread): 14x14
-/// 1x1 convs 0.90-0.96x the time, strided 3x3 and the 7x7 stem 0.83-0.92x; 1x1 convs on
-/// 28x28 inputs of 512 channels 1.03-1.04x, hence the input condition.
-fn wide_tile(t: Target, c: &Conv, input: &Layout, width: usize, cblocks_out: usize) -> bool {
-    let tile_weight_bytes = c.kernel * c.kernel * input.cpad() * 4 * t.lanes * 4;
+/// whenever rows are multiples of 14 wide (or 7 wide: then a task takes two rows, the 14
+/// pixels of its register tile) and the output channels fill pairs of vectors. Per
+/// input channel, 14 x 2 loads two weight vectors and broadcasts 14 pixels for its 28
+/// FMAs, where 7 x 4 loads four and broadcasts seven; on the Zen 5 the wide tile runs
+/// closer to peak even with everything in L1 (a C model of the 1x1 convs over ResNet's
+/// 56x56, 28x28 and 14x14 shapes: 237-258 against 222-241 GFLOP/s). ResNet-50 in Rust,
+/// 1 thread, per-kernel minima: the 1x1 convs over 56x56 and 28x28 inputs 0.89-0.93x the
+/// time, the stem 0.98x; the whole model 0.97x. (On the earlier Xeon and Zen 4 it was
+/// taken only where a 7 x 4 tile's weights missed L1: there 1x1 convs over 512x28x28
+/// measured 1.03-1.04x with it.)
+fn wide_tile(t: Target, c: &Conv, width: usize, cblocks_out: usize) -> bool {
     t.vregs >= 32
         && c.groups == 1
         && (width % WIDE_TILE.0 == 0 || width * 2 == WIDE_TILE.0)
         && cblocks_out % WIDE_TILE.1 == 0
-        && tile_weight_bytes > t.l1_tile_weight_bytes
-        && (c.kernel > 1 || t.stays_in_l2(input.bytes()))
 }
 
 /// Output pixels per register tile of `j` output vectors, for a reduction whose inner
@@ -372,7 +372,7 @@ struct RegisterTile {
 }
 
 fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile {
-    let wide = wide_tile(t, c, li, lo.w, lo.cblocks());
+    let wide = wide_tile(t, c, lo.w, lo.cblocks());
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
     let shape = if wide {
         let rows = if lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };

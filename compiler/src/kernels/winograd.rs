@@ -30,7 +30,7 @@
 //! write the halo rows above and below the output. The runtime runs bands on different
 //! threads at once, each in its own scratch slot (`exec::Order::BandGroup`).
 
-use super::conv::{channel_unroll, j_candidates, tile_pixels, PREFETCH_FLOATS};
+use super::conv::{channel_unroll, j_candidates, tile_pixels, PREFETCH_FLOATS, WIDE_TILE};
 use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
@@ -154,7 +154,7 @@ pub fn generate(
     };
     // Row products are one output vector wide (`products_row`). Every band has the same
     // weights, so the first band's register tile decides their packing.
-    let pt = (!wino.row).then(|| product_tile(t, li.cpad(), lo.cblocks(), tw * band_rows, band_rows < th));
+    let pt = (!wino.row).then(|| product_tile(t, lo.cblocks(), tw * band_rows, band_rows < th));
     let jl = pt.as_ref().map_or(1, |pt| pt.j) * t.lanes;
     let ktiles = lo.cblocks() * t.lanes / jl;
     let mut packing = WinogradPacking {
@@ -318,8 +318,8 @@ pub(crate) struct ProductTile {
     pub tiles: usize,
 }
 
-/// How a product with `cin_pad` input channels, `cblocks_out` output channel blocks and
-/// `count` tiles blocks its registers (the cost model asks too).
+/// How a product with `cblocks_out` output channel blocks and `count` tiles blocks its
+/// registers (the cost model asks too).
 ///
 /// Few tiles (14x14 at F(3,3) or F(4,3), 7x7 at F(2,3)): one output vector by every tile
 /// in registers, so each transformed weight vector is loaded once and feeds all tiles as
@@ -330,22 +330,29 @@ pub(crate) struct ProductTile {
 /// cached scratch per chunk of input channels inside the product was measured slower:
 /// 2.35 ms for that product even with the next chunk's weights prefetched during the
 /// FMAs, 1.26 ms for F(4,3) on 14x14x256 against 0.9 for F(3,3) with `U` from memory;
-/// the transform phase stalls on its stores and the two phases barely overlap.) Otherwise 4
-/// vectors by 6 tiles, or 2 by 12 when a task's weights (`cin` x 4 vectors) miss L1, so
-/// each block of tiles re-reads them from L2: twice as many tiles per block halve those
-/// re-reads (ResNet-18's 28x28x128 products: 0.89x the time; 56x56x64: no change, so
-/// not there). A conv in bands (`banded`, `plan::winograd_band_rows`) reads its weights
-/// from L2 for every band anyway, so its few tiles per band take the blocked tiles too
-/// (ResNet-18's 64x56x56 bands of 14 tiles, 4 x 6 against 1 x 14: 2.40 against 2.53 ms
-/// over four convs, per-kernel minima, 1 thread).
-pub(crate) fn product_tile(t: Target, cin_pad: usize, cblocks_out: usize, count: usize, banded: bool) -> ProductTile {
+/// the transform phase stalls on its stores and the two phases barely overlap.)
+/// Otherwise, with 32 registers, 2 vectors by up to 14 tiles (28 accumulators, two
+/// weight vectors and a broadcast: 31 registers), the direct conv's [`WIDE_TILE`]
+/// shape: per input channel two weight loads and 14 broadcasts feed 28 FMAs. ResNet-50
+/// on the Zen 5 (Rust, 1 thread, per-kernel minima, against 4 x 6 where a task's weights,
+/// `cin` x 4 vectors, stayed under 32 KB, and 2 x 12 above): its F(4,3) and strided
+/// products 0.91-0.99x the time, the whole model 0.99x. A conv in bands (`banded`,
+/// `plan::winograd_band_rows`) reads its weights from L2 for every band anyway, so its
+/// few tiles per band take the blocked tiles too (ResNet-18's 64x56x56 bands of 14 tiles,
+/// 4 x 6 against 1 x 14: 2.40 against 2.53 ms over four convs). With 16 registers, one
+/// vector by the pixel budget.
+pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: bool) -> ProductTile {
     if count <= t.winograd_tiles_in_registers() && !banded {
         return ProductTile { j: 1, tiles: count };
     }
-    let wide = t.vregs >= 32 && cin_pad * 4 * t.lanes * 4 >= t.l1_tile_weight_bytes;
-    let j = j_candidates(t).into_iter().filter(|&j| !wide || j <= 2).find(|j| cblocks_out % j == 0).unwrap_or(1);
-    // No seventh tile here (unlike the direct conv's rows): LLVM then keeps the broadcast
-    // in a register, needs 33, and spills inside the loop (seen in the disassembly).
+    let (wide_tiles, wide_j) = WIDE_TILE;
+    if t.vregs >= 32 && cblocks_out % wide_j == 0 {
+        // As even as the count of register blocks allows: no short remainder block.
+        return ProductTile { j: wide_j, tiles: count.div_ceil(count.div_ceil(wide_tiles)) };
+    }
+    let j = j_candidates(t).into_iter().find(|j| cblocks_out % j == 0).unwrap_or(1);
+    // No seventh tile by four vectors (unlike the direct conv's rows): LLVM then keeps the
+    // broadcast in a register, needs 33, and spills inside the loop (seen in the disassembly).
     let p = tile_pixels(t, j, count, channel_unroll(t, t.lanes)).min(if t.vregs >= 32 { 24 / j } else { usize::MAX });
     ProductTile { j, tiles: p }
 }
