@@ -20,9 +20,10 @@ pub struct Target {
     /// Bandwidth of weights re-read from L2 by a kernel whose per-tile weights miss L1, GB/s.
     pub l2_gbytes: u32,
     /// The cache size, bytes, past which a call's weights count as not staying in cache
-    /// from one image of a batch to the next (and prefetching pays). 2 MB, though the
-    /// development machines have 1 MB of L2 per core: the thresholds built on it (batch order, prefetch,
-    /// wide tiles) were each measured best at this value.
+    /// from one image of a batch to the next. 2 MB, though the development machines have
+    /// 1 MB of L2 per core: the thresholds built on it were each measured best at their
+    /// multiple of it (batch order: twice; direct convs prefetch weights of half or more;
+    /// `stays_in_l2`: half).
     pub l2_bytes: usize,
     /// Bytes a band of a Winograd conv may keep in cache between its three kernels: the
     /// transformed weights and the band's two scratch buffers (`plan::winograd_band_rows`).

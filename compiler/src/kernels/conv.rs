@@ -552,10 +552,13 @@ pub fn generate(
     } else {
         1
     };
-    // Weights that do not stay in L2 stream from memory on a task's first pass: prefetch
-    // them ahead (ResNet-50: 0.85-0.96x the time of those convs). Smaller ones are cache
-    // hits, where the extra instruction only costs (1.01-1.09x).
-    let prefetch = t.prefetch && w_bytes >= t.l2_bytes;
+    // Weights of at least a whole core's L2 (half `l2_bytes`: 1 MB on the machines
+    // measured) stream from memory on a task's first pass: prefetch them ahead (ResNet-50:
+    // 0.85-0.96x the time of the convs of 2 MB or more; on the Zen 5 its 1 MB 1x1 convs
+    // over 14x14 0.95-0.96x, the whole model 0.98x at 1 and 2 threads). Smaller ones are
+    // cache hits, where the extra instruction only costs (1.01-1.09x; the 256 KB 1x1
+    // convs over 28x28 on the Zen 5: 1.00x).
+    let prefetch = t.prefetch && w_bytes >= t.l2_bytes / 2;
     let kchunks = reduction_chunks(t, c, &tl, cb_in, row_tasks, !rows_outer && !flat && panel.is_none());
     assert!(
         in_blocks % kchunks == 0 && (kchunks == 1 || res.is_none()),
