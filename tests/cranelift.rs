@@ -122,8 +122,10 @@ fn jit_matches_reference_on_200_random_specs() {
 
 /// Batches run weight-heavy calls task-major (every image per task, see
 /// `exec::Order`), the rest depth-first: each image of a batch must come out bit-identical
-/// to the same image run alone, at one thread (where the whole batch runs image by image)
-/// and at two (each thread's two images task-major, the fifth split across both).
+/// to the same image run alone: at one thread (where the whole batch runs image by
+/// image), at two (each thread's two images image by image, the threads in lockstep,
+/// the fifth split across both) and at three (one image per thread, then the last two
+/// across all three, task-major calls task by task for both images).
 #[test]
 fn batch_orders_match_single_images_bit_for_bit() {
     // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights, direct) and the strided
@@ -131,7 +133,7 @@ fn batch_orders_match_single_images_bit_for_bit() {
     let text = "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [64, 640]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 8, 8]\n";
     let s = spec::parse(text, "task_major").unwrap();
     let w = weights::seeded(&from_spec::build(&s).unwrap(), 5);
-    for threads in [1, 2] {
+    for threads in [1, 2, 3] {
         let m = JitModel::new(&s, &w, threads).unwrap();
         let kinds: Vec<&str> = m
             .program

@@ -5,8 +5,9 @@
 //! Kernel ABI: `extern "C" fn(args: *const *mut f32, begin: i64, end: i64)` runs tasks
 //! `begin..end`; `args[i]` is the kernel's i-th pointer argument (see [`Arg`]).
 
-use crate::pool::Pool;
+use crate::pool::{Lockstep, Pool};
 use anyhow::{bail, Result};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 pub type KernelFn = unsafe extern "C" fn(args: *const *mut f32, begin: i64, end: i64);
 
@@ -191,8 +192,12 @@ unsafe impl Sync for Frame {}
 /// taking its images through every call alone ([`run_images`] with [`Team::Alone`]):
 /// per image the kernels are as fast on one core as split across two, so this saves the
 /// hand-off after every call, and each image's activations stay in one core's cache.
-/// The images left over (all of them when `n < T`) run with each call split across the
-/// pool.
+/// The threads keep step, call by call ([`Lockstep`]), so that they read the same
+/// weights at the same time: one stream from memory through the shared L3 instead of
+/// one per thread at different times (ResNet-50, batch 8, 2 threads, four interleaved
+/// A/Bs on the Zen 5: 0.95-0.98x the time in median, 0.97-0.99x in minimum; batch 2
+/// 0.99-1.02x). The images left over (all of them when `n < T`) run with each call
+/// split across the pool.
 ///
 /// # Safety
 /// The kernels must be valid functions of the ABI above, generated for these sizes: they
@@ -224,15 +229,26 @@ pub unsafe fn run(
         // Per thread, its calls' seconds when timing (merged below).
         let times: Vec<std::sync::Mutex<Vec<f64>>> =
             (0..if timings.is_some() { threads } else { 0 }).map(|_| Default::default()).collect();
-        pool.run(&|p| {
+        let lockstep = Lockstep::new(threads);
+        let job = |p: usize, lockstep: Option<&Lockstep>| {
             let mut mine = (!times.is_empty()).then(|| vec![0.0; calls.len()]);
             // SAFETY: forwarded from the caller; the threads' images, and so their arenas,
             // inputs and outputs, are disjoint, and the weights are only read.
-            unsafe { run_images(calls, frame, sizes, p * share, share, Team::Alone, mine.as_deref_mut()) };
+            let images = || unsafe {
+                run_images(calls, frame, sizes, p * share, share, Team::Alone(lockstep), mine.as_deref_mut())
+            };
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(images)) {
+                lockstep.inspect(|l| l.abandon());
+                resume_unwind(panic);
+            }
             if let Some(mine) = mine {
                 *times[p].lock().unwrap_or_else(|e| e.into_inner()) = mine;
             }
-        });
+        };
+        if !pool.try_run(&|p| job(p, Some(&lockstep))) {
+            // A busy pool: the shares one after the other on this thread.
+            (0..threads).for_each(|p| job(p, None));
+        }
         if let Some(t) = timings.as_deref_mut() {
             for mine in times {
                 let mine = mine.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -248,19 +264,20 @@ pub unsafe fn run(
 }
 
 /// Who runs a call's tasks: the pool, split across its threads, or the calling thread
-/// alone (inside a pool job that gave it its own images).
+/// alone (inside a pool job that gave it its own images), in step with the job's other
+/// threads when given their [`Lockstep`].
 #[derive(Clone, Copy)]
 enum Team<'a> {
     Pool(&'a Pool),
-    Alone,
+    Alone(Option<&'a Lockstep>),
 }
 
 impl Team<'_> {
     fn split(self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         match self {
             Team::Pool(pool) => pool.split(tasks, f),
-            Team::Alone if tasks > 0 => f(0, tasks),
-            Team::Alone => {}
+            Team::Alone(_) if tasks > 0 => f(0, tasks),
+            Team::Alone(_) => {}
         }
     }
 }
@@ -286,17 +303,26 @@ unsafe fn run_images(
         if let (Some(t), Some(start)) = (timings.as_deref_mut(), start) {
             t[i] += start.elapsed().as_secs_f64();
         }
+        // Every thread of a lockstep job runs the same calls on as many images, so
+        // each waits here as often as the others.
+        if let Team::Alone(Some(lockstep)) = team {
+            lockstep.wait();
+        }
     };
     // A whole batch on one thread runs its task-major calls image by image too: one
     // thread has the memory bandwidth to itself, and the images' activations staying in
     // cache from call to call measured as fast or faster than reading each weight once
     // per batch (AMD Zen 5, batch 8, two interleaved A/Bs each: ResNet-50 0.96-0.99x the
-    // time, ResNet-34 0.92-0.99x, ResNet-101 0.93x; the host was noisy). Threads with
-    // their own shares of images (`Team::Alone`) stream weights at once, and there
-    // task-major measured as fast or faster (image by image: ResNet-50 1.00x, ResNet-34
-    // 1.03-1.06x, ResNet-101 0.98-1.02x).
+    // time, ResNet-34 0.92-0.99x, ResNet-101 0.93x; the host was noisy). So do threads
+    // in lockstep, which share each weight stream at once (ResNet-50, batch 8, 2 threads,
+    // against threads not in step: 0.95-0.98x the time this way, 0.99-1.01x in lockstep
+    // with task-major calls over each thread's share).
+    // (Before lockstep, threads each alone with their shares streamed weights at their
+    // own times, and there task-major measured as fast or faster; a busy pool's fallback,
+    // the shares one after the other on the caller's thread, still runs that way.)
     let solo = matches!(team, Team::Pool(pool) if pool.threads() == 1);
-    let task_major = |c: &Call| c.order == Order::TaskMajor && !solo;
+    let in_step = matches!(team, Team::Alone(Some(_)));
+    let task_major = |c: &Call| c.order == Order::TaskMajor && !solo && !in_step;
     let mut i = 0;
     while i < calls.len() {
         if task_major(&calls[i]) {

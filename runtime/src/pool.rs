@@ -65,15 +65,22 @@ impl Pool {
     }
 
     /// Calls `f(i)` for every participant `i` in `0..threads()`, concurrently, and returns
-    /// when all calls have. Panics if one of them panicked.
+    /// when all calls have. Panics if one of them panicked. (On a busy pool, or with one
+    /// thread, the calls run one after the other on the caller's thread.)
     pub fn run(&self, f: &(dyn Fn(usize) + Sync)) {
+        if !self.try_run(f) {
+            (0..self.threads()).for_each(f);
+        }
+    }
+
+    /// As [`Pool::run`], but only if the participants run at once, each on its own
+    /// thread, so that they may wait for each other ([`Lockstep`]); `false`, having
+    /// called nothing, with one thread or when the pool is busy.
+    pub fn try_run(&self, f: &(dyn Fn(usize) + Sync)) -> bool {
         let n = self.threads();
         let _guard = match self.busy.try_lock() {
             Ok(g) if n > 1 => g,
-            Ok(_) | Err(TryLockError::WouldBlock) | Err(TryLockError::Poisoned(_)) => {
-                (0..n).for_each(f);
-                return;
-            }
+            Ok(_) | Err(TryLockError::WouldBlock) | Err(TryLockError::Poisoned(_)) => return false,
         };
         let s = &self.shared;
         s.panicked.store(false, Ordering::Relaxed);
@@ -100,6 +107,7 @@ impl Pool {
         if mine.is_err() || s.panicked.load(Ordering::Relaxed) {
             panic!("a thread-pool job panicked");
         }
+        true
     }
 
     /// Runs `f(begin, end)` over disjoint ranges that cover `0..tasks`, across the
@@ -162,6 +170,50 @@ impl Pool {
 /// Chunks a participant takes its own share in: small enough that another can take over
 /// the rest when it lags, large enough that a kernel call covers several rows.
 const OWN_CHUNKS: usize = 8;
+
+/// A barrier for the participants of one [`Pool::try_run`] job: `wait` returns once
+/// every one of the `n` participants has called it, and the barrier is then ready for
+/// the next step. Waiters spin, then yield, like the pool's workers: the steps it
+/// separates are kernel calls microseconds long.
+pub struct Lockstep {
+    n: usize,
+    arrived: AtomicUsize,
+    generation: AtomicUsize,
+    broken: AtomicBool,
+}
+
+impl Lockstep {
+    pub fn new(n: usize) -> Lockstep {
+        Lockstep { n, arrived: AtomicUsize::new(0), generation: AtomicUsize::new(0), broken: AtomicBool::new(false) }
+    }
+
+    pub fn wait(&self) {
+        // Read before arriving: the step cannot end before this participant arrives.
+        let step = self.generation.load(Ordering::Acquire);
+        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 >= self.n {
+            // The last to arrive resets the count before releasing the others, so their
+            // next `wait` counts from zero.
+            self.arrived.store(0, Ordering::Relaxed);
+            self.generation.fetch_add(1, Ordering::Release);
+            return;
+        }
+        let mut spins = 0u32;
+        while self.generation.load(Ordering::Acquire) == step && !self.broken.load(Ordering::Relaxed) {
+            spins += 1;
+            if spins < SPIN {
+                std::hint::spin_loop();
+            } else {
+                std::thread::yield_now();
+            }
+        }
+    }
+
+    /// Lets every present and future `wait` return at once: for a participant that
+    /// panicked and will not arrive, so that the others finish and the panic propagates.
+    pub fn abandon(&self) {
+        self.broken.store(true, Ordering::Relaxed);
+    }
+}
 
 /// Participants whose shares [`Pool::split`] keeps on the stack.
 const STACK_SHARES: usize = 16;
@@ -283,6 +335,63 @@ mod tests {
             assert!(!timed_out.load(Ordering::Relaxed), "the caller's share was not taken over, {tasks} tasks");
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 1), "tasks {tasks}");
         }
+    }
+
+    /// After each `wait`, every participant has finished the step before it: none runs
+    /// ahead. (A participant that sleeps now and then makes a barrier that let others
+    /// through early fail.)
+    #[test]
+    fn lockstep_keeps_participants_in_step() {
+        for threads in [2, 3] {
+            let pool = Pool::new(threads);
+            let lockstep = Lockstep::new(threads);
+            let done: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
+            let ahead = AtomicBool::new(false);
+            let steps = 500;
+            let ran = pool.try_run(&|p| {
+                for step in 1..=steps {
+                    if (step + p) % 97 == 0 {
+                        std::thread::sleep(std::time::Duration::from_millis(1));
+                    }
+                    done[p].store(step, Ordering::Release);
+                    lockstep.wait();
+                    if done.iter().any(|d| d.load(Ordering::Acquire) < step) {
+                        ahead.store(true, Ordering::Relaxed);
+                    }
+                }
+            });
+            assert!(ran, "a free pool of {threads} runs the job at once");
+            assert!(!ahead.load(Ordering::Relaxed), "a participant passed the barrier early, {threads} threads");
+            assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == steps));
+        }
+    }
+
+    /// A participant that will not arrive abandons the barrier, and the others return.
+    #[test]
+    fn abandoned_lockstep_releases_waiters() {
+        let pool = Pool::new(2);
+        let lockstep = Lockstep::new(2);
+        let released = AtomicUsize::new(0);
+        assert!(pool.try_run(&|p| {
+            if p == 1 {
+                lockstep.abandon();
+            } else {
+                lockstep.wait();
+                lockstep.wait();
+            }
+            released.fetch_add(1, Ordering::Relaxed);
+        }));
+        assert_eq!(released.load(Ordering::Relaxed), 2);
+    }
+
+    /// `try_run` runs nothing where the participants could not run at once.
+    #[test]
+    fn try_run_refuses_a_single_thread() {
+        let calls = AtomicUsize::new(0);
+        assert!(!Pool::new(1).try_run(&|_| {
+            calls.fetch_add(1, Ordering::Relaxed);
+        }));
+        assert_eq!(calls.load(Ordering::Relaxed), 0);
     }
 
     #[test]
