@@ -4,7 +4,7 @@
 
 mod support;
 
-use resnetc::graph::Graph;
+use resnetc::graph::{Conv, Graph, Op, Winograd};
 use resnetc::target::Target;
 use resnetc::{from_spec, kernels, passes, plan, reference, weights};
 use resnetc_runtime::exec::{band_slot, BAND_SLOTS};
@@ -86,13 +86,7 @@ fn wide_register_tiles_match_reference() {
     let graph = from_spec::build(&spec).unwrap();
     let mut fused = passes::fuse(&graph).0;
     passes::Pass::run(&passes::ChooseAlgorithm { target: Target::AVX512 }, &mut fused);
-    for n in fused.schedule() {
-        if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
-            if c.stride > 1 {
-                c.winograd = None;
-            }
-        }
-    }
+    set_algorithms(&mut fused, |c| (c.stride > 1).then_some(None));
     let prog = kernels::lower(&plan::build_chosen(&fused, Target::AVX512).unwrap()).unwrap();
     // 3x3 stride 2 to 7x7: 4 tiles of 2 output vectors by 4 row pairs (one row tiles
     // would make 4 x 7 or, at 4 vectors, 2 x 7 tasks).
@@ -165,19 +159,26 @@ fn reduction_chunks_match_reference() {
     }
 }
 
-/// The fused `graph` with `w` forced on every stride-1 3x3 conv past the stem (at least
-/// 16 input channels), and how many that is.
-fn forced_winograd(graph: &Graph, w: resnetc::graph::Winograd) -> (Graph, usize) {
-    let mut fused = passes::fuse(graph).0;
-    let mut forced = 0;
+/// Sets the algorithm of every conv of `fused` for which `pick` gives one (direct:
+/// `Some(None)`); how many it set.
+fn set_algorithms(fused: &mut Graph, pick: impl Fn(&Conv) -> Option<Option<Winograd>>) -> usize {
+    let mut set = 0;
     for n in fused.schedule() {
-        if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
-            if c.kernel == 3 && c.stride == 1 && c.cin >= 16 {
-                c.winograd = Some(w);
-                forced += 1;
+        if let Op::Conv(c) = &mut fused.g[n].op {
+            if let Some(w) = pick(c) {
+                c.winograd = w;
+                set += 1;
             }
         }
     }
+    set
+}
+
+/// The fused `graph` with `w` forced on every stride-1 3x3 conv past the stem (at least
+/// 16 input channels), and how many that is.
+fn forced_winograd(graph: &Graph, w: Winograd) -> (Graph, usize) {
+    let mut fused = passes::fuse(graph).0;
+    let forced = set_algorithms(&mut fused, |c| (c.kernel == 3 && c.stride == 1 && c.cin >= 16).then_some(Some(w)));
     (fused, forced)
 }
 
@@ -191,7 +192,7 @@ fn forced_winograd(graph: &Graph, w: resnetc::graph::Winograd) -> (Graph, usize)
 fn row_winograd_matches_reference() {
     let (spec, graph) = basic_24_40("[3, 9, 53]", "row_winograd");
     for m in [2, 3, 4] {
-        let (fused, forced) = forced_winograd(&graph, resnetc::graph::Winograd::row(m));
+        let (fused, forced) = forced_winograd(&graph, Winograd::row(m));
         assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
@@ -213,7 +214,7 @@ fn row_winograd_matches_reference() {
 fn banded_winograd_matches_reference() {
     let (spec, graph) = basic_24_40("[3, 19, 21]", "banded_winograd");
     for m in [2, 3, 4] {
-        let (fused, forced) = forced_winograd(&graph, resnetc::graph::Winograd::square(m));
+        let (fused, forced) = forced_winograd(&graph, Winograd::square(m));
         assert_eq!(forced, 5, "the stride-1 3x3 convs past the stem");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let mut band_counts = std::collections::BTreeSet::new();
@@ -267,15 +268,8 @@ fn strided_winograd_matches_reference() {
         let spec = resnetc::spec::parse(&text, "strided_winograd").unwrap();
         let graph = from_spec::build(&spec).unwrap();
         let mut fused = passes::fuse(&graph).0;
-        let mut forced = 0;
-        for n in fused.schedule() {
-            if let resnetc::graph::Op::Conv(c) = &mut fused.g[n].op {
-                if c.kernel == 3 && c.stride == 2 {
-                    c.winograd = Some(resnetc::graph::Winograd::strided());
-                    forced += 1;
-                }
-            }
-        }
+        let forced =
+            set_algorithms(&mut fused, |c| (c.kernel == 3 && c.stride == 2).then_some(Some(Winograd::strided())));
         assert_eq!(forced, strided, "the stride-2 3x3 convs of {text}");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
