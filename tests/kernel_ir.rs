@@ -248,8 +248,9 @@ fn banded_winograd_matches_reference() {
 /// Strided Winograd, F(2 x 2, 3 x 3) with stride 2, forced on every stride-2 3x3 conv of
 /// a basic-block network (24, 40 and 48 wide: channels padded to whole vectors) on odd
 /// and even inputs (19x21: the 10x11 output's last tile column hangs over and reads three
-/// columns of halo; 20x20; 9x13: 5x7 then 3x4 outputs), and of a bottleneck network (the
-/// 3x3 conv of its second stage), for both targets, against the reference.
+/// columns of halo; 20x20; 9x13: 5x7 then 3x4 outputs), and of bottleneck networks (the
+/// 3x3 conv of their second stage; 128 wide, the Cranelift products keep blocks of tiles
+/// outside output tiles), for both targets, against the reference.
 #[test]
 fn strided_winograd_matches_reference() {
     let basic = |input: &str| {
@@ -257,12 +258,19 @@ fn strided_winograd_matches_reference() {
             "block = \"basic\"\nlayers = [1, 1, 1]\nwidths = [24, 40, 48]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
         )
     };
-    let bottleneck = "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [16, 32]\nstem = \"cifar\"\nnum_classes = 5\ninput = [3, 15, 18]\n";
+    let bottleneck = |widths: &str, input: &str| {
+        format!(
+            "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = {widths}\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
+        )
+    };
     let cases = [
         (basic("[3, 19, 21]"), 2, "wino2s2_gemm_24x19x21_to40x10x11"),
         (basic("[3, 20, 20]"), 2, "wino2s2_gemm_40x10x10_to48x5x5"),
         (basic("[3, 9, 13]"), 2, "wino2s2_gemm_40x5x7_to48x3x4"),
-        (bottleneck.to_string(), 1, "wino2s2_gemm_32x15x18_to32x8x9"),
+        (bottleneck("[16, 32]", "[3, 15, 18]"), 1, "wino2s2_gemm_32x15x18_to32x8x9"),
+        // 7 x 11 tiles of 128 channels: 39 KB of `V` per position, which misses L1 on
+        // Cranelift (blocks of tiles outside output tiles: 7 of 10, then one of 7).
+        (bottleneck("[16, 128]", "[3, 26, 43]"), 1, "wino2s2_gemm_128x26x43_to128x13x22"),
     ];
     for (text, strided, kernel) in cases {
         let spec = resnetc::spec::parse(&text, "strided_winograd").unwrap();
@@ -274,6 +282,11 @@ fn strided_winograd_matches_reference() {
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
             assert_kernels(&prog, &[kernel]);
+            if kernel.starts_with("wino2s2_gemm_128") && target == Target::CRANELIFT_X64 {
+                // Tasks (position, block of tiles): 8 blocks, not 32 output tiles.
+                let k = prog.kernels.iter().find(|k| k.name == kernel).unwrap();
+                assert_eq!(k.task_dims, [25, 8], "{kernel}");
+            }
             let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
             eprintln!("strided F(2x2,3x3) {kernel} {} rel err {rel:.2e}", target.name);
         }
