@@ -200,7 +200,9 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
             0.0
         }
     };
-    // Output channels of one register tile (J vectors).
+    // Output channels of one register tile (J vectors). With 32 registers the direct
+    // convs take 2 vectors wherever their rows allow (`kernels::conv::wide_tile`); the
+    // estimate keeps 4, the shape its L2 figures were calibrated with.
     let jl = cout.min(if t.vregs >= 32 { 4 * t.lanes } else { t.lanes } as f64);
     match algorithm {
         None => {

@@ -33,9 +33,10 @@ pub struct Target {
     /// the cost model counts L2 re-reads of a register tile's weights past this.
     pub l1_bytes: usize,
     /// Weights of one register tile that stay in L1 (32 KB here) beside the input they meet;
-    /// a tile whose weights exceed this re-reads them from L2 for every register tile. The
-    /// kernels' tile choices use it (they were measured best with it); the cost model
-    /// counts such re-reads only past `l1_bytes`.
+    /// a tile whose weights exceed this re-reads them from L2 for every register tile.
+    /// Long 1x1 reductions split into chunks only past four times this
+    /// (`kernels::conv::reduction_chunks`, measured best with it); the cost model counts
+    /// such re-reads only past `l1_bytes`.
     pub l1_tile_weight_bytes: usize,
     /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).
     pub prefetch: bool,

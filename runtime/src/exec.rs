@@ -7,7 +7,6 @@
 
 use crate::pool::{Lockstep, Pool};
 use anyhow::{bail, Result};
-use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 pub type KernelFn = unsafe extern "C" fn(args: *const *mut f32, begin: i64, end: i64);
 
@@ -39,10 +38,10 @@ pub struct Call {
 pub enum Order {
     /// Task `t / n` of image `t % n`: the weights one task reads (a tile of output
     /// channels, a Winograd position) serve every image while they are in cache, and each
-    /// thread streams only its share of them (with images by share, see [`run`]: each
-    /// thread all of them, once for its images). For calls whose weights do not stay in
-    /// cache from one image to the next. (A whole batch on one thread runs them image by
-    /// image too: see `run_images`.)
+    /// thread streams only its share of them. For calls whose weights do not stay in
+    /// cache from one image to the next. (Images on one thread, and threads in step with
+    /// their own shares of the images, run them image by image instead: see
+    /// `run_images`. So this order applies to images split across a pool.)
     TaskMajor = 1,
     /// Consecutive depth-first calls run as a segment, image by image: image 0 through
     /// the whole segment, then image 1, ... For calls with small weights (or none), so
@@ -184,7 +183,8 @@ unsafe impl Sync for Frame {}
 /// Runs `calls` on `n` images; adds each call's seconds to `timings[i]` when given: its
 /// wall time, or where threads run calls at once (images by share, bands), each thread's
 /// time over the number of such threads, so that the timings add up to about the wall
-/// time and per-call rates stay those of the whole pool.
+/// time (less the threads' waits for each other in lockstep) and per-call rates stay
+/// those of the whole pool.
 /// `arena` must hold `n * arena_floats` floats, 64-byte aligned; `input`
 /// `n * input_floats`, `output` `n * output_floats`.
 ///
@@ -232,15 +232,11 @@ pub unsafe fn run(
         let lockstep = Lockstep::new(threads);
         let job = |p: usize, lockstep: Option<&Lockstep>| {
             let mut mine = (!times.is_empty()).then(|| vec![0.0; calls.len()]);
+            // A panicking thread will not arrive at the next step: let the others go on.
+            let _abandon = lockstep.map(Lockstep::abandon_on_panic);
             // SAFETY: forwarded from the caller; the threads' images, and so their arenas,
             // inputs and outputs, are disjoint, and the weights are only read.
-            let images = || unsafe {
-                run_images(calls, frame, sizes, p * share, share, Team::Alone(lockstep), mine.as_deref_mut())
-            };
-            if let Err(panic) = catch_unwind(AssertUnwindSafe(images)) {
-                lockstep.inspect(|l| l.abandon());
-                resume_unwind(panic);
-            }
+            unsafe { run_images(calls, frame, sizes, p * share, share, Team::Alone(lockstep), mine.as_deref_mut()) };
             if let Some(mine) = mine {
                 *times[p].lock().unwrap_or_else(|e| e.into_inner()) = mine;
             }
@@ -296,30 +292,27 @@ unsafe fn run_images(
     team: Team,
     mut timings: Option<&mut [f64]>,
 ) {
-    // A whole batch on one thread runs its task-major calls image by image too: one
-    // thread has the memory bandwidth to itself, and the images' activations staying in
-    // cache from call to call measured as fast or faster than reading each weight once
-    // per batch (AMD Zen 5, batch 8, two interleaved A/Bs each: ResNet-50 0.96-0.99x the
-    // time, ResNet-34 0.92-0.99x, ResNet-101 0.93x; the host was noisy). So do threads
-    // in lockstep, which share each weight stream at once (ResNet-50, batch 8, 2 threads,
-    // against threads not in step: 0.95-0.98x the time this way, 0.99-1.01x in lockstep
-    // with task-major calls over each thread's share).
-    // (Before lockstep, threads each alone with their shares streamed weights at their
-    // own times, and there task-major measured as fast or faster; a busy pool's fallback,
-    // the shares one after the other on the caller's thread, still runs that way.)
-    let solo = matches!(team, Team::Pool(pool) if pool.threads() == 1);
-    let in_step = matches!(team, Team::Alone(Some(_)));
-    let task_major = |c: &Call| c.order == Order::TaskMajor && !solo && !in_step;
+    // Task-major calls run so only across a pool of several threads. Images on one thread
+    // (a pool of one, or a busy pool's fallback, the shares one after the other) run
+    // them image by image too: one thread has the memory bandwidth to itself, and the
+    // images' activations staying in cache from call to call measured as fast or faster
+    // than reading each weight once per batch (AMD Zen 5, batch 8, two interleaved A/Bs
+    // each: ResNet-50 0.96-0.99x the time, ResNet-34 0.92-0.99x, ResNet-101 0.93x; the
+    // host was noisy). So do threads in lockstep, which share each weight stream at once
+    // (ResNet-50, batch 8, 2 threads, against threads not in step: 0.95-0.98x the time
+    // this way, 0.99-1.01x in lockstep with task-major calls over each thread's share).
+    let split = matches!(team, Team::Pool(pool) if pool.threads() > 1);
+    let task_major = |c: &Call| c.order == Order::TaskMajor && split;
     // Images that run one after the other through every call share one arena, the first
     // one's: a batch then keeps one arena per thread in memory (ResNet-50 batch 8, 2
     // threads: peak RSS 165 MB against 217), and in cache from image to image. (Time:
     // 0.99-1.01x, on a noisy host.) Task-major calls over several images need each
     // image's own.
-    let shared = (!calls.iter().any(task_major)).then_some(first);
+    let slot = (!calls.iter().any(task_major)).then_some(first);
     let timed = |timings: &mut Option<&mut [f64]>, i: usize, first: usize, count: usize| {
         let start = timings.is_some().then(std::time::Instant::now);
         // SAFETY: forwarded from the caller.
-        unsafe { run_call(&calls[i], frame, sizes, first, count, shared, team) };
+        unsafe { run_call(&calls[i], frame, sizes, first, count, slot, team) };
         if let (Some(t), Some(start)) = (timings.as_deref_mut(), start) {
             t[i] += start.elapsed().as_secs_f64();
         }
@@ -348,7 +341,7 @@ unsafe fn run_images(
                         let stop = k + 1 + calls[k + 1..end].iter().take_while(|c| c.order.continues_group()).count();
                         let t = timings.as_deref_mut().map(|t| &mut t[k..stop]);
                         // SAFETY: forwarded from the caller.
-                        unsafe { run_bands(&calls[k..stop], frame, sizes, image, shared, pool, t) };
+                        unsafe { run_bands(&calls[k..stop], frame, sizes, image, slot, pool, t) };
                         k = stop;
                         continue;
                     }
@@ -611,6 +604,22 @@ mod tests {
                         let before = seqs(k - 1).map(|e| e.3).max().unwrap();
                         let after = seqs(k).map(|e| e.3).min().unwrap();
                         assert!(before < after, "calls out of order: image {image} of {n}, {threads} threads: {log:?}");
+                    }
+                }
+                // Threads with shares of the images keep step: in each round (the r-th
+                // image of every share) a call starts only once the one before has
+                // ended for every image of the round.
+                let share = if threads > 1 { n / threads } else { 0 };
+                for r in 0..share {
+                    let round: Vec<usize> = (0..threads).map(|p| p * share + r).collect();
+                    let round = &round;
+                    let calls_of = |k: usize| log.iter().filter(move |e| e.1 == k && round.contains(&e.0)).map(|e| e.3);
+                    for k in 1..calls.len() {
+                        let (before, after) = (calls_of(k - 1).max().unwrap(), calls_of(k).min().unwrap());
+                        assert!(
+                            before < after,
+                            "threads out of step: round {r} of {n} images, {threads} threads: {log:?}"
+                        );
                     }
                 }
                 assert!(timings.iter().all(|&t| t > 0.0), "every call timed: {timings:?}");

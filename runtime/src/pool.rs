@@ -80,7 +80,9 @@ impl Pool {
         let n = self.threads();
         let _guard = match self.busy.try_lock() {
             Ok(g) if n > 1 => g,
-            Ok(_) | Err(TryLockError::WouldBlock) | Err(TryLockError::Poisoned(_)) => return false,
+            // A job that panicked left the lock poisoned; the pool itself is sound.
+            Err(TryLockError::Poisoned(g)) if n > 1 => g.into_inner(),
+            Ok(_) | Err(_) => return false,
         };
         let s = &self.shared;
         s.panicked.store(false, Ordering::Relaxed);
@@ -94,15 +96,7 @@ impl Pool {
         }
         s.wake.notify_all();
         let mine = catch_unwind(AssertUnwindSafe(|| f(0)));
-        let mut spins = 0u32;
-        while s.pending.load(Ordering::Acquire) != 0 {
-            spins += 1;
-            if spins < SPIN {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        spin_until(|| s.pending.load(Ordering::Acquire) == 0);
         *s.job.lock().unwrap() = None;
         if mine.is_err() || s.panicked.load(Ordering::Relaxed) {
             panic!("a thread-pool job panicked");
@@ -197,21 +191,42 @@ impl Lockstep {
             self.generation.fetch_add(1, Ordering::Release);
             return;
         }
-        let mut spins = 0u32;
-        while self.generation.load(Ordering::Acquire) == step && !self.broken.load(Ordering::Relaxed) {
-            spins += 1;
-            if spins < SPIN {
-                std::hint::spin_loop();
-            } else {
-                std::thread::yield_now();
-            }
-        }
+        spin_until(|| self.generation.load(Ordering::Acquire) != step || self.broken.load(Ordering::Relaxed));
     }
 
     /// Lets every present and future `wait` return at once: for a participant that
     /// panicked and will not arrive, so that the others finish and the panic propagates.
     pub fn abandon(&self) {
         self.broken.store(true, Ordering::Relaxed);
+    }
+
+    /// A guard that abandons the barrier if dropped while its thread panics.
+    pub fn abandon_on_panic(&self) -> AbandonOnPanic<'_> {
+        AbandonOnPanic(self)
+    }
+}
+
+/// See [`Lockstep::abandon_on_panic`].
+pub struct AbandonOnPanic<'a>(&'a Lockstep);
+
+impl Drop for AbandonOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.abandon();
+        }
+    }
+}
+
+/// Spins until `done()`, yielding the core after [`SPIN`] rounds.
+fn spin_until(done: impl Fn() -> bool) {
+    let mut spins = 0u32;
+    while !done() {
+        spins += 1;
+        if spins < SPIN {
+            std::hint::spin_loop();
+        } else {
+            std::thread::yield_now();
+        }
     }
 }
 
@@ -366,22 +381,32 @@ mod tests {
         }
     }
 
-    /// A participant that will not arrive abandons the barrier, and the others return.
+    /// A participant that panics abandons the barrier (through its guard), the others
+    /// return, and the panic reaches the caller; the pool runs jobs at once afterwards.
+    /// (On a thread of its own, so that a hang fails the test instead of stalling it.)
     #[test]
     fn abandoned_lockstep_releases_waiters() {
-        let pool = Pool::new(2);
-        let lockstep = Lockstep::new(2);
-        let released = AtomicUsize::new(0);
-        assert!(pool.try_run(&|p| {
-            if p == 1 {
-                lockstep.abandon();
-            } else {
-                lockstep.wait();
-                lockstep.wait();
-            }
-            released.fetch_add(1, Ordering::Relaxed);
-        }));
-        assert_eq!(released.load(Ordering::Relaxed), 2);
+        let (done, finished) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let pool = Pool::new(2);
+            let lockstep = Lockstep::new(2);
+            let released = AtomicUsize::new(0);
+            let job = catch_unwind(AssertUnwindSafe(|| {
+                pool.try_run(&|p| {
+                    let _abandon = lockstep.abandon_on_panic();
+                    if p == 1 {
+                        panic!("participant 1 fails");
+                    }
+                    lockstep.wait();
+                    lockstep.wait();
+                    released.fetch_add(1, Ordering::Relaxed);
+                })
+            }));
+            let again = pool.try_run(&|_| {});
+            done.send((job.is_err(), released.load(Ordering::Relaxed), again)).unwrap();
+        });
+        let outcome = finished.recv_timeout(std::time::Duration::from_secs(20)).expect("a waiter hung");
+        assert_eq!(outcome, (true, 1, true), "(panic propagated, waiters released, pool usable)");
     }
 
     /// `try_run` runs nothing where the participants could not run at once.

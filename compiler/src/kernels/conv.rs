@@ -44,7 +44,7 @@ struct Tiling {
 }
 
 /// Candidate numbers of output vectors per tile, best first.
-pub(super) fn j_candidates(t: Target) -> Vec<usize> {
+fn j_candidates(t: Target) -> Vec<usize> {
     if t.vregs >= 32 {
         vec![4, 2, 1]
     } else {

@@ -26,8 +26,10 @@ pub(crate) use winograd::row_block as winograd_row_block;
 /// depth-first, so activations stay in cache between calls: run batch-wide, the Winograd
 /// transforms took 1.2-2.9x and 2 MB convs 1.3-1.7x their batch-1 time per image, and
 /// depth-first they re-read their weights from L3 instead. Threshold measured at 1, 2 and
-/// 4 times L2 (batch 8, 1 and 2 threads): 2 was best. (Since then, with as many images as
-/// threads, each thread runs its own share of the images, a task-major call once per share.)
+/// 4 times L2 (batch 8, 1 and 2 threads): 2 was best. (Since then, a batch on one thread,
+/// and threads in step with their own shares of the images, run these image by image
+/// too: `exec::run_images`; the order matters for images left over, split across the
+/// pool.)
 fn order(t: crate::target::Target, weight_bytes: usize) -> Order {
     if weight_bytes > 2 * t.l2_bytes {
         Order::TaskMajor

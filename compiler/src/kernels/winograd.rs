@@ -30,7 +30,7 @@
 //! write the halo rows above and below the output. The runtime runs bands on different
 //! threads at once, each in its own scratch slot (`exec::Order::BandGroup`).
 
-use super::conv::{channel_unroll, j_candidates, tile_pixels, PREFETCH_FLOATS, WIDE_TILE};
+use super::conv::{channel_unroll, tile_pixels, PREFETCH_FLOATS, WIDE_TILE};
 use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
@@ -336,25 +336,23 @@ pub(crate) struct ProductTile {
 /// shape: per input channel two weight loads and 14 broadcasts feed 28 FMAs. ResNet-50
 /// on the Zen 5 (Rust, 1 thread, per-kernel minima, against 4 x 6 where a task's weights,
 /// `cin` x 4 vectors, stayed under 32 KB, and 2 x 12 above): its F(4,3) and strided
-/// products 0.91-0.99x the time, the whole model 0.99x. A conv in bands (`banded`,
-/// `plan::winograd_band_rows`) reads its weights from L2 for every band anyway, so its
-/// few tiles per band take the blocked tiles too (ResNet-18's 64x56x56 bands of 14 tiles,
-/// 4 x 6 against 1 x 14: 2.40 against 2.53 ms over four convs). With 16 registers, one
-/// vector by the pixel budget.
+/// products 0.91-0.99x the time (its banded 56x56 ones 0.96-1.00x), the whole model
+/// 0.99x. A conv in bands (`banded`, `plan::winograd_band_rows`) reads its weights from
+/// L2 for every band anyway, so its few tiles per band take blocks of tiles too, not all
+/// in registers (ResNet-18's 64x56x56 bands of 14 tiles, when blocks were 4 x 6: 2.40
+/// against 2.53 ms for 1 x 14 over four convs). With an odd number of output vectors, or
+/// 16 registers, one vector by the pixel budget (at most 24 tiles with 32).
 pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: bool) -> ProductTile {
     if count <= t.winograd_tiles_in_registers() && !banded {
         return ProductTile { j: 1, tiles: count };
     }
     let (wide_tiles, wide_j) = WIDE_TILE;
     if t.vregs >= 32 && cblocks_out % wide_j == 0 {
-        // As even as the count of register blocks allows: no short remainder block.
+        // Blocks as even as their count allows: none more than one tile shorter.
         return ProductTile { j: wide_j, tiles: count.div_ceil(count.div_ceil(wide_tiles)) };
     }
-    let j = j_candidates(t).into_iter().find(|j| cblocks_out % j == 0).unwrap_or(1);
-    // No seventh tile by four vectors (unlike the direct conv's rows): LLVM then keeps the
-    // broadcast in a register, needs 33, and spills inside the loop (seen in the disassembly).
-    let p = tile_pixels(t, j, count, channel_unroll(t, t.lanes)).min(if t.vregs >= 32 { 24 / j } else { usize::MAX });
-    ProductTile { j, tiles: p }
+    let p = tile_pixels(t, 1, count, channel_unroll(t, t.lanes));
+    ProductTile { j: 1, tiles: if t.vregs >= 32 { p.min(24) } else { p } }
 }
 
 /// `M[xi] = V[xi] U[xi]`: tiles of `p` tiles x `j` output vectors in registers, reduced
