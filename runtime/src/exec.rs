@@ -1,6 +1,7 @@
 //! Runs a compiled model: a list of kernel calls over an arena of one slot per image
-//! (images run one after the other share one), with tasks split across a thread pool. Backends differ only in where the kernel functions come
-//! from (Cranelift JIT, an AOT object, rustc); this executor drives them all.
+//! (images run one after the other share one), with tasks split across a thread pool.
+//! Backends differ only in where the kernel functions come from (Cranelift JIT, an AOT
+//! object, rustc); this executor drives them all.
 //!
 //! Kernel ABI: `extern "C" fn(args: *const *mut f32, begin: i64, end: i64)` runs tasks
 //! `begin..end`; `args[i]` is the kernel's i-th pointer argument (see [`Arg`]).
