@@ -195,8 +195,9 @@ impl Lockstep {
     }
 
     /// Lets every present and future `wait` return at once: for a participant that
-    /// panicked and will not arrive, so that the others finish and the panic propagates.
-    pub fn abandon(&self) {
+    /// panicked and will not arrive, so that the others finish and the panic propagates
+    /// (through [`Lockstep::abandon_on_panic`], the one way in).
+    fn abandon(&self) {
         self.broken.store(true, Ordering::Relaxed);
     }
 
