@@ -172,9 +172,10 @@ const WINOGRAD_MARGIN: f64 = 0.8;
 /// only 1.5x (m = 2), 1.8x (m = 3) or 2x (m = 4) but their weights grow only 1.3x (1.7x, 2x): on
 /// AVX-512 F(1x3) beats F(2,3) at 7x7x512 (measured 0.86x the time), and under a weight budget they
 /// are the cheap way to give bytes back. For stride-2 3x3 convs the one candidate is the strided
-/// F(2 x 2, 3 x 3) (25 multiplies per 2x2 outputs instead of 36, weights 2.8x larger): it pays
-/// where its weights stay small (ResNet-50's 28x28 and 14x14 outputs), not where they stream from
-/// memory (its 7x7x512 conv: 26 MB against 9.4, measured 1.15x the direct conv's time). Sizes that
+/// F(2 x 2, 3 x 3) (25 multiplies per 2x2 outputs instead of 36, weights 1.8x larger: 16 of its
+/// 25 positions are distinct): it pays where its weights stay small (ResNet-50's 28x28 and 14x14
+/// outputs), not where they stream from memory (its 7x7x512 conv: when all 25 positions were
+/// stored, 26 MB against 9.4, measured 1.15x the direct conv's time; 16.8 MB now). Sizes that
 /// do not tile evenly compute whole tiles and store the valid part. The constants in [`Target`]
 /// were calibrated on the per-kernel times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
 pub struct ChooseAlgorithm {
@@ -184,7 +185,7 @@ pub struct ChooseAlgorithm {
 /// Bytes of a conv's weights, direct (`None`) or Winograd, without the padding to whole
 /// vectors.
 fn weight_bytes(c: &Conv, w: Option<Winograd>) -> usize {
-    4 * w.map_or(c.weight_count(), |w| w.positions() * w.taps() * c.cin * c.cout)
+    4 * w.map_or(c.weight_count(), |w| w.weight_positions() * w.taps() * c.cin * c.cout)
 }
 
 /// Estimated seconds of one image's conv, direct (`None`) or Winograd.

@@ -177,7 +177,7 @@ pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize
         return th;
     }
     let (cin, cout) = (c.cin.div_ceil(t.lanes) * t.lanes, c.cout.div_ceil(t.lanes) * t.lanes);
-    let u = 4 * w.positions() * cin * cout;
+    let u = 4 * w.weight_positions() * cin * cout;
     let row = 4 * w.positions() * tw * (cin + cout);
     let rows = t.band_bytes.saturating_sub(u) / row;
     if rows == 0 || rows >= th {

@@ -65,8 +65,9 @@ pub struct LinearPacking {
 }
 
 /// A 3x3 conv run as Winograd F(m, 3) (stride 1 or 2): transformed weights
-/// `U[xi][ktile][ic][tap][jl]` (`xi` over the `n x n` transformed positions, or the `n`
-/// positions along a row with `row`, `ktile` over tiles of `jl` output channels, `ic` over
+/// `U[slot][ktile][ic][tap][jl]` (`slot` over the `n x n` transformed positions, those
+/// with equal weights sharing one (`Transform::weight_slots`), or the `n` positions along
+/// a row with `row`, `ktile` over tiles of `jl` output channels, `ic` over
 /// the padded input channels, `tap` over the kernel's 3 rows with `row`, else one), bias
 /// `[ktiles * jl]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -97,7 +98,7 @@ impl WinogradPacking {
 
     pub fn weight_floats(&self) -> usize {
         let w = self.algorithm();
-        w.positions() * w.taps() * self.ktiles * self.cin_pad * self.jl
+        w.weight_positions() * w.taps() * self.ktiles * self.cin_pad * self.jl
     }
 }
 
@@ -161,6 +162,10 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
     let tr = p.algorithm().transform().with_context(|| format!("{}: no Winograd {}", p.weight, p.algorithm()))?;
     let (positions, taps) = (p.algorithm().positions(), p.algorithm().taps());
+    // Positions that share weights share their slot (`Transform::weight_slots`); along
+    // rows every position has its own.
+    let (slots, distinct) = if p.row { ((0..tr.n).collect(), tr.n) } else { tr.weight_slots() };
+    let slot = |xi: usize| if p.row { xi } else { slots[xi / tr.n] * distinct + slots[xi % tr.n] };
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
     for oc in 0..p.cout {
@@ -171,7 +176,7 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
             let u = if p.row { tr.filter_rows(g) } else { tr.filter(g) };
             for xi in 0..positions {
                 for tap in 0..taps {
-                    out[(((xi * p.ktiles + kt) * p.cin_pad + ic) * taps + tap) * p.jl + lane] =
+                    out[(((slot(xi) * p.ktiles + kt) * p.cin_pad + ic) * taps + tap) * p.jl + lane] =
                         u[xi * taps + tap] as f32;
                 }
             }

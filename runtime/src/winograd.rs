@@ -84,6 +84,16 @@ impl Winograd {
         }
     }
 
+    /// Distinct transformed weights per channel pair and tap: the positions, less those
+    /// whose weights repeat another's ([`Transform::weight_slots`]; the strided
+    /// transform's 25 positions hold 16 distinct weights).
+    pub fn weight_positions(&self) -> usize {
+        match self.transform() {
+            Some(tr) if !self.row => tr.weight_slots().1.pow(2),
+            _ => self.positions(),
+        }
+    }
+
     /// Transformed weights per position and channel pair: one per kernel row along rows.
     pub fn taps(&self) -> usize {
         if self.row {
@@ -236,6 +246,27 @@ fn transform(m: usize) -> Option<Transform> {
 }
 
 impl Transform {
+    /// The slot of each row of `G` among its distinct rows (equal rows share one, in
+    /// order of first appearance), and how many there are. Positions `(a, b)` whose rows
+    /// share slots share their weights `G g G^T`: those are stored once, at slot
+    /// `slot[a] * distinct + slot[b]`. (Only the strided transform repeats rows: its odd
+    /// tap reaches both odd inputs, rows 3 and 4.)
+    pub fn weight_slots(&self) -> (Vec<usize>, usize) {
+        let row = |i: usize| &self.g[i * 3..i * 3 + 3];
+        let mut slots: Vec<usize> = Vec::with_capacity(self.n);
+        let mut distinct = 0;
+        for i in 0..self.n {
+            match (0..i).find(|&j| row(j) == row(i)) {
+                Some(j) => slots.push(slots[j]),
+                None => {
+                    slots.push(distinct);
+                    distinct += 1;
+                }
+            }
+        }
+        (slots, distinct)
+    }
+
     /// `G g G^T` (`n x n`, row-major) of one 3x3 filter `g` (row-major), in f64.
     pub fn filter(&self, g: &[f32]) -> Vec<f64> {
         let n = self.n;
@@ -308,6 +339,27 @@ mod tests {
                     assert!((y - want).abs() < 1e-9, "{w} tile ({r},{c}): {y} vs {want}");
                 }
             }
+        }
+    }
+
+    /// Positions that share a weight slot have equal weights for any filter, and only the
+    /// strided transform has such positions (16 distinct of 25).
+    #[test]
+    fn shared_weight_slots_hold_equal_weights() {
+        let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
+        for w in [Winograd::square(2), Winograd::square(3), Winograd::square(4), Winograd::strided()] {
+            let tr = w.transform().unwrap();
+            let (slots, distinct) = tr.weight_slots();
+            let u = tr.filter(&g);
+            let n = tr.n;
+            for (a, b) in (0..n * n).flat_map(|x| (0..n * n).map(move |y| (x, y))) {
+                let same_slot = slots[a / n] == slots[b / n] && slots[a % n] == slots[b % n];
+                if same_slot {
+                    assert_eq!(u[a], u[b], "{w}: positions {a} and {b} share a slot");
+                }
+            }
+            let want = if w.stride == 2 { 16 } else { n * n };
+            assert_eq!((distinct * distinct, w.weight_positions()), (want, want), "{w}");
         }
     }
 

@@ -359,6 +359,13 @@ pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: 
 /// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: (position, output tile),
 /// each running every block of tiles; or (position, block of tiles), each running every
 /// output tile, where a position's `V` misses L1 with 16 registers.
+///
+/// Where positions share their weights (the strided transform: `Transform::weight_slots`)
+/// a task's position is a weight slot instead, in two task dimensions (slot of the row,
+/// slot of the column), and it runs every position of the slot, one after the other with
+/// the same weights: those of its first position stream from memory, the others' come
+/// from cache. (The positions of a slot differ in constants only: the conditions pick
+/// them per slot.)
 fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shape: &str) -> Kernel {
     let j = pt.j;
     let (n, lanes) = (g.tr.n, t.lanes);
@@ -366,7 +373,9 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let ktiles = cbo / j;
     let count = g.count();
     let cin_pad = cbi * lanes;
-    let mut b = Builder::new(2);
+    let (slots, distinct) = g.tr.weight_slots();
+    let shared = distinct < n;
+    let mut b = Builder::new(if shared { 3 } else { 2 });
     let unroll = channel_unroll(t, lanes);
     let p_max = pt.tiles;
     // With one broadcast per FMA (16 registers), the broadcasts of a block wait on L2
@@ -377,11 +386,13 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     // ms.
     let v_bytes = 4 * count * cin_pad;
     let blocks_outer = t.vregs < 32 && v_bytes > t.l1_bytes && count > p_max;
-    let xi = Index::var(0, 1);
-    let task = Index::var(1, 1);
+    // Task variables: the position (or the row's and column's weight slots), then the
+    // output tile (or block of tiles).
+    let task = Index::var(if shared { 2 } else { 1 }, 1);
     let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
-    let emit = |b: &mut Builder, kt: &Index, p0: &Index, p: usize| {
+    // One register tile of position `xi`, its weights at slot `ws`.
+    let emit = |b: &mut Builder, xi: &Index, ws: &Index, kt: &Index, p0: &Index, p: usize| {
         for a in acc.iter().take(p) {
             for &r in a {
                 b.set(r, Expr::Zero);
@@ -390,7 +401,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
         b.for_loop(cbi, |b, icb| {
             b.for_loop_unrolled(lanes, unroll, |b, icl| {
                 let ic = icb.scaled(lanes as i64).plus(&icl);
-                let wk = xi.scaled(ktiles as i64).plus(&kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
+                let wk = ws.scaled(ktiles as i64).plus(kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
                 for (jj, &wr) in wreg.iter().enumerate() {
                     b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
                     // Every position's weights are read once per image (per band in
@@ -401,7 +412,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
                     }
                 }
                 for (pp, a) in acc.iter().take(p).enumerate() {
-                    let x = g.scratch(g.v_tiles, &xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
+                    let x = g.scratch(g.v_tiles, xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
                     for jj in 0..j {
                         let xv = Src::Bcast(Addr { arg: 1, index: x.clone() });
                         b.set(a[jj], Expr::Fma(a[jj], xv, Src::Reg(wreg[jj])));
@@ -413,7 +424,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
             for (jj, &r) in a.iter().enumerate() {
                 let ob = kt.scaled(j as i64).offset(jj as i64);
                 b.push(Stmt::Store {
-                    addr: Addr { arg: 0, index: g.scratch(count, &xi, cbo, &ob, &p0.offset(pp as i64)) },
+                    addr: Addr { arg: 0, index: g.scratch(count, xi, cbo, &ob, &p0.offset(pp as i64)) },
                     src: r,
                 });
             }
@@ -422,26 +433,66 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let full = count / p_max;
     let rest = count % p_max;
     let blocks = full + usize::from(rest > 0);
-    if blocks_outer {
-        // Task `task` is block `task` of the tiles; the last may be short.
-        let block = |b: &mut Builder, p: usize| {
-            b.for_loop(ktiles, |b, kt| emit(b, &kt, &task.scaled(p_max as i64), p));
-        };
-        if rest == 0 {
-            block(&mut b, p_max);
+    // The task's work on positions `xis`, which share the weights at slot `ws`.
+    let body = |b: &mut Builder, xis: &[Index], ws: &Index| {
+        if blocks_outer {
+            // Task `task` is block `task` of the tiles; the last may be short.
+            let block = |b: &mut Builder, p: usize| {
+                for xi in xis {
+                    b.for_loop(ktiles, |b, kt| emit(b, xi, ws, &kt, &task.scaled(p_max as i64), p));
+                }
+            };
+            if rest == 0 {
+                block(b, p_max);
+            } else {
+                b.when(Cond::lt(task.clone(), full as i64), |b| block(b, p_max));
+                b.when(Cond::eq(task.clone(), full as i64), |b| block(b, rest));
+            }
         } else {
-            b.when(Cond::lt(task.clone(), full as i64), |b| block(b, p_max));
-            b.when(Cond::eq(task.clone(), full as i64), |b| block(b, rest));
+            for xi in xis {
+                b.for_loop(full, |b, q| emit(b, xi, ws, &task, &q.scaled(p_max as i64), p_max));
+                if rest > 0 {
+                    emit(b, xi, ws, &task, &Index::constant((full * p_max) as i64), rest);
+                }
+            }
         }
-    } else {
-        b.for_loop(full, |b, q| emit(b, &task, &q.scaled(p_max as i64), p_max));
-        if rest > 0 {
-            emit(&mut b, &task, &Index::constant((full * p_max) as i64), rest);
-        }
-    }
+    };
     let name = format!("{}_gemm_{shape}", prefix(g));
     let tasks = if blocks_outer { blocks } else { ktiles };
-    b.finish(name, vec!["m", "v", "u"], lanes, vec![n * n, tasks])
+    if !shared {
+        let xi = Index::var(0, 1);
+        body(&mut b, std::slice::from_ref(&xi), &xi);
+        return b.finish(name, vec!["m", "v", "u"], lanes, vec![n * n, tasks]);
+    }
+    // Along each axis: slots `0..lead` hold one row each, the row of the slot's number;
+    // each later slot its rows, constants.
+    let rows_of = |s: usize| (0..n).filter(|&r| slots[r] == s).collect::<Vec<_>>();
+    let lead = (0..distinct).take_while(|&s| rows_of(s) == [s]).count();
+    let cases = |var: &Index| {
+        let mut cases = vec![];
+        if lead > 0 {
+            cases.push((Cond::lt(var.clone(), lead as i64), vec![var.clone()]));
+        }
+        for s in lead..distinct {
+            let rows = rows_of(s).into_iter().map(|r| Index::constant(r as i64)).collect();
+            cases.push((Cond::eq(var.clone(), s as i64), rows));
+        }
+        cases
+    };
+    let (sa, sb) = (Index::var(0, 1), Index::var(1, 1));
+    let ws = sa.scaled(distinct as i64).plus(&sb);
+    for (ca, rows) in cases(&sa) {
+        b.when(ca, |b| {
+            for (cb, cols) in cases(&sb) {
+                b.when(cb, |b| {
+                    let xis: Vec<Index> =
+                        rows.iter().flat_map(|r| cols.iter().map(move |c| r.scaled(n as i64).plus(c))).collect();
+                    body(b, &xis, &ws);
+                });
+            }
+        });
+    }
+    b.finish(name, vec!["m", "v", "u"], lanes, vec![distinct, distinct, tasks])
 }
 
 /// The register block of a row product ([`products_row`]): `rows` output rows by `cols`
