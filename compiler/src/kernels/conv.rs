@@ -117,6 +117,10 @@ fn pixel_budget(t: Target, j: usize, unroll: usize) -> usize {
     (budget / j).max(1)
 }
 
+/// Independent FMA chains a kernel needs in flight to keep the FMA units busy: two
+/// ports with four cycles of latency (the x86 cores measured).
+pub(super) const FMA_CHAINS: usize = 8;
+
 /// Pixels x output vectors of the wide register tile.
 pub(super) const WIDE_TILE: (usize, usize) = (14, 2);
 
@@ -216,7 +220,7 @@ fn row_tiles(budget: usize, width: usize, height: usize) -> TileShape {
 
 /// The cheapest one- or two-row tiles ([`row_tiles`]), with their cost per row pair.
 fn row_tiles_2d(budget: usize, width: usize, height: usize) -> (TileShape, usize) {
-    let chains = |q: usize| q.max(8);
+    let chains = |q: usize| q.max(FMA_CHAINS);
     // (cost of a row pair, tiles, the smallest tile reversed) for `p` pixels in `rows` rows.
     let key = |p: usize, rows: usize| {
         let (full, rem) = (width / p, width % p);

@@ -30,7 +30,7 @@
 //! write the halo rows above and below the output. The runtime runs bands on different
 //! threads at once, each in its own scratch slot (`exec::Order::BandGroup`).
 
-use super::conv::{channel_unroll, tile_pixels, PREFETCH_FLOATS, WIDE_TILE};
+use super::conv::{channel_unroll, tile_pixels, FMA_CHAINS, PREFETCH_FLOATS, WIDE_TILE};
 use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
@@ -389,37 +389,57 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     // Task variables: the position (or the row's and column's weight slots), then the
     // output tile (or block of tiles).
     let task = Index::var(if shared { 2 } else { 1 }, 1);
-    let acc: Vec<Vec<VReg>> = (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect();
+    // A block of fewer tiles than the FMA pipeline needs chains ([`FMA_CHAINS`]; the
+    // JIT's F(4,3) over 7x7 outputs: 4 tiles of one vector) sums the input channels of
+    // an unrolled step into as many accumulator sets as make up the difference, added
+    // up before the store: one FMA chain per tile kept the JIT at one FMA per cycle.
+    let sets = if p_max * j < FMA_CHAINS { FMA_CHAINS.div_ceil(p_max * j).min(unroll) } else { 1 };
+    let accs: Vec<Vec<Vec<VReg>>> =
+        (0..sets).map(|_| (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     // One register tile of position `xi`, its weights at slot `ws`.
     let emit = |b: &mut Builder, xi: &Index, ws: &Index, kt: &Index, p0: &Index, p: usize| {
-        for a in acc.iter().take(p) {
-            for &r in a {
-                b.set(r, Expr::Zero);
+        for set in &accs {
+            for a in set.iter().take(p) {
+                for &r in a {
+                    b.set(r, Expr::Zero);
+                }
             }
         }
         b.for_loop(cbi, |b, icb| {
-            b.for_loop_unrolled(lanes, unroll, |b, icl| {
-                let ic = icb.scaled(lanes as i64).plus(&icl);
-                let wk = ws.scaled(ktiles as i64).plus(kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
-                for (jj, &wr) in wreg.iter().enumerate() {
-                    b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
-                    // Every position's weights are read once per image (per band in
-                    // bands, from L2 after the first), from memory.
-                    if t.prefetch {
-                        let ahead = wk.offset((jj * lanes + PREFETCH_FLOATS) as i64);
-                        b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: ahead } });
+            b.for_loop(lanes / unroll, |b, step| {
+                for u in 0..unroll {
+                    let icl = step.scaled(unroll as i64).offset(u as i64);
+                    let acc = &accs[u % sets];
+                    let ic = icb.scaled(lanes as i64).plus(&icl);
+                    let wk = ws.scaled(ktiles as i64).plus(kt).scaled(cin_pad as i64).plus(&ic).scaled(jl);
+                    for (jj, &wr) in wreg.iter().enumerate() {
+                        b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: wk.offset((jj * lanes) as i64) })));
+                        // Every position's weights are read once per image (per band in
+                        // bands, from L2 after the first), from memory.
+                        if t.prefetch {
+                            let ahead = wk.offset((jj * lanes + PREFETCH_FLOATS) as i64);
+                            b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: ahead } });
+                        }
                     }
-                }
-                for (pp, a) in acc.iter().take(p).enumerate() {
-                    let x = g.scratch(g.v_tiles, xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
-                    for jj in 0..j {
-                        let xv = Src::Bcast(Addr { arg: 1, index: x.clone() });
-                        b.set(a[jj], Expr::Fma(a[jj], xv, Src::Reg(wreg[jj])));
+                    for (pp, a) in acc.iter().take(p).enumerate() {
+                        let x = g.scratch(g.v_tiles, xi, cbi, &icb, &p0.offset(pp as i64)).plus(&icl);
+                        for jj in 0..j {
+                            let xv = Src::Bcast(Addr { arg: 1, index: x.clone() });
+                            b.set(a[jj], Expr::Fma(a[jj], xv, Src::Reg(wreg[jj])));
+                        }
                     }
                 }
             });
         });
+        let acc = &accs[0];
+        for other in &accs[1..] {
+            for (a, o) in acc.iter().zip(other).take(p) {
+                for (&r, &q) in a.iter().zip(o) {
+                    b.set(r, Expr::Add(r, Src::Reg(q)));
+                }
+            }
+        }
         for (pp, a) in acc.iter().take(p).enumerate() {
             for (jj, &r) in a.iter().enumerate() {
                 let ob = kt.scaled(j as i64).offset(jj as i64);
