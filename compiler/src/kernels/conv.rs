@@ -112,7 +112,7 @@ pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
 /// run in order), so this is a measured rule, not a count: on the ResNet-50 JIT, 7, 11,
 /// 12, 13 and 14 pixels measured the same or slower than 10 for the direct convs, and the
 /// Winograd products' 12 tiles with four-channel steps slower than 10.
-fn pixel_budget(t: Target, j: usize, unroll: usize) -> usize {
+pub(super) fn pixel_budget(t: Target, j: usize, unroll: usize) -> usize {
     let budget = if t.vregs >= 32 { 24 } else { (t.vregs - 2 - unroll).min(12) };
     (budget / j).max(1)
 }
