@@ -263,9 +263,9 @@ def run_measured(cmd: list[str]) -> tuple[subprocess.CompletedProcess, float | N
 
 def resnetc_engine(resnetc: Path, model: str, backend: str, threads: int, batch: int, weights: Path, args,
                    executable: Path | None = None, build_ms: float | None = None) -> Engine:
-    """`cranelift`: `resnetc bench` (JIT in the resnetc process). `rust` and `aot`: the
-    executable `resnetc build` wrote (Rust backend or Cranelift object linked with the
-    runtime), timed by its own `--bench` mode."""
+    """`cranelift`: `resnetc bench` (JIT in the resnetc process). `rust`, `rust-lean` and
+    `aot`: the executable `resnetc build` wrote (Rust backend, with or without a weight
+    budget, or Cranelift object linked with the runtime), timed by its own `--bench` mode."""
     engine = Engine(f"resnetc {backend}", None)
     if executable is None:
         cmd = [str(resnetc), "bench", model, "--backend", backend, "--threads", str(threads), "--batch", str(batch),
@@ -291,11 +291,15 @@ def resnetc_engine(resnetc: Path, model: str, backend: str, threads: int, batch:
     return engine
 
 
-def build_executable(resnetc: Path, model: str, backend: str, weights: Path, out: Path) -> tuple[Path, float]:
-    """`resnetc build` for `rust` or `aot` (Cranelift object + runtime): path and wall ms."""
+def build_executable(resnetc: Path, model: str, backend: str, weights: Path, out: Path,
+                     lean_weight_mb: float) -> tuple[Path, float]:
+    """`resnetc build` for `rust`, `rust-lean` (the Rust backend under the weight budget
+    `--max-weight-mb lean_weight_mb`) or `aot` (Cranelift object + runtime): path and wall ms."""
     exe = out / f"{model}-{backend}"
     cmd = [str(resnetc), "build", model, "--weights", str(weights), "-o", str(exe), "--emit", "exe",
-           "--backend", "rust" if backend == "rust" else "cranelift"]
+           "--backend", "cranelift" if backend == "aot" else "rust"]
+    if backend == "rust-lean":
+        cmd += ["--max-weight-mb", str(lean_weight_mb)]
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
@@ -448,7 +452,10 @@ def main() -> int:
     parser.add_argument("--threads", type=csv_ints, default=[1, 2], help="thread counts (default: 1,2)")
     parser.add_argument("--batch", type=csv_ints, default=[1], help="batch sizes (default: 1)")
     parser.add_argument("--backends", type=csv_list, default=["cranelift"],
-                        help="resnetc backends; one resnetc rejects is skipped with a note (default: cranelift)")
+                        help="resnetc backends: cranelift, rust, rust-lean (rust under --lean-weight-mb), aot; "
+                             "one resnetc rejects is skipped with a note (default: cranelift)")
+    parser.add_argument("--lean-weight-mb", type=float, default=120.0,
+                        help="the weight budget (`resnetc build --max-weight-mb`) of the rust-lean backend (default: 120)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved measurement rounds per configuration (default: 3)")
     parser.add_argument("--runs", type=int, default=30, help="minimum timed runs per measurement (default: 30)")
@@ -555,10 +562,11 @@ def main() -> int:
 
         executables: dict[str, tuple[Path, float | None]] = {}
         for backend in args.backends:
-            if backend in ("rust", "aot") and backend not in rejected:
+            if backend in ("rust", "rust-lean", "aot") and backend not in rejected:
                 log(f"   building the {backend} executable")
                 try:
-                    executables[backend] = build_executable(args.resnetc, model, backend, weights, args.out)
+                    executables[backend] = build_executable(args.resnetc, model, backend, weights, args.out,
+                                                            args.lean_weight_mb)
                 except Exception as e:
                     rejected[backend] = f"resnetc build failed: {e}"
 
@@ -643,6 +651,10 @@ def main() -> int:
                  "time reported by `resnetc bench` (excludes weight loading); resnetc rust / aot: wall time of "
                  "`resnetc build --emit exe` (rust: cargo building the generated crate, with the runtime's "
                  "dependencies already built; '–' when an identical earlier build was reused).")
+    if "rust-lean" in args.backends:
+        notes.append(f"resnetc rust-lean: the Rust executable built with `--max-weight-mb {args.lean_weight_mb:g}` "
+                     "(a weight budget: smaller Winograd tiles or direct convolution where they cost the least "
+                     "time per byte saved).")
     meta["loadavg_end"] = load_average()
 
     text = markdown(meta, rows, checks, notes)
