@@ -129,7 +129,7 @@ fn jit_matches_reference_on_200_random_specs() {
 #[test]
 fn batch_orders_match_single_images_bit_for_bit() {
     // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights, direct) and the strided
-    // Winograd products of a 640-wide stride-2 3x3 conv (41 MB).
+    // Winograd products of a 640-wide stride-2 3x3 conv (26 MB: 16 weight slots).
     let text = "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [64, 640]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 8, 8]\n";
     let s = spec::parse(text, "task_major").unwrap();
     let w = weights::seeded(&from_spec::build(&s).unwrap(), 5);

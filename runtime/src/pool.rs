@@ -4,9 +4,10 @@
 //! hand-off between consecutive kernels (tens of microseconds apart) costs no system
 //! call: the caller notifies the condvar only when a worker has counted itself asleep
 //! (a `notify_all` is a futex system call even with nobody waiting; without it a
-//! two-thread split of trivial tasks took 0.53 instead of 1.27 microseconds). The calling thread always takes part in the work. A pool serves one job at a
-//! time; a caller that finds it busy (another thread is running a model that shares it)
-//! runs the whole job itself, so sharing a model between threads never deadlocks.
+//! two-thread split of trivial tasks took 0.53 instead of 1.27 microseconds). The
+//! calling thread always takes part in the work. A pool serves one job at a time; a
+//! caller that finds it busy (another thread is running a model that shares it) runs the
+//! whole job itself, so sharing a model between threads never deadlocks.
 
 use std::cell::UnsafeCell;
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -38,7 +39,8 @@ struct Shared {
 }
 
 // SAFETY: `job` is written and read under the generation/pending protocol documented on
-// it; every other field is a synchronization primitive.
+// it, by one caller at a time (`Pool::busy` is held while a job runs); every other field
+// is a synchronization primitive.
 unsafe impl Sync for Shared {}
 
 pub struct Pool {
@@ -106,7 +108,8 @@ impl Pool {
         // SAFETY (lifetime erasure): we wait below until every worker is done with it.
         let erased: JobRef = unsafe { std::mem::transmute::<&(dyn Fn(usize) + Sync), JobRef>(f) };
         // SAFETY: no worker reads `job` now: each finished the previous job (`pending`
-        // reached zero) and reads again only after the bump below.
+        // reached zero) and reads again only after the bump below; no other caller
+        // writes it (we hold `busy`).
         unsafe { *s.job.get() = Some(Job(erased)) };
         // SeqCst with the sleepers' count (see `worker`): a worker that counted itself
         // after this bump sees it before sleeping.
@@ -436,8 +439,9 @@ mod tests {
     }
 
     /// Workers that fell asleep between jobs (past their spin) wake for the next one:
-    /// the caller notifies whenever one counts itself a sleeper. (On a thread of its own,
-    /// so that a lost wake-up fails the test instead of hanging it.)
+    /// the caller notifies whenever one counts itself a sleeper; and for the shutdown of
+    /// a pool dropped while they sleep. (On a thread of its own, so that a lost wake-up
+    /// fails the test instead of hanging it.)
     #[test]
     fn sleeping_workers_wake_for_the_next_job() {
         let (done, finished) = std::sync::mpsc::channel();
@@ -452,6 +456,9 @@ mod tests {
                 });
                 all &= ran.iter().all(|r| r.load(Ordering::Relaxed) == 1);
             }
+            // Dropped while its workers sleep: they must wake for the shutdown.
+            std::thread::sleep(std::time::Duration::from_millis(5));
+            drop(pool);
             done.send(all).unwrap();
         });
         let all = finished.recv_timeout(std::time::Duration::from_secs(20)).expect("a sleeping worker was not woken");
