@@ -55,9 +55,10 @@ pub struct Pool {
 /// Spin iterations before a worker sleeps (roughly 50-100 microseconds).
 const SPIN: u32 = 20_000;
 
-/// Spin iterations before yielding when a pool has more participants than CPUs: one of
-/// them is then always off a core, and a participant spinning for it keeps it off (a
-/// 3-thread ResNet-50 on 2 CPUs took 130 ms instead of 14 with the full spin).
+/// Spin iterations before yielding (or, for a worker, sleeping) when a pool has more
+/// participants than CPUs: one of them is then always off a core, and a participant
+/// spinning for it keeps it off. ResNet-50 at 3 threads on 2 CPUs: 130 ms with the full
+/// spin, 17 with this (14 at 2 threads).
 const SPIN_OVERSUBSCRIBED: u32 = 64;
 
 /// How long `participants` threads spin on each other before yielding.
