@@ -107,6 +107,21 @@ pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
     }
 }
 
+/// Channel blocks per iteration of a reduction over `blocks` blocks: with 16 registers,
+/// two when their number is even, so the accumulators' back-edge moves (see
+/// [`channel_unroll`]) come half as often and Cranelift's register allocator keeps them
+/// in registers. Measured on the ResNet-50 JIT (1 thread), against one block: direct
+/// convs 176.6-177.5 ms against 183.0-185.2 (0.84-1.02x each; four blocks 182-188 ms);
+/// the Winograd products, whose loops had each spilled an accumulator, 24.3 -> 22.5 ms
+/// (per-layer minima; the strided ones 0.82x, F(4,3) over 28x28 0.87x).
+pub(super) fn blocks_per_iteration(t: Target, blocks: usize) -> usize {
+    if t.vregs < 32 && blocks % 2 == 0 {
+        2
+    } else {
+        1
+    }
+}
+
 /// Accumulators per output vector of a register tile: with 16 registers, 10 for
 /// four-channel steps, 12 for two. Only one weight vector is live at a time (the kernels
 /// run in order), so this is a measured rule, not a count: on the ResNet-50 JIT, 7, 11,
@@ -540,22 +555,12 @@ pub fn generate(
     let unroll = channel_unroll(t, cb_in);
     // Input channel blocks a tile reduces over.
     let in_blocks = tl.icr / cb_in;
-    // With 16 registers, several channel blocks per iteration, so the accumulators'
-    // back-edge moves (see `channel_unroll`) come less often. Inputs of one channel per
-    // block (the stem's image, up to four channels): every block of a tap, once per tap
-    // instead of once per channel (ResNet-50's stem on the JIT: 10.7 -> 8.7 ms). Any other
-    // even number of blocks (wider ones, or more one-channel inputs): two per iteration.
-    // Measured on the ResNet-50 JIT (1 thread), against one block: direct convs
-    // 176.6-177.5 ms against 183.0-185.2 (0.84-1.02x each); four blocks 182-188 ms.
-    let block_unroll = if t.vregs >= 32 {
-        1
-    } else if cb_in == 1 && tl.icr <= 4 {
-        tl.icr
-    } else if in_blocks % 2 == 0 {
-        2
-    } else {
-        1
-    };
+    // Channel blocks per iteration ([`blocks_per_iteration`]). With 16 registers, inputs
+    // of one channel per block (the stem's image, up to four channels) take every block
+    // of a tap, once per tap instead of once per channel (ResNet-50's stem on the JIT:
+    // 10.7 -> 8.7 ms).
+    let block_unroll =
+        if t.vregs < 32 && cb_in == 1 && tl.icr <= 4 { tl.icr } else { blocks_per_iteration(t, in_blocks) };
     // Weights of at least a whole core's L2 (half `l2_bytes`: 1 MB on the machines
     // measured) stream from memory on a task's first pass: prefetch them ahead (ResNet-50:
     // 0.85-0.96x the time of the convs of 2 MB or more; on the Zen 5 its 1 MB 1x1 convs

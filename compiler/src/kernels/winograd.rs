@@ -30,7 +30,9 @@
 //! write the halo rows above and below the output. The runtime runs bands on different
 //! threads at once, each in its own scratch slot (`exec::Order::BandGroup`).
 
-use super::conv::{channel_unroll, pixel_budget, tile_pixels, FMA_CHAINS, PREFETCH_FLOATS, WIDE_TILE};
+use super::conv::{
+    blocks_per_iteration, channel_unroll, pixel_budget, tile_pixels, FMA_CHAINS, PREFETCH_FLOATS, WIDE_TILE,
+};
 use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
@@ -403,6 +405,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let accs: Vec<Vec<Vec<VReg>>> =
         (0..sets).map(|_| (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
+    let block_unroll = blocks_per_iteration(t, cbi);
     // One register tile of position `xi`, its weights at slot `ws`; `first`: the first
     // position to read them, which prefetches them.
     let emit = |b: &mut Builder, xi: &Index, ws: &Index, first: bool, kt: &Index, p0: &Index, p: usize| {
@@ -413,13 +416,6 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
                 }
             }
         }
-        // With 16 registers, two channel blocks per iteration when their count is even
-        // (as the direct convs' `block_unroll`): with one, Cranelift's register allocator
-        // spilled an accumulator in most products' loops (its FMA result lands in the
-        // broadcast's register, so the accumulators rotate). ResNet-50 JIT, per-layer
-        // minima: the products 24.3 -> 22.5 ms (the strided ones 0.82x, F(4,3) over 28x28
-        // 0.87x).
-        let block_unroll = if t.vregs < 32 && cbi % 2 == 0 { 2 } else { 1 };
         b.for_loop_unrolled(cbi, block_unroll, |b, icb| {
             b.for_loop(lanes / unroll, |b, step| {
                 for u in 0..unroll {
