@@ -164,7 +164,7 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
     let (positions, taps) = (p.algorithm().positions(), p.algorithm().taps());
     // Positions that share weights share their slot (`Transform::weight_slots`); along
     // rows every position has its own.
-    let (slots, distinct) = if p.row { ((0..tr.n).collect(), tr.n) } else { tr.weight_slots() };
+    let (slots, distinct) = tr.weight_slots();
     let slot = |xi: usize| if p.row { xi } else { slots[xi / tr.n] * distinct + slots[xi % tr.n] };
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
