@@ -174,6 +174,9 @@ pub enum Stmt {
     },
 }
 
+/// Floats in a cache line (64 bytes); arguments start at line boundaries.
+pub const LINE_FLOATS: usize = 16;
+
 /// One kernel shape.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Kernel {
@@ -214,6 +217,19 @@ impl Builder {
     pub fn push(&mut self, s: Stmt) {
         self.stack.last_mut().unwrap().push(s);
     }
+    /// Prefetches the cache line at `addr`, unless `addr` provably lies inside a line
+    /// (every variable term and the constant offset known, none of them at a line start):
+    /// a stream's prefetches then come one per line, from the access that starts it. With
+    /// 4-lane vectors four weight vectors share a line, and on the Cranelift backend each
+    /// prefetch is a call.
+    pub fn prefetch(&mut self, addr: Addr) {
+        let line = LINE_FLOATS as i64;
+        let inside = addr.index.terms.iter().all(|&(_, c)| c % line == 0) && addr.index.constant % line != 0;
+        if !inside {
+            self.push(Stmt::Prefetch { addr });
+        }
+    }
+
     pub fn set(&mut self, dst: VReg, expr: Expr) {
         self.push(Stmt::Set { dst, expr });
     }

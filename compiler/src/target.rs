@@ -98,7 +98,7 @@ impl Target {
         band_bytes: 1 << 20,
         l1_bytes: 32 << 10,
         l1_tile_weight_bytes: 32 << 10,
-        prefetch: false,
+        prefetch: cfg!(target_arch = "x86_64"),
         panels: true,
         weight_budget: None,
     };

@@ -17,6 +17,7 @@ pub fn code(k: &Kernel, index: usize) -> Result<Vec<u8>> {
         &*isa,
         features(&isa),
         UserFuncName::user(0, index as u32),
+        Some(u32::MAX),
         &mut fctx,
     ));
     let compiled =

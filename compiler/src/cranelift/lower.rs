@@ -9,7 +9,10 @@
 
 use crate::kir::{Addr, Cmp, Expr, Index, Kernel, Src, Stmt};
 use cranelift_codegen::ir::condcodes::{FloatCC, IntCC};
-use cranelift_codegen::ir::{types, AbiParam, Function, InstBuilder, MemFlagsData, Signature, UserFuncName, Value};
+use cranelift_codegen::ir::{
+    types, AbiParam, ExtFuncData, ExternalName, FuncRef, Function, InstBuilder, MemFlagsData, Signature,
+    UserExternalName, UserFuncName, Value,
+};
 use cranelift_codegen::isa::{CallConv, TargetIsa};
 use cranelift_frontend::{FunctionBuilder, FunctionBuilderContext, Variable};
 use std::collections::HashMap;
@@ -41,6 +44,8 @@ struct Lowerer<'a> {
     /// Each is a variable bumped at the end of the loop iteration that changes it, so
     /// inner loops address memory as `[pointer + constant]` without recomputing indices.
     ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
+    /// The prefetch helper ([`super::PREFETCH_HELPER`]), when the kernel prefetches.
+    prefetch: Option<FuncRef>,
 }
 
 impl Lowerer<'_> {
@@ -274,8 +279,15 @@ impl Lowerer<'_> {
                 let f = Self::flags();
                 self.b.ins().store(f, v, p, off);
             }
-            // CLIF has no prefetch instruction.
-            Stmt::Prefetch { .. } => {}
+            // CLIF has no prefetch instruction: a call to the module's helper, which
+            // clobbers no register (`PreserveAll`).
+            Stmt::Prefetch { addr } => {
+                if let Some(f) = self.prefetch {
+                    let (p, off) = self.address(addr);
+                    let at = self.b.ins().iadd_imm_s(p, off as i64);
+                    self.b.ins().call(f, &[at]);
+                }
+            }
             Stmt::StorePartial { addr, src, n } => {
                 let v = self.b.use_var(self.regs[*src]);
                 let (p, off) = self.address(addr);
@@ -310,18 +322,36 @@ fn addresses(body: &[Stmt]) -> Vec<Addr> {
                 Expr::Zero | Expr::Splat(_) | Expr::Relu(_) => {}
             },
             Stmt::Store { addr, .. } | Stmt::StorePartial { addr, .. } => out.push(addr.clone()),
-            Stmt::Prefetch { .. } => {}
+            Stmt::Prefetch { addr } => out.push(addr.clone()),
         }
     }
     out
 }
 
-/// Builds the Cranelift function of kernel `k`.
+/// Whether `body` prefetches anywhere.
+fn prefetches(body: &[Stmt]) -> bool {
+    body.iter().any(|s| match s {
+        Stmt::Loop { body, .. } | Stmt::If { body, .. } => prefetches(body),
+        Stmt::Prefetch { .. } => true,
+        _ => false,
+    })
+}
+
+/// The signature of the prefetch helper: the address, in the first argument register.
+pub fn prefetch_signature() -> Signature {
+    let mut sig = Signature::new(CallConv::PreserveAll);
+    sig.params.push(AbiParam::new(types::I64));
+    sig
+}
+
+/// Builds the Cranelift function of kernel `k`; its prefetches call function
+/// `prefetch_fn` of the module (its index), or are dropped without one.
 pub fn function(
     k: &Kernel,
     isa: &dyn TargetIsa,
     features: Features,
     name: UserFuncName,
+    prefetch_fn: Option<u32>,
     ctx: &mut FunctionBuilderContext,
 ) -> Function {
     let call_conv = isa.default_call_conv();
@@ -339,7 +369,12 @@ pub fn function(
     let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
     let task = b.declare_var(types::I64);
     b.def_var(task, begin);
-    let mut l = Lowerer { b, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new() };
+    let prefetch = prefetch_fn.filter(|_| prefetches(&k.body)).map(|index| {
+        let signature = b.import_signature(prefetch_signature());
+        let name = b.func.declare_imported_user_function(UserExternalName { namespace: 0, index });
+        b.import_function(ExtFuncData { name: ExternalName::user(name), signature, colocated: true, patchable: false })
+    });
+    let mut l = Lowerer { b, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new(), prefetch };
     // Zero-initialize every variable so that SSA construction never meets an undefined use.
     for v in 0..k.vregs {
         let z = l.zero();

@@ -38,6 +38,26 @@ pub fn host_isa(pic: bool) -> Result<OwnedTargetIsa> {
     builder.finish(settings::Flags::new(flags)).map_err(|e| anyhow!("cannot configure Cranelift: {e}"))
 }
 
+/// Machine code of the function the kernels call to prefetch (CLIF has no prefetch
+/// instruction): on x86-64 `prefetcht0 [rdi]; ret`. It clobbers no register, as its
+/// calling convention (`PreserveAll`, [`lower::prefetch_signature`]) promises the
+/// caller, so a call in a reduction loop leaves the accumulators in their registers.
+/// `None` elsewhere: the kernels then do not prefetch.
+pub fn prefetch_helper() -> Option<&'static [u8]> {
+    cfg!(target_arch = "x86_64").then_some(&[0x0F, 0x18, 0x0F, 0xC3])
+}
+
+/// Declares and defines the prefetch helper in `module` (as `name`), if this target has
+/// one; the index of its function, which the kernels' calls name.
+pub fn define_prefetch_helper<M: cranelift_module::Module>(module: &mut M, name: &str) -> Result<Option<u32>> {
+    let Some(bytes) = prefetch_helper() else { return Ok(None) };
+    let id = module
+        .declare_function(name, cranelift_module::Linkage::Local, &lower::prefetch_signature())
+        .map_err(|e| anyhow!("prefetch helper: {e}"))?;
+    module.define_function_bytes(id, 16, bytes, &[]).map_err(|e| anyhow!("prefetch helper: {e}"))?;
+    Ok(Some(id.as_u32()))
+}
+
 /// What the ISA's detected features allow.
 pub fn features(isa: &OwnedTargetIsa) -> Features {
     let flag = |name: &str| isa.isa_flags().iter().any(|f| f.name == name && f.as_bool() == Some(true));
@@ -52,7 +72,7 @@ pub fn clif_text(kernels: &[crate::kir::Kernel], only: Option<&str>) -> Result<S
     let mut ctx = FunctionBuilderContext::new();
     let mut out = String::new();
     for (i, k) in kernels.iter().enumerate().filter(|(_, k)| only.is_none_or(|n| k.name == n)) {
-        let f = lower::function(k, &*isa, features(&isa), UserFuncName::user(0, i as u32), &mut ctx);
+        let f = lower::function(k, &*isa, features(&isa), UserFuncName::user(0, i as u32), Some(0), &mut ctx);
         out.push_str(&format!("; kernel {}\n{}\n", k.name, f.display()));
     }
     Ok(out)

@@ -628,7 +628,7 @@ pub fn generate(
                             b.set(wr, Expr::Src(w));
                             if prefetch {
                                 let ahead = wk.offset((jj * lanes + PREFETCH_FLOATS) as i64);
-                                b.push(Stmt::Prefetch { addr: Addr { arg: 2, index: ahead } });
+                                b.prefetch(Addr { arg: 2, index: ahead });
                             }
                         }
                         for ((oh, ow, slot), a) in pixels.iter().zip(&acc) {
