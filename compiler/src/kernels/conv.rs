@@ -177,12 +177,25 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
 
 /// A register tile's pixels in each of its rows, and its rows (one or two); or, `flat`,
 /// tiles of `pixels` consecutive pixels of the whole image in row-major order (a tile
-/// may then continue on the next row), one task covering all `rows` rows.
+/// may then continue on the next row), one task covering all `rows` rows. The last
+/// `short` tiles of a row (or of the image, flat) have one pixel fewer in each row;
+/// otherwise the last tile may be narrower.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct TileShape {
     pub pixels: usize,
     pub rows: usize,
     pub flat: bool,
+    pub short: usize,
+}
+
+/// Consecutive register tiles of a row of the same width: `count` tiles from tile
+/// `first`, `pixels` wide in each row, the first starting at column `column`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TileGroup {
+    pub first: usize,
+    pub count: usize,
+    pub pixels: usize,
+    pub column: usize,
 }
 
 impl TileShape {
@@ -197,11 +210,28 @@ impl TileShape {
 
     /// Register tiles per task row of a `width` x `height` output.
     pub fn tiles(&self, width: usize, height: usize) -> usize {
-        if self.flat {
-            (width * height).div_ceil(self.pixels)
-        } else {
-            width.div_ceil(self.pixels)
-        }
+        let row = if self.flat { width * height } else { width };
+        (row + self.short).div_ceil(self.pixels)
+    }
+
+    /// The tiles of a row `width` pixels wide (flat: the whole image's pixels), left to
+    /// right: the full ones, the short ones, and a narrower last one if any.
+    pub fn groups(&self, width: usize) -> Vec<TileGroup> {
+        let p = self.pixels;
+        let long = width - self.short * (p - 1);
+        let (full, rem) = (long / p, long % p);
+        assert!(self.short == 0 || rem == 0, "short tiles leave no narrower tile");
+        let groups = [
+            TileGroup { first: 0, count: full, pixels: p, column: 0 },
+            TileGroup { first: full, count: self.short, pixels: p - 1, column: full * p },
+            TileGroup {
+                first: full + self.short,
+                count: usize::from(rem > 0),
+                pixels: rem,
+                column: full * p + self.short * (p - 1),
+            },
+        ];
+        groups.into_iter().filter(|g| g.count > 0).collect()
     }
 }
 
@@ -220,17 +250,49 @@ const FLAT_PIXELS: usize = 64;
 /// tiles of 10 and one of 2, the stem 7.94 -> 6.63 ms; 56-wide rows 8 instead of 5 x 10 + 6,
 /// the same. Small outputs take flat tiles when those cost less: 7x7 as 10, 10, 10, 10, 9
 /// pixels (49) instead of 7 rows of 7 (56).
-fn row_tiles(budget: usize, width: usize, height: usize) -> TileShape {
-    let (tile, pair_cost) = row_tiles_2d(budget, width, height);
+///
+/// Convs that read a panel take [`even_tiles_2d`] instead (costs measured on their loop).
+fn row_tiles(budget: usize, width: usize, height: usize, panel: bool) -> TileShape {
+    let choose = if panel { even_tiles_2d } else { row_tiles_2d };
+    let (tile, pair_cost) = choose(budget, width, height);
     if width * height <= FLAT_PIXELS {
-        let (flat, flat_cost) = row_tiles_2d(budget, width * height, 1);
+        let (flat, flat_cost) = choose(budget, width * height, 1);
         // Costs per row pair: the flat "row" is the whole image, which is `height / 2`
         // pairs of the two-dimensional tiling.
         if flat_cost < pair_cost * height {
-            return TileShape { pixels: flat.pixels, rows: height, flat: true };
+            return TileShape { rows: height, flat: true, ..flat };
         }
     }
     tile
+}
+
+/// Time of a register tile of `q` accumulators (one output vector, 16 registers, one
+/// broadcast and one FMA per accumulator and input channel) over a long reduction from
+/// a panel, in tenths of one pixel's time at the FMA peak; index `q`. Measured on the
+/// Zen 5 with an assembly loop of the JIT's shape over 512 input channels in L1 and L2:
+/// a tile of at most 8 accumulators waits on the FMA latency (4 cycles per input
+/// channel), and even 8 run at 84% of the peak (58 GFLOP/s of 69), 10 at 89%, 12 at 91%.
+const PANEL_TILE_COST: [usize; 13] = [0, 72, 77, 79, 80, 84, 89, 93, 95, 102, 112, 122, 132];
+
+/// [`row_tiles_2d`] for convs that read a panel, costed by [`PANEL_TILE_COST`], over
+/// even splits only: `n` tiles of a row as wide as each other or one pixel narrower
+/// (56-wide rows: 10, 10, 9, 9, 9, 9 against 7 tiles of 8, 632 against 665; 28-wide
+/// rows 10, 9, 9 against 10, 10, 8). Ties go to one row, then to fewer tiles.
+fn even_tiles_2d(budget: usize, width: usize, height: usize) -> (TileShape, usize) {
+    let max_rows = if height >= 2 { 2 } else { 1 };
+    (1..=max_rows)
+        .filter(|&rows| budget >= rows)
+        .flat_map(|rows| (width.div_ceil(budget / rows)..=width).map(move |n| (rows, n)))
+        .map(|(rows, n)| {
+            let pixels = width.div_ceil(n);
+            let short = n * pixels - width;
+            let cost = |q: usize| if q == 0 { 0 } else { PANEL_TILE_COST[q * rows] };
+            let pair = ((n - short) * cost(pixels) + short * cost(pixels - 1)) * 2 / rows;
+            ((pair, rows, n), TileShape { pixels, rows, flat: false, short })
+        })
+        .min_by_key(|&(key, _)| key)
+        .map(|((pair, _, _), shape)| (shape, pair))
+        .expect("a row has at least one pixel")
 }
 
 /// The cheapest one- or two-row tiles ([`row_tiles`]), with their cost per row pair.
@@ -246,7 +308,7 @@ fn row_tiles_2d(budget: usize, width: usize, height: usize) -> (TileShape, usize
     row_choices
         .flat_map(|rows| (1..=(budget / rows).min(width)).map(move |p| (p, rows)))
         .min_by_key(|&(p, rows)| key(p, rows))
-        .map(|(pixels, rows)| (TileShape { pixels, rows, flat: false }, key(pixels, rows).0))
+        .map(|(pixels, rows)| (TileShape { pixels, rows, flat: false, short: 0 }, key(pixels, rows).0))
         .expect("a row has at least one pixel")
 }
 
@@ -258,11 +320,11 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     let (li, lp, lanes) = (input.layout, panel.layout, t.lanes);
     let out = out.layout;
     let shape = panel_tile(t, c, &li, &out).expect("a conv that reads a panel");
-    let TileShape { pixels: p, rows, flat } = shape;
+    let TileShape { pixels: p, rows, flat, .. } = shape;
     assert_eq!(lp.w, shape.tiles(out.w, out.h) * shape.slots(), "panel sized for the conv's register tiles");
     let geometry = Panel { tiles: shape.tiles(out.w, out.h), k: c.kernel, cblocks: li.cblocks() };
     if flat {
-        return pack_flat_panel(t, c, &li, &geometry, p, &out);
+        return pack_flat_panel(t, c, &li, &geometry, &shape, &out);
     }
     let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
     let mut b = Builder::new(1);
@@ -274,16 +336,11 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
         b.for_loop(k, |b, kh| {
             b.for_loop(k, |b, kw| {
                 b.for_loop(cblocks, |b, cbk| {
-                    let copy_tile = |b: &mut Builder, tix: &Index, n: usize| {
+                    for_row_tiles(b, &shape, out.w, |b, tix, column, n| {
                         let dst = geometry.block(&task, tix, &kh, &kw, &cbk).scaled((shape.slots() * lanes) as i64);
-                        let pixels = row_tile_pixels(&oh0, tix, p, n, nr);
+                        let pixels = row_tile_pixels(&oh0, column, p, n, nr);
                         gather(b, v, c, &li, lanes, &dst, &pixels, [&kh, &kw], &cbk);
-                    };
-                    let full = out.w / p;
-                    b.for_loop(full, |b, tix| copy_tile(b, &tix, p));
-                    if out.w % p > 0 {
-                        copy_tile(b, &Index::constant(full as i64), out.w % p);
-                    }
+                    });
                 });
             });
         });
@@ -297,13 +354,52 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
         b.when(Cond::eq(task.clone(), full_tasks as i64), |b| copy_rows(b, out.h % rows));
     }
     let r = if rows > 1 { format!("x{rows}r") } else { String::new() };
-    let name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}{r}", li.c, li.h, li.w, out.h, out.w);
+    let name = format!(
+        "pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}{r}{}",
+        li.c,
+        li.h,
+        li.w,
+        out.h,
+        out.w,
+        short_suffix(&shape)
+    );
     b.finish(name, vec!["panel", "in"], lanes, vec![tasks])
+}
+
+/// A panel kernel's name for its short tiles (`_short4`: four tiles of one pixel fewer).
+fn short_suffix(shape: &TileShape) -> String {
+    if shape.short > 0 {
+        format!("_short{}", shape.short)
+    } else {
+        String::new()
+    }
+}
+
+/// Runs `f(b, tile, column, pixels)` for every register tile of a `width`-wide task row:
+/// its tile index, its first column and its pixels per row; a loop over each group of
+/// equal tiles ([`TileShape::groups`]), constants for a group of one.
+fn for_row_tiles(
+    b: &mut Builder,
+    shape: &TileShape,
+    width: usize,
+    mut f: impl FnMut(&mut Builder, &Index, &Index, usize),
+) {
+    for g in shape.groups(width) {
+        if g.count == 1 {
+            f(b, &Index::constant(g.first as i64), &Index::constant(g.column as i64), g.pixels);
+        } else {
+            b.for_loop(g.count, |b, i| {
+                let column = i.scaled(g.pixels as i64).offset(g.column as i64);
+                f(b, &i.offset(g.first as i64), &column, g.pixels)
+            });
+        }
+    }
 }
 
 /// [`pack_panel`] for flat tiles: one task per input channel block, every pixel's place a
 /// constant.
-fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, p: usize, out: &Layout) -> Kernel {
+fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, shape: &TileShape, out: &Layout) -> Kernel {
+    let p = shape.pixels;
     let (lanes, s, k) = (t.lanes, c.stride as i64, c.kernel);
     let mut b = Builder::new(1);
     let cbk = Index::var(0, 1);
@@ -311,14 +407,22 @@ fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, p: usize,
     let zero = Index::constant(0);
     b.for_loop(k, |b, kh| {
         b.for_loop(k, |b, kw| {
-            for (tix, pixels) in flat_tiles(out.w, out.h, p).iter().enumerate() {
+            for (tix, pixels) in flat_tiles(out.w, out.h, shape).iter().enumerate() {
                 let dst =
                     geometry.block(&zero, &Index::constant(tix as i64), &kh, &kw, &cbk).scaled((p * lanes) as i64);
                 gather(b, v, c, li, lanes, &dst, pixels, [&kh, &kw], &cbk);
             }
         });
     });
-    let name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}flat", li.c, li.h, li.w, out.h, out.w);
+    let name = format!(
+        "pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}flat{}",
+        li.c,
+        li.h,
+        li.w,
+        out.h,
+        out.w,
+        short_suffix(shape)
+    );
     b.finish(name, vec!["panel", "in"], lanes, vec![li.cblocks()])
 }
 
@@ -341,23 +445,25 @@ impl Panel {
 }
 
 /// The output pixels of one register tile, each (row, column) with its slot in the tile's
-/// panel block: `n` pixels from column `tix * p_max` in each of `nr` rows from `oh0`.
-fn row_tile_pixels(oh0: &Index, tix: &Index, p_max: usize, n: usize, nr: usize) -> Vec<(Index, Index, usize)> {
-    let ow0 = tix.scaled(p_max as i64);
+/// panel block: `n` pixels from column `ow0` in each of `nr` rows from `oh0`, `p_max`
+/// slots per row.
+fn row_tile_pixels(oh0: &Index, ow0: &Index, p_max: usize, n: usize, nr: usize) -> Vec<(Index, Index, usize)> {
     (0..nr)
         .flat_map(|r| (0..n).map(move |pp| (r, pp)))
         .map(|(r, pp)| (oh0.offset(r as i64), ow0.offset(pp as i64), r * p_max + pp))
         .collect()
 }
 
-/// The flat tiles of a `width` x `height` output, `p` consecutive pixels each: every
-/// tile's pixels as constant (row, column), with their slots.
-fn flat_tiles(width: usize, height: usize, p: usize) -> Vec<Vec<(Index, Index, usize)>> {
+/// The flat tiles of a `width` x `height` output, consecutive pixels each
+/// ([`TileShape::groups`] of the whole image): every tile's pixels as constant (row,
+/// column), with their slots.
+fn flat_tiles(width: usize, height: usize, shape: &TileShape) -> Vec<Vec<(Index, Index, usize)>> {
     let c = |v: usize| Index::constant(v as i64);
-    (0..width * height)
-        .step_by(p)
-        .map(|q0| (q0..(q0 + p).min(width * height)).map(|q| (c(q / width), c(q % width), q - q0)).collect())
-        .collect()
+    let starts = shape
+        .groups(width * height)
+        .into_iter()
+        .flat_map(|g| (0..g.count).map(move |i| (g.column + i * g.pixels, g.pixels)));
+    starts.map(|(q0, n)| (q0..q0 + n).map(|q| (c(q / width), c(q % width), q - q0)).collect()).collect()
 }
 
 /// Copies into the panel block at `dst` (floats) the input pixels that output `pixels`
@@ -395,11 +501,12 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
     let tiling = tiling(t, c, lo.cblocks(), li.cpad(), li.cb, wide);
     let shape = if wide {
         let rows = if lo.w * 2 == WIDE_TILE.0 { 2 } else { 1 };
-        TileShape { pixels: WIDE_TILE.0 / rows, rows, flat: false }
+        TileShape { pixels: WIDE_TILE.0 / rows, rows, flat: false, short: 0 }
     } else if t.vregs >= 32 {
-        TileShape { pixels: tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb)), rows: 1, flat: false }
+        let pixels = tile_pixels(t, tiling.j, lo.w, channel_unroll(t, li.cb));
+        TileShape { pixels, rows: 1, flat: false, short: 0 }
     } else {
-        row_tiles(pixel_budget(t, tiling.j, channel_unroll(t, li.cb)), lo.w, lo.h)
+        row_tiles(pixel_budget(t, tiling.j, channel_unroll(t, li.cb)), lo.w, lo.h, reads_panel(t, c, li))
     };
     RegisterTile { tiling, shape }
 }
@@ -420,12 +527,14 @@ fn register_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> RegisterTile 
 /// the time, pack included): each tap of a channel block reads every other pixel of its
 /// lines, and a new plane per channel block.
 pub fn panel_tile(t: Target, c: &Conv, li: &Layout, lo: &Layout) -> Option<TileShape> {
-    if !(t.panels && c.groups == 1 && li.cb == t.lanes && li.halo >= c.pad) {
-        return None;
-    }
-    let rt = register_tile(t, c, li, lo);
+    reads_panel(t, c, li).then(|| register_tile(t, c, li, lo).shape)
+}
+
+/// Whether a conv reads its input from a panel ([`panel_tile`]).
+fn reads_panel(t: Target, c: &Conv, li: &Layout) -> bool {
+    let possible = t.panels && c.groups == 1 && li.cb == t.lanes && li.halo >= c.pad;
     let scattered = if c.kernel == 1 { c.pad == 0 && (c.stride > 1 || li.bytes() > t.l1_bytes) } else { c.stride > 1 };
-    scattered.then_some(rt.shape)
+    possible && scattered
 }
 
 /// Weight bytes of one output-channel tile's reduction chunk (see [`reduction_chunks`]):
@@ -487,7 +596,7 @@ pub fn generate(
     let (li, lo) = (input.layout, out.layout);
     let cb_in = li.cb;
     let RegisterTile { tiling: tl, shape } = register_tile(t, c, &li, &lo);
-    let TileShape { rows, pixels: p_max, flat } = shape;
+    let TileShape { rows, pixels: p_max, flat, .. } = shape;
     let (j, jl, k) = (tl.j, tl.j * lanes, c.kernel);
     let tiles = tl.groups * tl.per_group;
     let packing = ConvPacking {
@@ -681,16 +790,13 @@ pub fn generate(
     // constant), then the rows' zero halo, after the last chunk.
     let emit_rows = |b: &mut Builder, nr: usize, first_row: &Index, chunk: &Index| {
         if flat {
-            for (tix, pixels) in flat_tiles(ow_total, lo.h, p_max).iter().enumerate() {
+            for (tix, pixels) in flat_tiles(ow_total, lo.h, &shape).iter().enumerate() {
                 emit_tile(b, &Index::constant(tix as i64), pixels, chunk);
             }
         } else {
-            let full = ow_total / p_max;
-            b.for_loop(full, |b, tix| emit_tile(b, &tix, &row_tile_pixels(first_row, &tix, p_max, p_max, nr), chunk));
-            if ow_total % p_max > 0 {
-                let tix = Index::constant(full as i64);
-                emit_tile(b, &tix, &row_tile_pixels(first_row, &tix, p_max, ow_total % p_max, nr), chunk);
-            }
+            for_row_tiles(b, &shape, ow_total, |b, tix, column, n| {
+                emit_tile(b, tix, &row_tile_pixels(first_row, column, p_max, n, nr), chunk)
+            });
         }
         let halo = |b: &mut Builder| {
             for r in 0..nr {
@@ -753,7 +859,7 @@ pub fn generate(
 
 #[cfg(test)]
 mod tests {
-    use super::{row_tiles, TileShape};
+    use super::{row_tiles, TileGroup, TileShape};
 
     #[test]
     fn row_tiles_avoid_narrow_tiles() {
@@ -769,8 +875,36 @@ mod tests {
             ((10, 3, 3), (9, 3, true)),
         ];
         for ((budget, w, h), (pixels, rows, flat)) in cases {
-            let want = TileShape { pixels, rows, flat };
-            assert_eq!(row_tiles(budget, w, h), want, "{w}x{h} output, {budget} accumulators");
+            let want = TileShape { pixels, rows, flat, short: 0 };
+            assert_eq!(row_tiles(budget, w, h, false), want, "{w}x{h} output, {budget} accumulators");
+        }
+    }
+
+    /// Convs reading a panel split rows evenly, tiles at most one pixel apart, and cover
+    /// every pixel once.
+    #[test]
+    fn panel_tiles_split_rows_evenly() {
+        // (width, height) -> (pixels, rows, flat, short) with 10 accumulators
+        let cases = [
+            ((56, 56), (10, 1, false, 4)),
+            ((28, 28), (10, 1, false, 2)),
+            ((14, 14), (5, 2, false, 1)),
+            ((7, 7), (10, 7, true, 1)),
+            ((112, 112), (5, 2, false, 3)),
+        ];
+        for ((w, h), (pixels, rows, flat, short)) in cases {
+            let shape = row_tiles(10, w, h, true);
+            assert_eq!(shape, TileShape { pixels, rows, flat, short }, "{w}x{h} output");
+            let row = if flat { w * h } else { w };
+            let groups = shape.groups(row);
+            let mut next = TileGroup { first: 0, count: 0, pixels: 0, column: 0 };
+            for g in &groups {
+                assert_eq!((g.first, g.column), (next.first + next.count, next.column + next.count * next.pixels));
+                assert!(g.pixels == pixels || g.pixels + 1 == pixels, "{g:?}");
+                next = *g;
+            }
+            assert_eq!(next.column + next.count * next.pixels, row, "{w}x{h}: {groups:?}");
+            assert_eq!(next.first + next.count, shape.tiles(w, h));
         }
     }
 }
