@@ -164,10 +164,11 @@ fn batch_orders_match_single_images_bit_for_bit() {
 /// reference, and every image of the batch comes out bit-identical to the image alone.
 #[test]
 fn bands_run_in_parallel_and_match_the_reference() {
-    // 64 wide at 46x38: F(4,3) with 590 KB of weights, bands of two tile rows, the last
-    // band's tiles hanging over the border; a residual into the second conv.
+    // 64 wide at 46x58: F(4,3) with 590 KB of weights, bands of two tile rows (of 15
+    // tiles), the last band's and the last column's tiles hanging over the border; a
+    // residual into the second conv.
     let text =
-        "block = \"basic\"\nlayers = [1]\nwidths = [64]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 46, 38]\n";
+        "block = \"basic\"\nlayers = [1]\nwidths = [64]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 46, 58]\n";
     let s = spec::parse(text, "bands").unwrap();
     let graph = from_spec::build(&s).unwrap();
     let w = weights::seeded(&graph, 21);
@@ -185,7 +186,7 @@ fn bands_run_in_parallel_and_match_the_reference() {
         eprintln!("bands, {threads} threads: rel err {rel:.2e}");
         let per = x.data().len() / batch;
         for i in 0..batch {
-            let xi = resnetc_runtime::tensor::Tensor::new(vec![1, 3, 46, 38], x.data()[i * per..][..per].to_vec());
+            let xi = resnetc_runtime::tensor::Tensor::new(vec![1, 3, 46, 58], x.data()[i * per..][..per].to_vec());
             let yi = m.forward(&xi).unwrap();
             assert_eq!(&y.data()[i * 10..][..10], yi.data(), "image {i} of the batch, {threads} threads");
         }
