@@ -44,7 +44,7 @@ struct Lowerer<'a> {
     /// Each is a variable bumped at the end of the loop iteration that changes it, so
     /// inner loops address memory as `[pointer + constant]` without recomputing indices.
     ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
-    /// The prefetch helper ([`super::PREFETCH_HELPER`]), when the kernel prefetches.
+    /// The prefetch helper ([`super::prefetch_helper`]), when the kernel prefetches.
     prefetch: Option<FuncRef>,
 }
 
