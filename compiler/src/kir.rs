@@ -168,13 +168,15 @@ pub enum Stmt {
     },
     /// A hint that the cache line at `addr` will be read soon. The address may lie past
     /// the argument's memory (it is never dereferenced); no effect on the results, so the
-    /// interpreter skips it, and so do backends without a prefetch instruction.
+    /// interpreter skips it (Cranelift calls a helper, `cranelift::prefetch_helper`, or
+    /// skips it where there is none).
     Prefetch {
         addr: Addr,
     },
 }
 
-/// Floats in a cache line (64 bytes); arguments start at line boundaries.
+/// Floats in a cache line (64 bytes). The packed weights, the only memory the kernels
+/// prefetch, start at line boundaries, each conv's too (`kernels::WeightAlloc`).
 pub const LINE_FLOATS: usize = 16;
 
 /// One kernel shape.
@@ -218,10 +220,13 @@ impl Builder {
         self.stack.last_mut().unwrap().push(s);
     }
     /// Prefetches the cache line at `addr`, unless `addr` provably lies inside a line
-    /// (every variable term and the constant offset known, none of them at a line start):
-    /// a stream's prefetches then come one per line, from the access that starts it. With
-    /// 4-lane vectors four weight vectors share a line, and on the Cranelift backend each
-    /// prefetch is a call.
+    /// (every variable term a multiple of a line, the constant offset not): then the
+    /// prefetch of the same step at that line's start covers it, so a stream's prefetches
+    /// come one per line. With 4-lane vectors four weight vectors share a line, and on
+    /// the Cranelift backend each prefetch is a call. The caller's contract: a stream
+    /// prefetched this way reads whole lines in each step from a line start (the kernels'
+    /// weight streams, contiguous from a line-aligned start); a stream that started
+    /// inside a line would lose its prefetches.
     pub fn prefetch(&mut self, addr: Addr) {
         let line = LINE_FLOATS as i64;
         let inside = addr.index.terms.iter().all(|&(_, c)| c % line == 0) && addr.index.constant % line != 0;

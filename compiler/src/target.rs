@@ -38,7 +38,8 @@ pub struct Target {
     /// (`kernels::conv::reduction_chunks`, measured best with it); the cost model counts
     /// such re-reads only past `l1_bytes`.
     pub l1_tile_weight_bytes: usize,
-    /// Whether the backend has a prefetch instruction (`Stmt::Prefetch` is worth emitting).
+    /// Whether the kernels prefetch streamed weights (`Stmt::Prefetch`): an instruction in
+    /// Rust, a call to a helper on Cranelift's x86-64 (dropped where it has none).
     pub prefetch: bool,
     /// Whether convs with scattered reads (some 1x1 convs, strided k x k convs) first
     /// gather their input into a panel ([`crate::plan::panel_layout`]). In the
@@ -96,13 +97,13 @@ impl Target {
         l2_gbytes: 40,
         l2_bytes: 2 << 20,
         // A quarter over the L2: ResNet-50's 64x56x56 Winograd convs then run in bands of
-        // two tile rows, whose products take blocks of 10, 9 and 9 tiles instead of 7 and
-        // 7 (1.1 MB per band; 0.94x the products' time, 3.22-3.24 against 3.42-3.47 ms,
-        // the transforms the same).
+        // two tile rows, whose products take blocks of 10, 10 and 8 tiles instead of 7
+        // and 7 (1.1 MB per band; 0.94x the products' time, 3.22-3.24 against 3.42-3.47
+        // ms, the transforms the same).
         band_bytes: 5 << 18,
         l1_bytes: 32 << 10,
         l1_tile_weight_bytes: 32 << 10,
-        prefetch: cfg!(target_arch = "x86_64"),
+        prefetch: true,
         panels: true,
         weight_budget: None,
     };

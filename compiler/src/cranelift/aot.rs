@@ -46,13 +46,13 @@ pub fn object(program: &Program, blob: &[f32], prefix: &str, input: [usize; 3], 
     let mut ctx = module.make_context();
 
     // Kernels.
-    let prefetch = super::define_prefetch_helper(&mut module, &format!("{prefix}_prefetch"))?;
+    let prefetch = super::define_prefetch_helper(&mut module, &format!("{prefix}_prefetch"), true)?;
     let mut kernel_ids: Vec<FuncId> = Vec::new();
     for (i, k) in program.kernels.iter().enumerate() {
         let id = module
             .declare_function(&format!("{prefix}_k{i}_{}", k.name), Linkage::Local, &lower::signature(call_conv))
             .map_err(err)?;
-        ctx.func = lower::function(k, module.isa(), feats, UserFuncName::user(0, i as u32), prefetch, &mut fctx);
+        ctx.func = lower::function(k, module.isa(), feats, UserFuncName::user(0, id.as_u32()), prefetch, &mut fctx);
         module.define_function(id, &mut ctx).map_err(|e| anyhow!("kernel {}: {e:?}", k.name))?;
         module.clear_context(&mut ctx);
         kernel_ids.push(id);

@@ -16,10 +16,8 @@ pub fn code(k: &Kernel, index: usize) -> Result<Vec<u8>> {
         k,
         &*isa,
         features(&isa),
-        UserFuncName::user(0, index as u32),
-        // Compiled alone: a prefetch's call shows, its target (function 0 of a module,
-        // `super::define_prefetch_helper`) stays unresolved.
-        Some(0),
+        UserFuncName::user(0, index as u32 + 1),
+        super::VIEW_PREFETCH,
         &mut fctx,
     ));
     let compiled =

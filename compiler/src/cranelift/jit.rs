@@ -35,14 +35,14 @@ pub fn compile(p: &Program) -> Result<Jit> {
     let mut module = JITModule::new(JITBuilder::with_isa(isa, default_libcall_names()));
     let mut ctx = module.make_context();
     let mut fctx = FunctionBuilderContext::new();
-    let prefetch = super::define_prefetch_helper(&mut module, "prefetch")?;
+    let prefetch = super::define_prefetch_helper(&mut module, "prefetch", false)?;
     let mut ids = Vec::with_capacity(p.kernels.len());
     let mut code_bytes = 0;
-    for (i, k) in p.kernels.iter().enumerate() {
+    for k in &p.kernels {
         let id = module
             .declare_function(&k.name, Linkage::Local, &lower::signature(call_conv))
             .map_err(|e| anyhow!("kernel {}: {e}", k.name))?;
-        ctx.func = lower::function(k, module.isa(), feats, UserFuncName::user(0, i as u32), prefetch, &mut fctx);
+        ctx.func = lower::function(k, module.isa(), feats, UserFuncName::user(0, id.as_u32()), prefetch, &mut fctx);
         module.define_function(id, &mut ctx).map_err(|e| anyhow!("kernel {}: Cranelift failed: {e:?}", k.name))?;
         code_bytes += ctx.compiled_code().map_or(0, |c| c.code_buffer().len());
         module.clear_context(&mut ctx);

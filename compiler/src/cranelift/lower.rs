@@ -337,6 +337,17 @@ fn prefetches(body: &[Stmt]) -> bool {
     })
 }
 
+/// The module function a kernel's prefetches call ([`super::prefetch_helper`]).
+#[derive(Clone, Copy, Debug)]
+pub struct PrefetchFn {
+    /// Its index among the module's functions.
+    pub index: u32,
+    /// Whether it lies within a 32-bit displacement of the kernels (one object file): a
+    /// direct call. The JIT's code may come in separate mappings: a call through its
+    /// absolute address.
+    pub near: bool,
+}
+
 /// The signature of the prefetch helper: the address, in the first argument register.
 pub fn prefetch_signature() -> Signature {
     let mut sig = Signature::new(CallConv::PreserveAll);
@@ -344,14 +355,14 @@ pub fn prefetch_signature() -> Signature {
     sig
 }
 
-/// Builds the Cranelift function of kernel `k`; its prefetches call function
-/// `prefetch_fn` of the module (its index), or are dropped without one.
+/// Builds the Cranelift function of kernel `k`; its prefetches call `prefetch_fn`, or
+/// are dropped without one.
 pub fn function(
     k: &Kernel,
     isa: &dyn TargetIsa,
     features: Features,
     name: UserFuncName,
-    prefetch_fn: Option<u32>,
+    prefetch_fn: Option<PrefetchFn>,
     ctx: &mut FunctionBuilderContext,
 ) -> Function {
     let call_conv = isa.default_call_conv();
@@ -369,10 +380,11 @@ pub fn function(
     let regs = (0..k.vregs).map(|_| b.declare_var(types::F32X4)).collect();
     let task = b.declare_var(types::I64);
     b.def_var(task, begin);
-    let prefetch = prefetch_fn.filter(|_| prefetches(&k.body)).map(|index| {
+    let prefetch = prefetch_fn.filter(|_| prefetches(&k.body)).map(|f| {
         let signature = b.import_signature(prefetch_signature());
-        let name = b.func.declare_imported_user_function(UserExternalName { namespace: 0, index });
-        b.import_function(ExtFuncData { name: ExternalName::user(name), signature, colocated: true, patchable: false })
+        let name = b.func.declare_imported_user_function(UserExternalName { namespace: 0, index: f.index });
+        let name = ExternalName::user(name);
+        b.import_function(ExtFuncData { name, signature, colocated: f.near, patchable: false })
     });
     let mut l = Lowerer { b, features, args, vars, regs, bound: vec![false; k.vars], ptrs: HashMap::new(), prefetch };
     // Zero-initialize every variable so that SSA construction never meets an undefined use.

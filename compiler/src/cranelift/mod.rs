@@ -48,15 +48,24 @@ pub fn prefetch_helper() -> Option<&'static [u8]> {
 }
 
 /// Declares and defines the prefetch helper in `module` (as `name`), if this target has
-/// one; the index of its function, which the kernels' calls name.
-pub fn define_prefetch_helper<M: cranelift_module::Module>(module: &mut M, name: &str) -> Result<Option<u32>> {
+/// one, for the kernels' calls (`near`: see [`lower::PrefetchFn`]).
+pub fn define_prefetch_helper<M: cranelift_module::Module>(
+    module: &mut M,
+    name: &str,
+    near: bool,
+) -> Result<Option<lower::PrefetchFn>> {
     let Some(bytes) = prefetch_helper() else { return Ok(None) };
     let id = module
         .declare_function(name, cranelift_module::Linkage::Local, &lower::prefetch_signature())
         .map_err(|e| anyhow!("prefetch helper: {e}"))?;
     module.define_function_bytes(id, 16, bytes, &[]).map_err(|e| anyhow!("prefetch helper: {e}"))?;
-    Ok(Some(id.as_u32()))
+    Ok(Some(lower::PrefetchFn { index: id.as_u32(), near }))
 }
+
+/// The prefetch helper as the views that compile kernels alone (`emit clif`, `emit
+/// asm`) name it: function 0, as in a module, where it is declared first and kernel `i`
+/// is function `i + 1` (its calls show, their target unresolved).
+pub const VIEW_PREFETCH: Option<lower::PrefetchFn> = Some(lower::PrefetchFn { index: 0, near: true });
 
 /// What the ISA's detected features allow.
 pub fn features(isa: &OwnedTargetIsa) -> Features {
@@ -72,7 +81,7 @@ pub fn clif_text(kernels: &[crate::kir::Kernel], only: Option<&str>) -> Result<S
     let mut ctx = FunctionBuilderContext::new();
     let mut out = String::new();
     for (i, k) in kernels.iter().enumerate().filter(|(_, k)| only.is_none_or(|n| k.name == n)) {
-        let f = lower::function(k, &*isa, features(&isa), UserFuncName::user(0, i as u32), Some(0), &mut ctx);
+        let f = lower::function(k, &*isa, features(&isa), UserFuncName::user(0, i as u32 + 1), VIEW_PREFETCH, &mut ctx);
         out.push_str(&format!("; kernel {}\n{}\n", k.name, f.display()));
     }
     Ok(out)

@@ -215,7 +215,8 @@ impl TileShape {
     }
 
     /// The tiles of a row `width` pixels wide (flat: the whole image's pixels), left to
-    /// right: the full ones, the short ones, and a narrower last one if any.
+    /// right: the full ones, the short ones, and a narrower last one if any. `width` is
+    /// the one the shape was chosen for.
     pub fn groups(&self, width: usize) -> Vec<TileGroup> {
         let p = self.pixels;
         let long = width - self.short * (p - 1);
