@@ -327,7 +327,7 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
     if flat {
         return pack_flat_panel(t, c, &li, &geometry, &shape, &out);
     }
-    let (cblocks, s, k) = (li.cblocks(), c.stride as i64, c.kernel);
+    let (cblocks, k) = (li.cblocks(), c.kernel);
     let mut b = Builder::new(1);
     let task = Index::var(0, 1);
     let oh0 = task.scaled(rows as i64);
@@ -354,26 +354,23 @@ pub fn pack_panel(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buf
         b.when(Cond::lt(task.clone(), full_tasks as i64), |b| copy_rows(b, rows));
         b.when(Cond::eq(task.clone(), full_tasks as i64), |b| copy_rows(b, out.h % rows));
     }
-    let r = if rows > 1 { format!("x{rows}r") } else { String::new() };
-    let name = format!(
-        "pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}{r}{}",
-        li.c,
-        li.h,
-        li.w,
-        out.h,
-        out.w,
-        short_suffix(&shape)
-    );
-    b.finish(name, vec!["panel", "in"], lanes, vec![tasks])
+    b.finish(pack_name(c, &li, &out, &shape), vec!["panel", "in"], lanes, vec![tasks])
 }
 
-/// A panel kernel's name for its short tiles (`_short4`: four tiles of one pixel fewer).
-fn short_suffix(shape: &TileShape) -> String {
-    if shape.short > 0 {
-        format!("_short{}", shape.short)
-    } else {
-        String::new()
+/// A pack kernel's name: the conv, then its tiles (`_p5x2r_short1`: 5 pixels in each of
+/// two rows, one tile per row of one pixel fewer; `_p10flat`: flat tiles of 10 pixels).
+fn pack_name(c: &Conv, li: &Layout, out: &Layout, shape: &TileShape) -> String {
+    let (k, s) = (c.kernel, c.stride);
+    let mut name = format!("pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{}", li.c, li.h, li.w, out.h, out.w, shape.pixels);
+    if shape.flat {
+        name += "flat";
+    } else if shape.rows > 1 {
+        name += &format!("x{}r", shape.rows);
     }
+    if shape.short > 0 {
+        name += &format!("_short{}", shape.short);
+    }
+    name
 }
 
 /// Runs `f(b, tile, column, pixels)` for every register tile of a `width`-wide task row:
@@ -401,7 +398,7 @@ fn for_row_tiles(
 /// constant.
 fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, shape: &TileShape, out: &Layout) -> Kernel {
     let p = shape.pixels;
-    let (lanes, s, k) = (t.lanes, c.stride as i64, c.kernel);
+    let (lanes, k) = (t.lanes, c.kernel);
     let mut b = Builder::new(1);
     let cbk = Index::var(0, 1);
     let v = b.vreg();
@@ -415,16 +412,7 @@ fn pack_flat_panel(t: Target, c: &Conv, li: &Layout, geometry: &Panel, shape: &T
             }
         });
     });
-    let name = format!(
-        "pack_panel{k}x{k}s{s}_{}x{}x{}_to{}x{}_p{p}flat{}",
-        li.c,
-        li.h,
-        li.w,
-        out.h,
-        out.w,
-        short_suffix(shape)
-    );
-    b.finish(name, vec!["panel", "in"], lanes, vec![li.cblocks()])
+    b.finish(pack_name(c, li, out, shape), vec!["panel", "in"], lanes, vec![li.cblocks()])
 }
 
 /// The shape of a conv's panel: tiles per task row, kernel size and input channel
