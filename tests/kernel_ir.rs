@@ -203,6 +203,46 @@ fn row_winograd_matches_reference() {
     }
 }
 
+/// Winograd with raw weights (`Winograd::raw`: the products transform the raw filters,
+/// pipelined through a scratch in two shares), forced along rows (m = 2, 3, 4) and on
+/// square tiles (m = 2, 3, 4) on every stride-1 3x3 conv where the products allow it
+/// (`kernels::winograd_raw_fits`) of a basic-block network: 48 -> 64 channels (three
+/// channel blocks of 16: square tiles without halves; in halves with 4 lanes), 64 -> 64
+/// (halves), a 9x10 output (tiles hang over) and a 5x5 one after a stride-2 stage, a
+/// residual and ReLU; for AVX-512 and for 4 lanes (with 32 registers), against the
+/// reference. The interpreter runs each pipelined call's shares last first.
+#[test]
+fn raw_winograd_matches_reference() {
+    let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [64, 64]\nstem = \"cifar\"\nstem_width = 48\nnum_classes = 5\ninput = [3, 9, 10]\n";
+    let spec = resnetc::spec::parse(text, "raw_winograd").unwrap();
+    let graph = from_spec::build(&spec).unwrap();
+    let four_lanes = Target { raw_winograd: true, vregs: 32, ..Target::CRANELIFT_X64 };
+    for w in [2, 3, 4].into_iter().flat_map(|m| [Winograd::row(m), Winograd::square(m)]) {
+        let w = w.with_raw_weights();
+        for target in [Target::AVX512, four_lanes] {
+            let mut fused = passes::fuse(&graph).0;
+            let mut forced = 0;
+            for n in fused.schedule() {
+                let shape = fused.node(n).shape;
+                if let Op::Conv(c) = &mut fused.g[n].op {
+                    if c.kernel == 3 && c.stride == 1 && c.cin >= 16 && kernels::winograd_raw_fits(target, c, w, shape)
+                    {
+                        c.winograd = Some(w);
+                        forced += 1;
+                    }
+                }
+            }
+            assert_eq!(forced, 5, "{w} on {}: the stride-1 3x3 convs past the stem", target.name);
+            let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
+            let pipelined = prog.calls.iter().filter(|c| c.order == kernels::Order::Pipelined).count();
+            assert_eq!(pipelined, forced, "{w} on {}: one pipelined products call per conv", target.name);
+            assert!(prog.kernels.iter().any(|k| k.name.contains("raw_gemm")), "{w}: raw products");
+            let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
+            eprintln!("{w} {} rel err {rel:.2e}", target.name);
+        }
+    }
+}
+
 /// Winograd convs in bands of tile rows (`plan::winograd_band_rows`), forced by small
 /// band budgets: F(2,3), F(3,3) and F(4,3) on every stride-1 3x3 conv of a 24/40-wide
 /// network on a 19x21 input (tiles hang over the bottom and right borders, so the last

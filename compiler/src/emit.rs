@@ -6,9 +6,10 @@ use crate::plan::{Plan, Step, StepOp};
 use serde_json::{json, Value};
 use std::fmt::Write;
 
-/// The operator of a step as printed (`conv3x3/2`, `maxpool3x3/2`, ...).
+/// The operator of a step as printed (`conv3x3/2`, `maxpool3x3/2`, ...); a Winograd conv
+/// whose products transform raw weights (`Winograd::raw`) ends in `raw`.
 pub fn op_name(step: &Step) -> String {
-    match &step.op {
+    let name = match &step.op {
         StepOp::PackInput => "pack_input".into(),
         StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
         StepOp::Conv(Conv { winograd: Some(w), .. }) if w.row => format!("conv3x3/1 F(1x{},3)", w.m),
@@ -23,6 +24,10 @@ pub fn op_name(step: &Step) -> String {
         StepOp::GlobalAvgPool => "global_avg_pool".into(),
         StepOp::Linear { .. } => "linear".into(),
         StepOp::UnpackOutput => "unpack_output".into(),
+    };
+    match &step.op {
+        StepOp::Conv(Conv { winograd: Some(w), .. }) if w.raw => name + "raw",
+        _ => name,
     }
 }
 

@@ -185,8 +185,24 @@ pub struct ChooseAlgorithm {
 /// Bytes of a conv's weights, direct (`None`) or Winograd, without the padding to whole
 /// vectors.
 fn weight_bytes(c: &Conv, w: Option<Winograd>) -> usize {
-    4 * w.map_or(c.weight_count(), |w| w.weight_positions() * w.taps() * c.cin * c.cout)
+    4 * w.map_or(c.weight_count(), |w| w.stored_weights() * c.cin * c.cout)
 }
+
+/// The share of a model's estimated conv time that raw weights (`Winograd::raw`: 9
+/// floats per channel pair instead of 15 at F(1x3), 16 at F(2,3), 25 at F(3,3)) may add
+/// by default, taken where they cost the least time per byte saved: memory for a little
+/// time, which a weight budget (`Target::weight_budget`) trades further. On ResNet-50
+/// (Rust, Zen 5) this takes its two 7x7x512 convs at F(1x3) (1.00x the products' time,
+/// per-call minima) and two of its five 14x14x256 convs at F(3,3) (1.20x).
+const RAW_TIME_SHARE: f64 = 0.01;
+
+/// How fast the products with raw weights over square tiles store the transformed
+/// weights to their scratch, GB/s: each channel's `n^2` positions go to as many planes,
+/// which cost more than their arithmetic (ResNet-50's 14x14x256 convs at F(3,3) on the
+/// Zen 5: 1.20x the stored weights' products' time, 1.08x with the stores all to one
+/// line). Along rows, 5 planes per channel, they measured free (ResNet-50's 7x7x512 at
+/// F(1x3): 1.00x), and are not counted.
+const RAW_SQUARE_STORE_GBYTES: f64 = 160.0;
 
 /// Estimated seconds of one image's conv, direct (`None`) or Winograd.
 pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>) -> f64 {
@@ -238,11 +254,23 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
                 (pt.j, tiles.div_ceil(pt.tiles))
             };
             let jl = cout.min((j * t.lanes) as f64);
-            let bytes = weight_bytes(c, Some(w)) as f64;
+            // The transformed weights: stored, or with raw weights made by the products.
+            let u_bytes = weight_bytes(c, Some(Winograd { raw: false, ..w })) as f64;
             let blocks = blocks as f64;
-            let rereads = l2(bytes, 4.0 * taps * cin * jl, blocks - 1.0);
+            let rereads = l2(u_bytes, 4.0 * taps * cin * jl, blocks - 1.0);
             let rereads = if w.row && t.vregs >= 32 { ROW_REREAD_SHARE * rereads } else { rereads };
-            let products = compute(nn * tiles as f64 * taps * cin * cout).max(memory(bytes)) + rereads;
+            let macs = nn * tiles as f64 * taps * cin * cout;
+            let products = if w.raw {
+                // The transform's arithmetic on top of the FMAs (each operation counted as
+                // a multiply-add), under which the raw weights stream; the transformed
+                // ones go through the scratch in L2, uncounted.
+                let ops = crate::kernels::winograd_raw_transform_ops(w) as f64;
+                let raw = weight_bytes(c, Some(w)) as f64;
+                let stores = if w.row { 0.0 } else { u_bytes / (RAW_SQUARE_STORE_GBYTES * 1e9) };
+                compute(macs + ops * cin * cout).max(memory(raw)) + stores + rereads
+            } else {
+                compute(macs).max(memory(u_bytes)) + rereads
+            };
             let scratch = 4.0 * nn * (v_tiles as f64 * cin + tiles as f64 * cout);
             products + scratch / (t.transform_gbytes as f64 * 1e9)
         }
@@ -266,9 +294,12 @@ fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<Winograd>, f64)> {
     };
     if eligible {
         for w in candidates {
-            let cost = conv_seconds(t, c, out, Some(w));
-            if cost < WINOGRAD_MARGIN * direct {
-                options.push((Some(w), cost));
+            let raw = crate::kernels::winograd_raw_fits(t, c, w, out).then(|| w.with_raw_weights());
+            for w in std::iter::once(w).chain(raw) {
+                let cost = conv_seconds(t, c, out, Some(w));
+                if cost < WINOGRAD_MARGIN * direct {
+                    options.push((Some(w), cost));
+                }
             }
         }
     }
@@ -313,12 +344,14 @@ impl Pass for ChooseAlgorithm {
         // An escape hatch for measurements and bit-level comparisons with direct convolution.
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
         let units = |w: Option<Winograd>| w.map_or(0, error_units);
+        let is_raw = |w: Option<Winograd>| w.is_some_and(|w| w.raw);
         let mut convs: Vec<Choice> = vec![];
         for n in graph.schedule() {
             let Op::Conv(c) = &graph.node(n).op else { continue };
             let options = if disabled { vec![(None, 0.0)] } else { algorithms(self.target, c, graph.node(n).shape) };
+            // Speed picks among stored weights; raw ones come after (see below).
             let start = (0..options.len())
-                .filter(|&i| units(options[i].0) == 0)
+                .filter(|&i| units(options[i].0) == 0 && !is_raw(options[i].0))
                 .min_by(|&a, &b| options[a].1.total_cmp(&options[b].1))
                 .expect("direct convolution is always an option");
             convs.push((n, options, start));
@@ -326,6 +359,9 @@ impl Pass for ChooseAlgorithm {
         let mut error_budget = 2 * MAX_F4_LAYERS;
         // Upgrades score minus the seconds they save per error unit.
         while let Some((k, i)) = best_move(&convs, |_, (m0, t0), (m, t)| {
+            if is_raw(m) {
+                return None;
+            }
             let extra = units(m).checked_sub(units(m0)).filter(|&e| e > 0 && e <= error_budget)?;
             (t < t0).then(|| -(t0 - t) / extra as f64)
         }) {
@@ -333,14 +369,26 @@ impl Pass for ChooseAlgorithm {
             error_budget -= units(options[i].0) - units(options[*at].0);
             *at = i;
         }
+        // Raw weights, for at most [`RAW_TIME_SHARE`] more estimated time, where they
+        // cost the least per byte saved (those estimated faster first).
+        let bytes = |n: NodeIndex, w: Option<Winograd>| match &graph.node(n).op {
+            Op::Conv(c) => weight_bytes(c, w),
+            _ => 0,
+        };
+        let mut allowance = RAW_TIME_SHARE * convs.iter().map(|(_, o, at)| o[*at].1).sum::<f64>();
+        while let Some((k, i)) = best_move(&convs, |n, (m0, t0), (m, t)| {
+            let twin = m0.filter(|w| !w.raw).map(Winograd::with_raw_weights);
+            (m.is_some() && m == twin && t - t0 <= allowance)
+                .then(|| (t - t0).max(0.0) / bytes(n, m0).saturating_sub(bytes(n, m)).max(1) as f64)
+        }) {
+            let (_, options, at) = &mut convs[k];
+            allowance -= (options[i].1 - options[*at].1).max(0.0);
+            *at = i;
+        }
         // A weight budget: give back the Winograd choices that cost the least time per
         // byte saved until the weights fit (or every conv is direct). Sizes are estimated
         // without the padding to whole vectors; the classifier's weights count as they are.
         if let Some(budget) = self.target.weight_budget {
-            let bytes = |n: NodeIndex, w: Option<Winograd>| match &graph.node(n).op {
-                Op::Conv(c) => weight_bytes(c, w),
-                _ => 0,
-            };
             let fixed: usize = graph
                 .g
                 .node_weights()
@@ -368,9 +416,23 @@ impl Pass for ChooseAlgorithm {
             }
         }
         let mut count = 0;
+        let xalg = std::env::var("RESNETC_XALG").unwrap_or_default();
         for (n, options, at) in convs {
+            let name = graph.g[n].name.clone();
             let Op::Conv(c) = &mut graph.g[n].op else { unreachable!("collected as a conv") };
             c.winograd = options[at].0;
+            for item in xalg.split(',').filter(|s| !s.is_empty()) {
+                let (pre, a) = item.split_once('=').unwrap();
+                if name.starts_with(pre) && c.kernel == 3 {
+                    c.winograd = match a {
+                        "d" => None,
+                        "s2" => Some(Winograd::strided()),
+                        a if a.starts_with('r') => Some(Winograd::row(a[1..].parse().unwrap())),
+                        a if a.starts_with('R') => Some(Winograd::row(a[1..].parse().unwrap()).with_raw_weights()),
+                        a => Some(Winograd::square(a.parse().unwrap())),
+                    };
+                }
+            }
             count += c.winograd.is_some() as usize;
         }
         count
@@ -469,8 +531,9 @@ mod tests {
     }
 
     /// A weight budget bounds the packed weights (conv weights estimated unpadded, plus
-    /// the classifier's): ResNet-50 fits 118 MB by giving back some Winograd convs (not
-    /// all), and a budget below its direct weights leaves only direct convolution.
+    /// the classifier's): ResNet-50 fits 110 MiB by giving back some Winograd convs (not
+    /// all), and a budget below its direct weights leaves every conv at the direct
+    /// weights' bytes.
     #[test]
     fn weight_budget_bounds_the_conv_weights() {
         let (fused, _) = fuse(&crate::from_spec::build(&preset("resnet50").unwrap()).unwrap());
@@ -480,22 +543,56 @@ mod tests {
             g.schedule()
                 .into_iter()
                 .filter_map(|n| match &g.node(n).op {
-                    Op::Conv(c) => Some((c.winograd, weight_bytes(c, c.winograd))),
+                    Op::Conv(c) => Some((c.winograd, weight_bytes(c, c.winograd), weight_bytes(c, None))),
                     _ => None,
                 })
                 .collect::<Vec<_>>()
         };
+        type Chosen = [(Option<Winograd>, usize, usize)];
         let classifier = 4 * 2048 * 1000;
-        let total = |v: &[(Option<Winograd>, usize)]| classifier + v.iter().map(|x| x.1).sum::<usize>();
-        let winograd = |v: &[(Option<Winograd>, usize)]| v.iter().filter(|x| x.0.is_some()).count();
+        let total = |v: &Chosen| classifier + v.iter().map(|x| x.1).sum::<usize>();
+        let winograd = |v: &Chosen| v.iter().filter(|x| x.0.is_some()).count();
         let free = choose(None);
-        let budget = 118 << 20;
+        let budget = 110 << 20;
         assert!(total(&free) > budget, "the test needs a budget that binds");
         let bound = choose(Some(budget));
         assert!(total(&bound) <= budget, "{} bytes", total(&bound));
         assert!(winograd(&bound) > 0 && winograd(&bound) <= winograd(&free));
+        // Below the direct weights every conv holds as few bytes as direct convolution:
+        // direct, or Winograd with raw weights.
         let none = choose(Some(1));
-        assert_eq!(winograd(&none), 0);
+        assert!(none.iter().all(|x| x.1 == x.2 && x.0.is_none_or(|w| w.raw)), "{none:?}");
+    }
+
+    /// Raw weights add at most `RAW_TIME_SHARE` of a model's estimated conv time, in
+    /// every preset, and only on targets that have them; ResNet-50 takes them for its
+    /// 7x7x512 convs at F(1x3) (estimated the cheapest per byte) and some 14x14x256 ones.
+    #[test]
+    fn raw_weights_take_their_time_share() {
+        for name in ["resnet18", "resnet34", "resnet50", "resnet101", "resnet152"] {
+            let (fused, _) = fuse(&crate::from_spec::build(&preset(name).unwrap()).unwrap());
+            for target in [Target::AVX512, Target::CRANELIFT_X64] {
+                let mut g = fused.clone();
+                ChooseAlgorithm { target }.run(&mut g);
+                let (mut total, mut extra, mut raw) = (0.0, 0.0, vec![]);
+                for n in g.schedule() {
+                    let Op::Conv(c) = &g.node(n).op else { continue };
+                    let shape = g.node(n).shape;
+                    let t = conv_seconds(target, c, shape, c.winograd);
+                    total += t;
+                    if let Some(w) = c.winograd.filter(|w| w.raw) {
+                        extra += t - conv_seconds(target, c, shape, Some(Winograd { raw: false, ..w }));
+                        raw.push((shape.h, w));
+                    }
+                }
+                assert!(extra <= RAW_TIME_SHARE * total, "{name} {}: {extra} of {total} s", target.name);
+                assert!(target.raw_winograd || raw.is_empty(), "{name} {}: {raw:?}", target.name);
+                if name == "resnet50" && target.raw_winograd {
+                    assert_eq!(raw.iter().filter(|(h, w)| *h == 7 && w.row && w.m == 3).count(), 2, "{raw:?}");
+                    assert!(raw.iter().any(|(h, w)| *h == 14 && !w.row), "{raw:?}");
+                }
+            }
+        }
     }
 
     #[test]
@@ -518,7 +615,9 @@ mod tests {
         // registers use them; at 7x7x512 the 4x larger transformed weights (37.7 MB per
         // conv) cost more than the multiplies saved, F(2,3)'s 16.8 MB less, and F(1x3)
         // along rows streams 15.7 MB with all 21 tiles in registers.
+        // (The weights may be stored raw: `raw_weights_take_their_time_share`.)
         for (h, w) in chosen(Target::AVX512) {
+            let w = w.map(|w| Winograd { raw: false, ..w });
             let want = match h {
                 28.. => Winograd::square(4),
                 14 => Winograd::square(3),

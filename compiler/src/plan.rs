@@ -206,6 +206,14 @@ pub fn winograd_layouts(t: Target, c: &Conv, w: Winograd, out: Shape) -> (Layout
     (l(c.cin, v_tiles), l(c.cout, m_tiles))
 }
 
+/// The third scratch buffer of a Winograd conv with raw weights (`Winograd::raw`): the
+/// weights its products transform, two blocks per thread (`kernels::winograd`'s
+/// `raw_scratch_floats`). Only its size matters to the planner.
+pub fn winograd_raw_layout(t: Target, c: &Conv, w: Winograd) -> Layout {
+    let floats = crate::kernels::winograd_raw_scratch_floats(w, c.cin, t.lanes);
+    Layout { c: t.lanes, cb: t.lanes, h: floats.div_ceil(t.lanes), w: 1, halo: 0 }
+}
+
 /// Tiles of `M` and of `V` in one slot of a Winograd conv's scratch buffers: those of its
 /// whole output ([`winograd_tiles`]), or in bands those of one full band.
 pub fn winograd_slot_tiles(t: Target, c: &Conv, w: Winograd, out: Shape) -> (usize, usize) {
@@ -317,6 +325,9 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
             let (v, mm) = winograd_layouts(target, c, *w, node.shape);
             scratch.push(add_buffer(&format!("{}.wino_v", node.name), v));
             scratch.push(add_buffer(&format!("{}.wino_m", node.name), mm));
+            if w.raw {
+                scratch.push(add_buffer(&format!("{}.wino_u", node.name), winograd_raw_layout(target, c, *w)));
+            }
         } else if let Op::Conv(c) = &node.op {
             if let Some(panel) = panel_layout(target, c, &input_layout.expect("a conv has an input"), &layout) {
                 scratch.push(add_buffer(&format!("{}.panel", node.name), panel));

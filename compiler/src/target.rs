@@ -47,10 +47,15 @@ pub struct Target {
     /// channel block, a new page each time, which the hardware prefetchers do not follow;
     /// a short register tile (128-bit vectors) then waits on L2.
     pub panels: bool,
+    /// Whether Winograd convs along rows may store raw weights and transform them in their
+    /// matrix products (`Winograd::raw`): where the products have the registers for the
+    /// transform beside their tile and the FMA rate to hide it under the weight stream.
+    pub raw_winograd: bool,
     /// Most bytes of weights the cost model may choose (Winograd weights are up to 4x
     /// larger than direct ones; estimated without the padding to whole vectors): a
     /// memory-for-speed trade a user asks for (`--max-weight-mb`); `None` chooses for
-    /// speed alone. Below the direct weights, every conv is direct.
+    /// speed alone. Below the direct weights, every conv holds the direct weights' bytes
+    /// (direct, or Winograd with raw weights).
     pub weight_budget: Option<usize>,
 }
 
@@ -105,6 +110,7 @@ impl Target {
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
         panels: true,
+        raw_winograd: false,
         weight_budget: None,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them. Calibrated on the AMD
@@ -132,6 +138,7 @@ impl Target {
         l1_tile_weight_bytes: 32 << 10,
         prefetch: true,
         panels: false,
+        raw_winograd: true,
         weight_budget: None,
     };
 }

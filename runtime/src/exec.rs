@@ -61,6 +61,15 @@ pub enum Order {
     BandStart = 4,
     /// Any other call of a band.
     Band = 5,
+    /// A call whose tasks carry state from one to the next on a thread (a pipeline: the
+    /// Winograd products that transform raw weights, `Winograd::raw`, each output block's
+    /// products transforming the next block's weights into a scratch slot). Its task
+    /// space is [`BAND_SLOTS`] shares (its first task dimension), each with its own
+    /// scratch, each run front to back by one thread in one kernel call (which restarts
+    /// its pipeline at the share's first task, and at the first task of the call): split
+    /// across a pool, participant `i < BAND_SLOTS` runs share `i`, with no stealing. A
+    /// batch runs it image by image, like a depth-first call.
+    Pipelined = 6,
 }
 
 /// Scratch slots of a band group: how many of its bands may run at once.
@@ -78,7 +87,7 @@ pub fn band_slot(b: usize, bands: usize) -> usize {
 impl Order {
     /// The descriptor encoding of AOT objects (`runner::CallDesc::order`).
     pub fn from_code(code: u64) -> Option<Order> {
-        [Order::TaskMajor, Order::DepthFirst, Order::BandGroup, Order::BandStart, Order::Band]
+        [Order::TaskMajor, Order::DepthFirst, Order::BandGroup, Order::BandStart, Order::Band, Order::Pipelined]
             .into_iter()
             .find(|o| *o as u64 == code)
     }
@@ -277,6 +286,16 @@ impl Team<'_> {
             Team::Alone(_) => {}
         }
     }
+
+    /// Runs `f(begin, end)` over `shares` equal shares of `0..tasks`, each whole in one
+    /// call: share `i` on participant `i` of a pool, all of them in one call when alone.
+    fn shares(self, tasks: usize, shares: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        match self {
+            Team::Pool(pool) => pool.shares(tasks, shares, f),
+            Team::Alone(_) if tasks > 0 => f(0, tasks),
+            Team::Alone(_) => {}
+        }
+    }
 }
 
 /// Runs `calls` on images `first .. first + count`, each call's tasks run by `team`;
@@ -447,6 +466,18 @@ unsafe fn run_call(
 ) {
     // SAFETY: forwarded from the caller.
     let args = |image: usize| unsafe { pointers(call, frame, sizes, image, slot) };
+    if call.order == Order::Pipelined {
+        // One image per call, whole shares (`Order::Pipelined`): `run_images` never runs a
+        // pipelined call task-major, so `count` is 1.
+        for image in first..first + count {
+            team.shares(call.tasks, BAND_SLOTS, &|begin, end| {
+                // SAFETY: the caller guarantees the kernel's validity; each share has its
+                // own scratch, and runs on one thread.
+                unsafe { (call.f)(args(image).as_ptr(), begin as i64, end as i64) };
+            });
+        }
+        return;
+    }
     let f = &|begin: usize, end: usize| {
         if call.order == Order::TaskMajor && count > 1 {
             for t in begin..end {
@@ -478,11 +509,13 @@ mod tests {
     /// Every order survives the AOT descriptor's encoding.
     #[test]
     fn orders_round_trip_through_their_codes() {
-        for o in [Order::TaskMajor, Order::DepthFirst, Order::BandGroup, Order::BandStart, Order::Band] {
+        for o in
+            [Order::TaskMajor, Order::DepthFirst, Order::BandGroup, Order::BandStart, Order::Band, Order::Pipelined]
+        {
             assert_eq!(Order::from_code(o as u64), Some(o));
         }
         assert_eq!(Order::from_code(0), None);
-        assert_eq!(Order::from_code(6), None);
+        assert_eq!(Order::from_code(7), None);
     }
 
     static SEQ: AtomicU64 = AtomicU64::new(1);
@@ -508,7 +541,7 @@ mod tests {
     }
 
     /// One log per test, as tests run at once.
-    static LOGS: [Log; 2] = [Log::new(Vec::new()), Log::new(Vec::new())];
+    static LOGS: [Log; 3] = [Log::new(Vec::new()), Log::new(Vec::new()), Log::new(Vec::new())];
 
     /// Runs `calls` on `n` images at `threads` threads, each image's input its index;
     /// takes the log `l` (cleared first) and the calls' timings.
@@ -624,6 +657,49 @@ mod tests {
                     }
                 }
                 assert!(timings.iter().all(|&t| t > 0.0), "every call timed: {timings:?}");
+            }
+        }
+    }
+
+    /// Pipelined calls (`Order::Pipelined`) run whole shares in one kernel call each: on
+    /// 1-3 threads with 1-5 images, every call of every image covers shares whole, all
+    /// tasks once; split across a pool (images left over), each share on its own thread.
+    #[test]
+    fn pipelined_calls_run_whole_shares() {
+        const TASKS: usize = 8;
+        static RANGES: std::sync::Mutex<Vec<(usize, usize, usize, std::thread::ThreadId)>> =
+            std::sync::Mutex::new(Vec::new());
+        unsafe extern "C" fn log_range(args: *const *mut f32, begin: i64, end: i64) {
+            let image = unsafe { **args } as usize;
+            let entry = (image, begin as usize, end as usize, std::thread::current().id());
+            RANGES.lock().unwrap_or_else(|e| e.into_inner()).push(entry);
+        }
+        let calls = vec![
+            Call { f: log_tasks::<0, 2>, args: vec![Arg::Input], tasks: 2, order: Order::DepthFirst },
+            Call { f: log_range, args: vec![Arg::Input], tasks: TASKS, order: Order::Pipelined },
+        ];
+        let per = TASKS / BAND_SLOTS;
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            for n in 1..=5 {
+                RANGES.lock().unwrap().clear();
+                run_logged(&calls, 2, n, &pool);
+                let ranges = std::mem::take(&mut *RANGES.lock().unwrap());
+                let share = if threads > 1 { n / threads } else { 0 };
+                for image in 0..n {
+                    let mine: Vec<_> = ranges.iter().filter(|r| r.0 == image).collect();
+                    let mut covered = vec![0; TASKS];
+                    for r in &mine {
+                        assert!(r.1 % per == 0 && r.2 % per == 0 && r.1 < r.2, "a partial share: {r:?}");
+                        (r.1..r.2).for_each(|t| covered[t] += 1);
+                    }
+                    assert!(covered.iter().all(|&c| c == 1), "image {image}: {mine:?}");
+                    let split = threads > 1 && image >= share * threads;
+                    if split {
+                        assert_eq!(mine.len(), BAND_SLOTS, "one call per share: {mine:?}");
+                        assert_ne!(mine[0].3, mine[1].3, "shares on distinct threads: {mine:?}");
+                    }
+                }
             }
         }
     }

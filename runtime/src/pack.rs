@@ -69,7 +69,10 @@ pub struct LinearPacking {
 /// with equal weights sharing one (`Transform::weight_slots`), or the `n` positions along
 /// a row with `row`, `ktile` over tiles of `jl` output channels, `ic` over
 /// the padded input channels, `tap` over the kernel's 3 rows with `row`, else one), bias
-/// `[ktiles * jl]`.
+/// `[ktiles * jl]`. With `raw` the folded 3x3 filters instead, `[ktile][r][ic][k][jl]`
+/// along rows (a kernel row of every input channel together: the products transform one
+/// kernel row per pass) and `[ktile][ic][r][k][jl]` for square tiles (kernel rows `r`,
+/// columns `k`; [`WinogradPacking::raw_index`]).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct WinogradPacking {
     pub weight: Name,
@@ -82,6 +85,8 @@ pub struct WinogradPacking {
     pub row: bool,
     /// The conv's stride (2: F(2 x 2, 3 x 3) with stride 2).
     pub stride: usize,
+    /// The raw filters are stored, for products that transform them (`Winograd::raw`).
+    pub raw: bool,
     pub jl: usize,
     pub ktiles: usize,
     /// Input channels including padding.
@@ -93,12 +98,19 @@ pub struct WinogradPacking {
 impl WinogradPacking {
     /// The Winograd algorithm packed for.
     pub fn algorithm(&self) -> crate::winograd::Winograd {
-        crate::winograd::Winograd { m: self.m, row: self.row, stride: self.stride }
+        crate::winograd::Winograd { m: self.m, row: self.row, stride: self.stride, raw: self.raw }
     }
 
     pub fn weight_floats(&self) -> usize {
-        let w = self.algorithm();
-        w.weight_positions() * w.taps() * self.ktiles * self.cin_pad * self.jl
+        self.algorithm().stored_weights() * self.ktiles * self.cin_pad * self.jl
+    }
+
+    /// With `raw`, the float index of lane 0 of tap `(r, k)` of input channel `ic` in
+    /// output tile `ktile`, from the weights' start.
+    pub fn raw_index(&self, ktile: usize, ic: usize, r: usize, k: usize) -> usize {
+        let c = self.cin_pad;
+        let i = if self.row { ((ktile * 3 + r) * c + ic) * 3 + k } else { ((ktile * c + ic) * 3 + r) * 3 + k };
+        i * self.jl
     }
 }
 
@@ -157,7 +169,8 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
     Ok(())
 }
 
-/// Transforms one 3x3 conv's folded weights into the Winograd domain, into `blob`.
+/// Transforms one 3x3 conv's folded weights into the Winograd domain (or with `raw` lays
+/// them out for products that transform them), into `blob`.
 pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
     let tr = p.algorithm().transform().with_context(|| format!("{}: no Winograd {}", p.weight, p.algorithm()))?;
@@ -172,6 +185,12 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
         let (kt, lane) = (oc / p.jl, oc % p.jl);
         for ic in 0..p.cin {
             let g = &w[(oc * p.cin + ic) * 9..][..9];
+            if p.raw {
+                for (tap, &v) in g.iter().enumerate() {
+                    out[p.raw_index(kt, ic, tap / 3, tap % 3) + lane] = v;
+                }
+                continue;
+            }
             // `[xi][tap]`: `G g G^T`, or `G g_r` for each kernel row `r` along rows.
             let u = if p.row { tr.filter_rows(g) } else { tr.filter(g) };
             for xi in 0..positions {
@@ -255,4 +274,70 @@ pub fn build_blob_consuming(recipes: &[Recipe], floats: usize, mut tensors: Tens
         }
     }
     Ok(blob)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::winograd::Winograd;
+    use crate::Tensor;
+
+    /// Raw weights (`WinogradPacking::raw`) are the folded filters at `raw_index`, from
+    /// which the transform gives back what the stored packing holds: along rows and for
+    /// square tiles, with padded channels (20 of 32 inputs, 24 of 32 outputs).
+    #[test]
+    fn raw_weights_transform_to_the_stored_ones() {
+        let (cout, cin, jl) = (24, 20, 16);
+        let data = (0..cout * cin * 9).map(|i| ((i * 37 % 101) as f32 - 50.0) / 64.0).collect();
+        let tensors: Tensors = [("c.weight".to_string(), Tensor::new(vec![cout, cin, 3, 3], data))].into();
+        for w in [Winograd::row(3), Winograd::row(2), Winograd::square(3), Winograd::square(4)] {
+            let recipe = |raw: bool| WinogradPacking {
+                weight: "c".into(),
+                bn: None,
+                cout,
+                cin,
+                m: w.m,
+                row: w.row,
+                stride: 1,
+                raw,
+                jl,
+                ktiles: 2,
+                cin_pad: 32,
+                offset: 0,
+                bias_offset: 0,
+            };
+            let (raw, stored) = (recipe(true), recipe(false));
+            assert_eq!(raw.weight_floats(), 9 * 2 * 32 * jl);
+            let mut rb = vec![0.0; raw.weight_floats() + 2 * jl];
+            pack_winograd(&WinogradPacking { bias_offset: raw.weight_floats(), ..raw.clone() }, &tensors, &mut rb)
+                .unwrap();
+            let mut sb = vec![0.0; stored.weight_floats() + 2 * jl];
+            pack_winograd(
+                &WinogradPacking { bias_offset: stored.weight_floats(), ..stored.clone() },
+                &tensors,
+                &mut sb,
+            )
+            .unwrap();
+            let tr = w.transform().unwrap();
+            let (positions, taps) = (w.positions(), w.taps());
+            for oc in 0..32 {
+                let (kt, lane) = (oc / jl, oc % jl);
+                for ic in 0..32 {
+                    let g: Vec<f32> = (0..9).map(|q| rb[raw.raw_index(kt, ic, q / 3, q % 3) + lane]).collect();
+                    if oc >= cout || ic >= cin {
+                        assert!(g.iter().all(|&v| v == 0.0), "padding ({oc}, {ic}) is zero");
+                        continue;
+                    }
+                    assert_eq!(g[4], tensors["c.weight"].data()[(oc * cin + ic) * 9 + 4]);
+                    let u = if w.row { tr.filter_rows(&g) } else { tr.filter(&g) };
+                    for xi in 0..positions {
+                        for tap in 0..taps {
+                            let at = (((xi * 2 + kt) * 32 + ic) * taps + tap) * jl + lane;
+                            assert_eq!(sb[at], u[xi * taps + tap] as f32, "{w} ({oc}, {ic}) position {xi} tap {tap}");
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

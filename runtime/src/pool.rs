@@ -203,6 +203,26 @@ impl Pool {
             }
         });
     }
+
+    /// Runs `f(begin, end)` once for each of `shares` equal shares of `0..tasks` (which
+    /// `shares` divides): share `i` on participant `i`, with no stealing, for kernels that
+    /// carry state from task to task within a share (`exec::Order::Pipelined`). With
+    /// fewer participants than shares, the caller runs them all in one call.
+    pub fn shares(&self, tasks: usize, shares: usize, f: &(dyn Fn(usize, usize) + Sync)) {
+        assert!(shares > 0 && tasks % shares == 0, "{tasks} tasks in {shares} shares");
+        if tasks == 0 {
+            return;
+        }
+        if self.threads() < shares {
+            return f(0, tasks);
+        }
+        let per = tasks / shares;
+        self.run(&|i| {
+            if i < shares {
+                f(i * per, (i + 1) * per);
+            }
+        });
+    }
 }
 
 /// Chunks a participant takes its own share in: small enough that another can take over
@@ -375,6 +395,33 @@ mod tests {
                 });
             }
             assert!(hits.iter().all(|h| h.load(Ordering::Relaxed) == 50), "tasks {tasks}");
+        }
+    }
+
+    /// `shares` runs each share whole, once, and (with the participants) each on its
+    /// own participant; with fewer participants than shares, all in one call.
+    #[test]
+    fn shares_run_whole_and_once() {
+        for threads in [1, 2, 3] {
+            let pool = Pool::new(threads);
+            for (tasks, shares) in [(0, 2), (2, 2), (8, 2), (9, 3)] {
+                let calls = std::sync::Mutex::new(vec![]);
+                pool.shares(tasks, shares, &|b, e| calls.lock().unwrap().push((b, e, std::thread::current().id())));
+                let mut calls = calls.into_inner().unwrap();
+                calls.sort_by_key(|c| c.0);
+                let ranges: Vec<(usize, usize)> = calls.iter().map(|c| (c.0, c.1)).collect();
+                let want: Vec<(usize, usize)> = if tasks == 0 {
+                    vec![]
+                } else if threads < shares {
+                    vec![(0, tasks)]
+                } else {
+                    (0..shares).map(|i| (i * tasks / shares, (i + 1) * tasks / shares)).collect()
+                };
+                assert_eq!(ranges, want, "{tasks} tasks in {shares} shares, {threads} threads");
+                let mut ids: Vec<_> = calls.iter().map(|c| format!("{:?}", c.2)).collect();
+                ids.dedup();
+                assert_eq!(ids.len(), calls.len(), "each share on its own participant: {calls:?}");
+            }
         }
     }
 

@@ -14,10 +14,13 @@ use resnetc_runtime::pack::Recipe;
 use std::collections::HashMap;
 
 pub(crate) use conv::panel_tile;
-use resnetc_runtime::exec::band_slot;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
+use resnetc_runtime::exec::{band_slot, BAND_SLOTS};
 pub(crate) use winograd::product_tile as winograd_product_tile;
+pub use winograd::raw_fits as winograd_raw_fits;
+pub(crate) use winograd::raw_scratch_floats as winograd_raw_scratch_floats;
+pub(crate) use winograd::raw_transform_ops as winograd_raw_transform_ops;
 pub(crate) use winograd::row_block as winograd_row_block;
 
 /// A call's batch order from the bytes of weights it reads. Weights well past L2 (over
@@ -132,6 +135,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                     let [k_in, k_gemm, k_out] = band.kernels;
                     let (v, mm) = (slot(0, c.cin, v_tiles, b)?, slot(1, c.cout, m_tiles, b)?);
                     let orders = match b {
+                        _ if wino.raw => [Order::DepthFirst, Order::Pipelined, Order::DepthFirst],
                         _ if !banded => [Order::DepthFirst, order(t, u_bytes), Order::DepthFirst],
                         0 => [Order::BandGroup, Order::Band, Order::Band],
                         _ => [Order::BandStart, Order::Band, Order::Band],
@@ -140,7 +144,12 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                     let band_macs = macs * (rows_done + band.tile_rows) / tile_rows - macs * rows_done / tile_rows;
                     rows_done += band.tile_rows;
                     step_calls.push((k_in, vec![v, from_row(step.input, band.row0)], 0, orders[0]));
-                    step_calls.push((k_gemm, vec![mm, v, ArgRef::Weights(g.packing.offset)], band_macs, orders[1]));
+                    let mut gemm_args = vec![mm, v, ArgRef::Weights(g.packing.offset)];
+                    if wino.raw {
+                        // The products' own scratch (`plan::winograd_raw_layout`).
+                        gemm_args.push(arena(step.scratch.get(2).copied()));
+                    }
+                    step_calls.push((k_gemm, gemm_args, band_macs, orders[1]));
                     let mut args = vec![from_row(step.output, band.row0), mm, ArgRef::Weights(g.packing.bias_offset)];
                     if step.residual.is_some() {
                         args.push(from_row(step.residual, band.row0));
@@ -243,7 +252,8 @@ pub fn lower(plan: &Plan) -> Result<Program> {
 }
 
 /// The kernel IR of a program, every distinct kernel once, then the call list (calls
-/// that run task-major with a batch are marked, as are the bands of a band group).
+/// that run task-major with a batch are marked, as are the bands of a band group and
+/// pipelined calls).
 pub fn to_text(p: &Program) -> String {
     let mut out = String::new();
     for k in &p.kernels {
@@ -257,6 +267,7 @@ pub fn to_text(p: &Program) -> String {
             Order::TaskMajor => "  [task-major]",
             Order::BandGroup => "  [bands]",
             Order::BandStart => "  [next band]",
+            Order::Pipelined => "  [pipelined]",
             Order::DepthFirst | Order::Band => "",
         };
         out.push_str(&format!("  {:<24} {}({}){order}\n", c.name, p.kernels[c.kernel].name, args.join(", ")));
@@ -286,7 +297,16 @@ pub fn interpret(p: &Program, blob: &[f32], input: &[f32], n: usize) -> Vec<f32>
                 .collect();
             let k = &p.kernels[call.kernel];
             let mut mem: [&mut [f32]; 4] = [&mut arena, &mut weights, &mut x, y];
-            crate::kir::interpret(k, &mut mem, &args, 0, k.tasks());
+            if call.order == Order::Pipelined {
+                // Its shares are independent (each with its own scratch): the last first,
+                // as the runtime's threads may run them.
+                let per = k.tasks() / BAND_SLOTS;
+                for s in (0..BAND_SLOTS).rev() {
+                    crate::kir::interpret(k, &mut mem, &args, s * per, (s + 1) * per);
+                }
+            } else {
+                crate::kir::interpret(k, &mut mem, &args, 0, k.tasks());
+            }
         }
     }
     logits

@@ -36,9 +36,11 @@ use super::conv::{
 use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
+use crate::kir::LINE_FLOATS;
 use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
 use crate::plan::Buffer;
 use crate::target::Target;
+use resnetc_runtime::exec::BAND_SLOTS;
 use resnetc_runtime::pack::WinogradPacking;
 use resnetc_runtime::winograd::Transform;
 use std::collections::BTreeMap;
@@ -102,9 +104,45 @@ impl Consts {
     }
 }
 
+/// `G = D G'` with `D` diagonal, each row of `G'` starting with a 1 (so `G'` holds small
+/// integers: F(3,3)'s rows `[1,1,1]`, `[1,-1,1]`, `[1,2,4]`, ...), and `A^T D`. Products
+/// with raw weights apply `G'`, which takes about half the operations of `G` (adds
+/// instead of multiplies), and the output transform folds `D` back in at no cost (its
+/// coefficients are multiplies already): `A^T D (G' g G'^T .* V) D A = A^T (U .* V) A`.
+fn split_g(tr: &Transform) -> (Vec<f64>, Vec<f64>) {
+    let d: Vec<f64> = tr.g.chunks(3).map(|row| row.iter().copied().find(|&c| c != 0.0).unwrap_or(1.0)).collect();
+    let g = tr.g.iter().enumerate().map(|(i, &c)| c / d[i / 3]).collect();
+    let at = tr.at.iter().enumerate().map(|(i, &c)| c * d[i % tr.n]).collect();
+    (g, at)
+}
+
+/// Vector operations of products with raw weights (`Winograd::raw`) per channel pair to
+/// transform its weights with `G'` ([`split_g`]): `G' g_r` for each kernel row, or
+/// `(G' g) G'^T` (`G'` on 3 columns, then on `n` rows). Applying a row of `G'` takes a
+/// multiply by its first coefficient (none when it is 1) and an add or multiply-add for
+/// each further one.
+pub(crate) fn raw_transform_ops(w: Winograd) -> usize {
+    let Some(tr) = w.transform() else { return 0 };
+    let g = split_g(&tr).0;
+    let per_application: usize = g
+        .chunks(3)
+        .map(|row| {
+            let mut terms = row.iter().filter(|&&c| c != 0.0);
+            terms.next().map_or(0, |&c| usize::from(c != 1.0)) + terms.count()
+        })
+        .sum();
+    per_application * if w.row { 3 } else { 3 + tr.n }
+}
+
 /// Geometry shared by the three kernels.
 struct Tiles {
     tr: Transform,
+    /// The `G` the products apply to raw weights and the `A^T` of the output transform:
+    /// the transform's own, or with raw weights (`Winograd::raw`) `G = D G'` split into
+    /// `G'` (small integers: fewer operations in the products, which then compute
+    /// `U' = U / (d_a d_b)`) and `A^T D`, which scales `M` back ([`split_g`]).
+    g: Vec<f64>,
+    at: Vec<f64>,
     /// Along rows (`wino.row`) a tile is `m` pixels of one row, and `V` holds the tiles
     /// of every input row the output reads (one more above and below).
     wino: Winograd,
@@ -152,7 +190,8 @@ pub fn generate(
         let v_tiles = if wino.row { crate::plan::winograd_tiles(wino, out_shape).1 } else { rows * tw };
         let y0 = ty0 * wino.tile_rows();
         let rows_px = y0..lo.h.min(y0 + rows * wino.tile_rows());
-        Tiles { tr, wino, tw, th: rows, v_tiles, lanes: t.lanes, rows: rows_px }
+        let (g, at) = if wino.raw { split_g(&tr) } else { (tr.g.to_vec(), tr.at.to_vec()) };
+        Tiles { tr, g, at, wino, tw, th: rows, v_tiles, lanes: t.lanes, rows: rows_px }
     };
     // Row products are one output vector wide (`products_row`). Every band has the same
     // weights, so the first band's register tile decides their packing.
@@ -167,6 +206,7 @@ pub fn generate(
         m,
         row: wino.row,
         stride: wino.stride,
+        raw: wino.raw,
         jl,
         ktiles,
         cin_pad: li.cpad(),
@@ -184,7 +224,11 @@ pub fn generate(
             let kernels = match &pt {
                 None => [
                     input_transform_row(&g, &li, &shape),
-                    products_row(t, &g, li.cblocks(), lo.cblocks(), &shape),
+                    if wino.raw {
+                        products_row_raw(t, &g, li.cblocks(), lo.cblocks(), &shape)
+                    } else {
+                        products_row(t, &g, li.cblocks(), lo.cblocks(), &shape)
+                    },
                     output_transform_row(&g, c, &lo, res, &shape),
                 ],
                 Some(pt) if rows < th => {
@@ -207,7 +251,12 @@ pub fn generate(
                 }
                 Some(pt) => [
                     input_transform(&g, &li, &shape),
-                    products(t, &g, pt, li.cblocks(), lo.cblocks(), &shape),
+                    if wino.raw {
+                        assert_eq!(pt.j, 1, "raw weights only with every tile in registers (`raw_fits`)");
+                        products_raw(t, &g, li.cblocks(), lo.cblocks(), &shape)
+                    } else {
+                        products(t, &g, pt, li.cblocks(), lo.cblocks(), &shape)
+                    },
                     output_transform(&g, c, &lo, res, &shape),
                 ],
             };
@@ -621,16 +670,443 @@ fn products_row(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
     b.finish(name, vec!["m", "v", "u"], lanes, vec![g.wino.positions(), cbo])
 }
 
+/// Floats of one position's transformed weights in a raw-weight products' scratch
+/// (`[ic][tap][lane]`), rounded up to an odd number of cache lines: a transform stores
+/// every position of one channel at once, planes apart, which then fall in distinct L1
+/// sets (as `plan::winograd_plane_floats`).
+fn raw_plane_floats(cin_pad: usize, taps: usize, lanes: usize) -> usize {
+    let lines = (cin_pad * taps * lanes).div_ceil(LINE_FLOATS);
+    (lines + 1 - lines % 2) * LINE_FLOATS
+}
+
+/// Floats of the per-thread scratch of Winograd products with raw weights
+/// ([`RawPipeline`]): [`BAND_SLOTS`] shares of two slots of a plane per weight position,
+/// each for a unit's input channels.
+pub(crate) fn raw_scratch_floats(wino: Winograd, cin: usize, lanes: usize) -> usize {
+    let cin_pad = cin.div_ceil(lanes) * lanes;
+    let cin_unit = if raw_halves(wino, cin, lanes) { cin_pad / 2 } else { cin_pad };
+    BAND_SLOTS * 2 * wino.positions() * raw_plane_floats(cin_unit, wino.taps(), lanes)
+}
+
+/// Whether a conv may run Winograd `wino` with raw weights on `t` (the cost model's
+/// candidates): the products split their units into [`BAND_SLOTS`] shares of pairs
+/// ([`RawPipeline`]); square tiles also need stride 1, the whole output's tiles in
+/// registers (one output vector wide, not in bands: [`product_tile`]) and at least as many
+/// positions as a vector has lanes (each of the first `lanes` passes transforms a
+/// `1 / lanes` of the next block's channels).
+pub fn raw_fits(t: Target, c: &Conv, wino: Winograd, out: crate::graph::Shape) -> bool {
+    let units = c.cout.div_ceil(t.lanes) * if raw_halves(wino, c.cin, t.lanes) { 2 } else { 1 };
+    if !t.raw_winograd || units % (2 * BAND_SLOTS) != 0 || wino.transform().is_none() {
+        return false;
+    }
+    if wino.row {
+        return true;
+    }
+    let tiles = crate::plan::winograd_tiles(wino, out).0;
+    let banded = crate::plan::winograd_band_rows(t, c, wino, out) < wino.grid(out.h, out.w).1;
+    wino.stride == 1 && !banded && tiles <= t.winograd_tiles_in_registers() && wino.positions() >= t.lanes
+}
+
+/// The task structure of Winograd products with raw weights (`Winograd::raw`), which
+/// transform the raw 3x3 filters themselves into a scratch of their own. Units (an
+/// output vector, or with `halves` half of its input channels) run in order, each with
+/// all its positions: the products of unit `u` read its transformed weights from scratch
+/// slot `u % 2` while their first passes (positions) transform unit `u + 1`'s raw weights
+/// into the other slot, a part per pass, a channel at a time between the FMAs. So the raw
+/// weights stream under the FMAs and the transformed ones stay in L2. (A C model of
+/// ResNet-50's 7x7x512 at F(1x3), `bench/winograd_otf_model.c`: 0.98-1.05x the stored
+/// weights' time; transforming each block whole before its products, 1.2x.) The pipeline
+/// runs within a share (`exec::Order::Pipelined`): a share's first task transforms its
+/// unit whole first. Tasks: (share, pair of units, unit of the pair, position), so that
+/// the slots are affine in the task: `odd` and `1 - odd`.
+///
+/// Halves keep a unit's working set in L2 where a whole block's would not: the 14x14x256
+/// convs at F(3,3) hold `V` (640 KB) beside two slots of 410 KB, and their products took
+/// 1.25x the stored weights' time, 1.06x with the transform's stores kept in one plane.
+/// With halves the second half adds to `M` what the first stored.
+struct RawPipeline {
+    share: Index,
+    xi: Index,
+    /// The unit of the pair: with halves, the half of the input channels.
+    odd: Index,
+    /// The output block of this unit and of the next, and the first input channel of
+    /// each (0 without halves).
+    kt: Index,
+    next_kt: Index,
+    ch0: Index,
+    next_ch0: Index,
+    /// The unit's place in the share.
+    local: Index,
+    /// The first task of a share.
+    first: Index,
+    /// Scratch slots of this unit's weights and of the next unit's.
+    current: Index,
+    next: Index,
+    /// Units per share.
+    per_share: usize,
+    halves: bool,
+    /// Positions of a block.
+    positions: usize,
+    /// Floats of one position's plane in the scratch, and the taps per channel.
+    plane: i64,
+    taps: usize,
+    lanes: usize,
+}
+
+/// Whether a conv's products with raw weights run in halves of its input channels
+/// ([`RawPipeline`]): square tiles with an even number of input channel blocks.
+fn raw_halves(wino: Winograd, cin: usize, lanes: usize) -> bool {
+    !wino.row && cin.div_ceil(lanes) % 2 == 0
+}
+
+impl RawPipeline {
+    fn new(wino: Winograd, cbo: usize, cin_pad: usize, lanes: usize) -> RawPipeline {
+        let halves = raw_halves(wino, cin_pad, lanes);
+        let units = cbo * if halves { 2 } else { 1 };
+        assert!(units % (2 * BAND_SLOTS) == 0, "raw Winograd weights need units in shares of pairs");
+        let (positions, taps) = (wino.positions(), wino.taps());
+        let per_share = units / BAND_SLOTS;
+        let (share, pair, odd, xi) = (Index::var(0, 1), Index::var(1, 1), Index::var(2, 1), Index::var(3, 1));
+        let local = pair.scaled(2).plus(&odd);
+        let first = pair.scaled(2 * positions as i64).plus(&odd.scaled(positions as i64)).plus(&xi);
+        let cin_unit = if halves { cin_pad / 2 } else { cin_pad };
+        let (kt, next_kt, ch0, next_ch0) = if halves {
+            // Unit `2 k + h` is half `h` of block `k`: the next unit is the second half of
+            // this block, or the first half of the next one.
+            let kt = share.scaled(per_share as i64 / 2).plus(&pair);
+            let next_kt = kt.plus(&odd);
+            (kt, next_kt, odd.scaled(cin_unit as i64), odd.scaled(-(cin_unit as i64)).offset(cin_unit as i64))
+        } else {
+            let kt = share.scaled(per_share as i64).plus(&local);
+            (kt.clone(), kt.offset(1), Index::constant(0), Index::constant(0))
+        };
+        RawPipeline {
+            kt,
+            next_kt,
+            ch0,
+            next_ch0,
+            share,
+            xi,
+            local,
+            first,
+            current: odd.clone(),
+            next: odd.scaled(-1).offset(1),
+            odd,
+            per_share,
+            halves,
+            positions,
+            plane: raw_plane_floats(cin_unit, taps, lanes) as i64,
+            taps,
+            lanes,
+        }
+    }
+
+    fn task_dims(&self) -> Vec<usize> {
+        vec![BAND_SLOTS, self.per_share / 2, 2, self.positions]
+    }
+
+    /// Float index in the scratch (argument 3) of slot `slot`, position `pos`, input
+    /// channel `ic` of the unit, tap `tap`.
+    fn scratch(&self, slot: &Index, pos: &Index, ic: &Index, tap: &Index) -> Index {
+        let np = self.positions as i64 * self.plane;
+        self.share
+            .scaled(2 * np)
+            .plus(&slot.scaled(np))
+            .plus(&pos.scaled(self.plane))
+            .plus(&ic.scaled(self.taps as i64).plus(tap).scaled(self.lanes as i64))
+    }
+
+    /// The body: at a share's first task `prologue` (the unit's transform, whole); then
+    /// `position(b, transform, accumulate)` for this task's position, which transforms its
+    /// part of the next unit's weights when `transform` (in the first `passes` positions
+    /// of every unit but the share's last), and adds to `M` when `accumulate` (the second
+    /// half).
+    fn emit(
+        &self,
+        b: &mut Builder,
+        passes: usize,
+        prologue: impl FnOnce(&mut Builder),
+        position: impl Fn(&mut Builder, bool, bool),
+    ) {
+        b.when(Cond::eq(self.first.clone(), 0), prologue);
+        let halves = |b: &mut Builder, transforms: bool| {
+            if self.halves {
+                b.when(Cond::eq(self.odd.clone(), 0), |b| position(b, transforms, false));
+                b.when(Cond::eq(self.odd.clone(), 1), |b| position(b, transforms, true));
+            } else {
+                position(b, transforms, false);
+            }
+        };
+        let last = (self.per_share - 1) as i64;
+        b.when(Cond::lt(self.local.clone(), last), |b| {
+            b.when(Cond::lt(self.xi.clone(), passes as i64), |b| halves(b, true));
+            if passes < self.positions {
+                // `xi >= passes`.
+                b.when(Cond::lt(self.xi.scaled(-1), 1 - passes as i64), |b| halves(b, false));
+            }
+        });
+        // The share's last unit: with halves, a second half.
+        b.when(Cond::eq(self.local.clone(), last), |b| position(b, false, self.halves));
+    }
+}
+
+/// [`products_row`] for raw weights ([`RawPipeline`]): the first three passes of a block
+/// each transform one kernel row `r` of the next block (`G g_r` for every position).
+/// Arguments: 0 `M`, 1 `V`, 2 raw weights (`WinogradPacking::raw_index`), 3 the scratch
+/// (`[share][slot][xi][ic][tap][lane]`, [`raw_scratch_floats`]).
+fn products_row_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+    let lanes = t.lanes;
+    let (n, taps) = (g.wino.positions(), g.wino.taps());
+    let (rows, cols) = row_block(t, g.tw, g.th);
+    let cin_pad = cbi * lanes;
+    let pipe = RawPipeline::new(g.wino, cbo, cin_pad, lanes);
+    let (xi, kt) = (&pipe.xi, &pipe.kt);
+    let mut b = Builder::new(4);
+    let consts = Consts::new(&mut b, &g.g);
+    let unroll = channel_unroll(t, lanes);
+    let acc: Vec<Vec<VReg>> = (0..rows).map(|_| (0..cols).map(|_| b.vreg()).collect()).collect();
+    let w: Vec<VReg> = (0..taps).map(|_| b.vreg()).collect();
+    let x = b.vreg();
+    let raw: Vec<VReg> = (0..3).map(|_| b.vreg()).collect();
+    let u = b.vreg();
+    let tw = g.tw as i64;
+    // Kernel row `r` of input channel `ic` of output block `block`, transformed into
+    // `slot`: `G g_r` for every position.
+    let transform = |b: &mut Builder, block: &Index, r: &Index, ic: &Index, slot: &Index| {
+        let at = block.scaled(3).plus(r).scaled(cin_pad as i64).plus(ic).scaled((3 * lanes) as i64);
+        for (k, &reg) in raw.iter().enumerate() {
+            let a = at.offset((k * lanes) as i64);
+            b.set(reg, Expr::Src(Src::Load(Addr { arg: 2, index: a.clone() })));
+            if t.prefetch {
+                b.prefetch(Addr { arg: 2, index: a.offset(PREFETCH_FLOATS as i64) });
+            }
+        }
+        for p in 0..n {
+            consts.combine(b, u, None, (0..3).map(|k| (g.g[p * 3 + k], raw[k])));
+            let at = pipe.scratch(slot, &Index::constant(p as i64), ic, r);
+            b.push(Stmt::Store { addr: Addr { arg: 3, index: at }, src: u });
+        }
+    };
+    // A block of `r` rows from row `y0` by `c` tiles from tile `x0`; with `transform`,
+    // also kernel row `xi` of the next block.
+    let emit = |b: &mut Builder, y0: &Index, r: usize, x0: &Index, c: usize, transforms: bool| {
+        for a in acc.iter().take(r) {
+            for &reg in a.iter().take(c) {
+                b.set(reg, Expr::Zero);
+            }
+        }
+        b.for_loop(cbi, |b, icb| {
+            b.for_loop_unrolled(lanes, unroll, |b, icl| {
+                let ic = icb.scaled(lanes as i64).plus(&icl);
+                if transforms {
+                    transform(b, &pipe.next_kt, xi, &ic, &pipe.next);
+                }
+                for (tap, &wr) in w.iter().enumerate() {
+                    let at = pipe.scratch(&pipe.current, xi, &ic, &Index::constant(tap as i64));
+                    b.set(wr, Expr::Src(Src::Load(Addr { arg: 3, index: at })));
+                }
+                for vr in 0..r + 2 {
+                    for cc in 0..c {
+                        let tile = y0.offset(vr as i64).scaled(tw).plus(x0).offset(cc as i64);
+                        let at = g.scratch(g.v_tiles, xi, cbi, &icb, &tile).plus(&icl);
+                        b.set(x, Expr::Src(Src::Bcast(Addr { arg: 1, index: at })));
+                        for (tap, &wr) in w.iter().enumerate().filter(|&(tap, _)| vr >= tap && vr - tap < r) {
+                            let a = acc[vr - tap][cc];
+                            b.set(a, Expr::Fma(a, Src::Reg(x), Src::Reg(wr)));
+                        }
+                    }
+                }
+            });
+        });
+        for (rr, a) in acc.iter().take(r).enumerate() {
+            for (cc, &reg) in a.iter().take(c).enumerate() {
+                let tile = y0.offset(rr as i64).scaled(tw).plus(x0).offset(cc as i64);
+                b.push(Stmt::Store {
+                    addr: Addr { arg: 0, index: g.scratch(g.count(), xi, cbo, kt, &tile) },
+                    src: reg,
+                });
+            }
+        }
+    };
+    let blocks = register_blocks(g.th, rows, g.tw, cols);
+    pipe.emit(
+        &mut b,
+        taps,
+        |b| {
+            for r in 0..taps {
+                b.for_loop(cin_pad, |b, ic| transform(b, kt, &Index::constant(r as i64), &ic, &pipe.current));
+            }
+        },
+        // The next block's kernel row is transformed in the position's first register
+        // block only, once per channel.
+        |b, transforms, _| blocks.emit(b, |b, y0, r, x0, c, first| emit(b, y0, r, x0, c, transforms && first)),
+    );
+    let name = format!("{}raw_gemm_{shape}", prefix(g));
+    b.finish(name, vec!["m", "v", "g", "u"], lanes, pipe.task_dims())
+}
+
+/// The register blocks covering `th` rows by `tw` tiles in blocks of `rows` by `cols`
+/// (the last ones shorter), in loops.
+struct RegisterBlocks {
+    full_r: usize,
+    rem_r: usize,
+    full_c: usize,
+    rem_c: usize,
+    rows: usize,
+    cols: usize,
+}
+
+fn register_blocks(th: usize, rows: usize, tw: usize, cols: usize) -> RegisterBlocks {
+    RegisterBlocks { full_r: th / rows, rem_r: th % rows, full_c: tw / cols, rem_c: tw % cols, rows, cols }
+}
+
+impl RegisterBlocks {
+    /// Calls `f(b, y0, rows, x0, cols, first)` for every block (`first`: the first one,
+    /// emitted on its own, out of the loops).
+    fn emit(&self, b: &mut Builder, f: impl Fn(&mut Builder, &Index, usize, &Index, usize, bool)) {
+        let (rows, cols) = (self.rows, self.cols);
+        let row_blocks = |b: &mut Builder, y0: &Index, r: usize, first: bool| {
+            let mut first = first;
+            if self.full_c > 0 && first {
+                f(b, y0, r, &Index::constant(0), cols, true);
+                b.for_loop(self.full_c - 1, |b, xb| f(b, y0, r, &xb.offset(1).scaled(cols as i64), cols, false));
+                first = false;
+            } else {
+                b.for_loop(self.full_c, |b, xb| f(b, y0, r, &xb.scaled(cols as i64), cols, false));
+            }
+            if self.rem_c > 0 {
+                f(b, y0, r, &Index::constant((self.full_c * cols) as i64), self.rem_c, first);
+            }
+        };
+        let mut first = true;
+        if self.full_r > 0 {
+            row_blocks(b, &Index::constant(0), rows, true);
+            b.for_loop(self.full_r - 1, |b, yb| row_blocks(b, &yb.offset(1).scaled(rows as i64), rows, false));
+            first = false;
+        }
+        if self.rem_r > 0 {
+            row_blocks(b, &Index::constant((self.full_r * rows) as i64), self.rem_r, first);
+        }
+    }
+}
+
+/// [`products`] for raw weights ([`RawPipeline`], in halves of the input channels where
+/// their blocks are even), square tiles, one output vector by every tile in registers:
+/// each of a unit's first `lanes` passes transforms one channel in `lanes` of the next
+/// unit's weights (`G g G^T`: `G` on the three
+/// columns, then on each row of the result, the filter taps read from memory, where they
+/// stay in L1). Arguments: 0 `M`, 1 `V`, 2 raw weights (`WinogradPacking::raw_index`), 3
+/// the scratch (`[share][slot][xi][ic][lane]`, [`raw_scratch_floats`]).
+fn products_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+    let (n, lanes) = (g.tr.n, t.lanes);
+    let count = g.count();
+    let cin_pad = cbi * lanes;
+    let pipe = RawPipeline::new(g.wino, cbo, cin_pad, lanes);
+    let cbi_unit = if pipe.halves { cbi / 2 } else { cbi };
+    let (xi, kt) = (&pipe.xi, &pipe.kt);
+    let mut b = Builder::new(4);
+    let consts = Consts::new(&mut b, &g.g);
+    let acc: Vec<VReg> = (0..count).map(|_| b.vreg()).collect();
+    let wreg = b.vreg();
+    let trow: Vec<VReg> = (0..3).map(|_| b.vreg()).collect();
+    let u = b.vreg();
+    let zero = Index::constant(0);
+    // Input channel `ic` of the unit starting at channel `ch0` of output block `block`,
+    // transformed into `slot`: row `a` of `G g` (three vectors), then `(G g G^T)[a][c]`
+    // for every column `c`.
+    let transform = |b: &mut Builder, block: &Index, ch0: &Index, ic: &Index, slot: &Index| {
+        let tap = |r: usize, k: usize| {
+            let at = block.scaled(cin_pad as i64).plus(ch0).plus(ic).scaled(9).offset((r * 3 + k) as i64);
+            Addr { arg: 2, index: at.scaled(lanes as i64) }
+        };
+        if t.prefetch {
+            for q in 0..9 {
+                let a = tap(q / 3, q % 3);
+                b.prefetch(Addr { arg: 2, index: a.index.offset(PREFETCH_FLOATS as i64) });
+            }
+        }
+        for a in 0..n {
+            for (k, &tr) in trow.iter().enumerate() {
+                let terms: Vec<(f64, Src)> = (0..3).map(|r| (g.g[a * 3 + r], Src::Load(tap(r, k)))).collect();
+                combine_src(&consts, b, tr, &terms);
+            }
+            for c in 0..n {
+                consts.combine(b, u, None, (0..3).map(|k| (g.g[c * 3 + k], trow[k])));
+                let at = pipe.scratch(slot, &Index::constant((a * n + c) as i64), ic, &zero);
+                b.push(Stmt::Store { addr: Addr { arg: 3, index: at }, src: u });
+            }
+        }
+    };
+    // The unit's first channel block in `V`.
+    let cb0 = if pipe.halves { pipe.odd.scaled(cbi_unit as i64) } else { Index::constant(0) };
+    let position = |b: &mut Builder, transforms: bool, accumulate: bool| {
+        for (p, &a) in acc.iter().enumerate() {
+            let at = g.scratch(count, xi, cbo, kt, &Index::constant(p as i64));
+            let init = if accumulate { Expr::Src(Src::Load(Addr { arg: 0, index: at })) } else { Expr::Zero };
+            b.set(a, init);
+        }
+        b.for_loop(cbi_unit, |b, icb| {
+            if transforms {
+                // Pass `xi` transforms channel `icb` of every `cbi_unit` channels of the next
+                // unit: `lanes` passes cover them all.
+                let ic = xi.scaled(cbi_unit as i64).plus(&icb);
+                transform(b, &pipe.next_kt, &pipe.next_ch0, &ic, &pipe.next);
+            }
+            let vb = icb.plus(&cb0);
+            b.for_loop(lanes, |b, icl| {
+                let ic = icb.scaled(lanes as i64).plus(&icl);
+                let at = pipe.scratch(&pipe.current, xi, &ic, &zero);
+                b.set(wreg, Expr::Src(Src::Load(Addr { arg: 3, index: at })));
+                for (p, &a) in acc.iter().enumerate() {
+                    let x = g.scratch(g.v_tiles, xi, cbi, &vb, &Index::constant(p as i64)).plus(&icl);
+                    b.set(a, Expr::Fma(a, Src::Bcast(Addr { arg: 1, index: x }), Src::Reg(wreg)));
+                }
+            });
+        });
+        for (p, &a) in acc.iter().enumerate() {
+            let at = g.scratch(count, xi, cbo, kt, &Index::constant(p as i64));
+            b.push(Stmt::Store { addr: Addr { arg: 0, index: at }, src: a });
+        }
+    };
+    pipe.emit(
+        &mut b,
+        lanes,
+        |b| b.for_loop(cbi_unit * lanes, |b, ic| transform(b, kt, &pipe.ch0, &ic, &pipe.current)),
+        position,
+    );
+    let name = format!("{}raw_gemm_{shape}", prefix(g));
+    b.finish(name, vec!["m", "v", "g", "u"], lanes, pipe.task_dims())
+}
+
+/// `dst = sum(coef * src)` over the nonzero terms, whose sources may be memory operands.
+fn combine_src(consts: &Consts, b: &mut Builder, dst: VReg, terms: &[(f64, Src)]) {
+    let mut started = false;
+    for (c, s) in terms.iter().filter(|(c, _)| *c != 0.0) {
+        let k = || consts.0[&(*c as f32).to_bits()];
+        let e = match (started, *c == 1.0) {
+            (false, true) => Expr::Src(s.clone()),
+            (false, false) => Expr::Mul(k(), s.clone()),
+            (true, true) => Expr::Add(dst, s.clone()),
+            (true, false) => Expr::Fma(dst, s.clone(), Src::Reg(k())),
+        };
+        b.set(dst, e);
+        started = true;
+    }
+    if !started {
+        b.set(dst, Expr::Zero);
+    }
+}
+
 /// `y = A^T M A + bias (+ residual) (ReLU)` per tile and output channel block, then the
 /// output's halo. Arguments: 0 output, 1 `M`, 2 bias, 3 residual. Tasks: (channel block,
 /// tile row).
 fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&Buffer>, shape: &str) -> Kernel {
     let (tr, lanes) = (&g.tr, g.lanes);
-    let (n, m) = (tr.n, tr.m);
+    let (n, m, at) = (tr.n, tr.m, &g.at);
     let cblocks = lo.cblocks();
     let mut b = Builder::new(2);
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
-    let k = Consts::new(&mut b, tr.at);
+    let k = Consts::new(&mut b, at);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
@@ -650,7 +1126,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
                 b.set(r, Expr::Src(Src::Load(m_at(&i, &Index::constant(jx as i64)))));
             }
             for (col, &dst) in s.iter().take(cols).enumerate() {
-                k.combine(b, dst, None, (0..n).map(|jx| (tr.at[col * n + jx], d[jx])));
+                k.combine(b, dst, None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
                 b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: dst });
             }
         });
@@ -663,7 +1139,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
                 let y = ty.scaled(m as i64).offset(row as i64);
                 let x = tx.scaled(m as i64).plus(&col);
                 let emit_row = |b: &mut Builder| {
-                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (tr.at[row * n + i], d[i])));
+                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (at[row * n + i], d[i])));
                     epilogue(b, c, lo, res, dst, &cb, &y, &x);
                 };
                 if row < rows_last {
@@ -691,11 +1167,11 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
 /// output row).
 fn output_transform_row(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&Buffer>, shape: &str) -> Kernel {
     let (tr, lanes) = (&g.tr, g.lanes);
-    let (n, m) = (tr.n, tr.m);
+    let (n, m, at) = (tr.n, tr.m, &g.at);
     let cblocks = lo.cblocks();
     let mut b = Builder::new(2);
     let (cb, y) = (Index::var(0, 1), Index::var(1, 1));
-    let k = Consts::new(&mut b, tr.at);
+    let k = Consts::new(&mut b, at);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let s: Vec<VReg> = (0..m).map(|_| b.vreg()).collect();
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
@@ -708,7 +1184,7 @@ fn output_transform_row(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Opti
             b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index: at })));
         }
         for (col, &dst) in s.iter().take(cols).enumerate() {
-            k.combine(b, dst, Some(bias.clone()), (0..n).map(|xi| (tr.at[col * n + xi], d[xi])));
+            k.combine(b, dst, Some(bias.clone()), (0..n).map(|xi| (at[col * n + xi], d[xi])));
             epilogue(b, c, lo, res, dst, &cb, &y, &tx.scaled(m as i64).offset(col as i64));
         }
     };
@@ -754,7 +1230,8 @@ fn epilogue(
 
 /// Names the output transform and finishes it over `tasks`.
 fn finish_output(b: Builder, g: &Tiles, c: &Conv, res: Option<&Buffer>, shape: &str, tasks: Vec<usize>) -> Kernel {
-    let mut name = format!("{}_out_{shape}", prefix(g));
+    let raw = if g.wino.raw { "raw" } else { "" };
+    let mut name = format!("{}{raw}_out_{shape}", prefix(g));
     if c.residual {
         name += "_res";
     }
