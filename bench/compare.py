@@ -454,8 +454,8 @@ def main() -> int:
     parser.add_argument("--backends", type=csv_list, default=["cranelift"],
                         help="resnetc backends: cranelift, rust, rust-lean (rust under --lean-weight-mb), aot; "
                              "one resnetc rejects is skipped with a note (default: cranelift)")
-    parser.add_argument("--lean-weight-mb", type=float, default=120.0,
-                        help="the weight budget (`resnetc build --max-weight-mb`) of the rust-lean backend (default: 120)")
+    parser.add_argument("--lean-weight-mb", type=float, default=105.0,
+                        help="the weight budget (`resnetc build --max-weight-mb`) of the rust-lean backend (default: 105)")
     parser.add_argument("--rounds", type=int, default=3,
                         help="interleaved measurement rounds per configuration (default: 3)")
     parser.add_argument("--runs", type=int, default=30, help="minimum timed runs per measurement (default: 30)")
