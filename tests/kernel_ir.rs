@@ -210,7 +210,8 @@ fn row_winograd_matches_reference() {
 /// channel blocks of 16: square tiles without halves; in halves with 4 lanes), 64 -> 64
 /// (halves), a 9x10 output (tiles hang over) and a 5x5 one after a stride-2 stage, a
 /// residual and ReLU; for AVX-512 and for 4 lanes (with 32 registers), against the
-/// reference. The interpreter runs each pipelined call's shares last first.
+/// reference. The interpreter runs each pipelined call's shares last first, or both in
+/// one call (`kernels::interpret`; two images).
 #[test]
 fn raw_winograd_matches_reference() {
     let text = "block = \"basic\"\nlayers = [2, 1]\nwidths = [64, 64]\nstem = \"cifar\"\nstem_width = 48\nnum_classes = 5\ninput = [3, 9, 10]\n";

@@ -386,7 +386,8 @@ impl Pass for ChooseAlgorithm {
             *at = i;
         }
         // A weight budget: give back the Winograd choices that cost the least time per
-        // byte saved until the weights fit (or every conv is direct). Sizes are estimated
+        // byte saved until the weights fit (or every conv holds the direct weights'
+        // bytes, direct or raw). Sizes are estimated
         // without the padding to whole vectors; the classifier's weights count as they are.
         if let Some(budget) = self.target.weight_budget {
             let fixed: usize = graph
@@ -416,23 +417,9 @@ impl Pass for ChooseAlgorithm {
             }
         }
         let mut count = 0;
-        let xalg = std::env::var("RESNETC_XALG").unwrap_or_default();
         for (n, options, at) in convs {
-            let name = graph.g[n].name.clone();
             let Op::Conv(c) = &mut graph.g[n].op else { unreachable!("collected as a conv") };
             c.winograd = options[at].0;
-            for item in xalg.split(',').filter(|s| !s.is_empty()) {
-                let (pre, a) = item.split_once('=').unwrap();
-                if name.starts_with(pre) && c.kernel == 3 {
-                    c.winograd = match a {
-                        "d" => None,
-                        "s2" => Some(Winograd::strided()),
-                        a if a.starts_with('r') => Some(Winograd::row(a[1..].parse().unwrap())),
-                        a if a.starts_with('R') => Some(Winograd::row(a[1..].parse().unwrap()).with_raw_weights()),
-                        a => Some(Winograd::square(a.parse().unwrap())),
-                    };
-                }
-            }
             count += c.winograd.is_some() as usize;
         }
         count

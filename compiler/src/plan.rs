@@ -207,7 +207,7 @@ pub fn winograd_layouts(t: Target, c: &Conv, w: Winograd, out: Shape) -> (Layout
 }
 
 /// The third scratch buffer of a Winograd conv with raw weights (`Winograd::raw`): the
-/// weights its products transform, two blocks per thread (`kernels::winograd`'s
+/// weights its products transform, two units per share (`kernels::winograd`'s
 /// `raw_scratch_floats`). Only its size matters to the planner.
 pub fn winograd_raw_layout(t: Target, c: &Conv, w: Winograd) -> Layout {
     let floats = crate::kernels::winograd_raw_scratch_floats(w, c.cin, t.lanes);

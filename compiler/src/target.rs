@@ -47,9 +47,10 @@ pub struct Target {
     /// channel block, a new page each time, which the hardware prefetchers do not follow;
     /// a short register tile (128-bit vectors) then waits on L2.
     pub panels: bool,
-    /// Whether Winograd convs along rows may store raw weights and transform them in their
-    /// matrix products (`Winograd::raw`): where the products have the registers for the
-    /// transform beside their tile and the FMA rate to hide it under the weight stream.
+    /// Whether Winograd convs may store raw weights and transform them in their matrix
+    /// products (`Winograd::raw`, where `kernels::winograd_raw_fits` allows): where the
+    /// products have the registers for the transform beside their tile and the FMA rate to
+    /// hide most of it under the weight stream.
     pub raw_winograd: bool,
     /// Most bytes of weights the cost model may choose (Winograd weights are up to 4x
     /// larger than direct ones; estimated without the padding to whole vectors): a

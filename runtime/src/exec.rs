@@ -65,10 +65,11 @@ pub enum Order {
     /// Winograd products that transform raw weights, `Winograd::raw`, each output block's
     /// products transforming the next block's weights into a scratch slot). Its task
     /// space is [`BAND_SLOTS`] shares (its first task dimension), each with its own
-    /// scratch, each run front to back by one thread in one kernel call (which restarts
-    /// its pipeline at the share's first task, and at the first task of the call): split
-    /// across a pool, participant `i < BAND_SLOTS` runs share `i`, with no stealing. A
-    /// batch runs it image by image, like a depth-first call.
+    /// scratch, each run front to back by one thread, whole, in one kernel call (the
+    /// kernel starts its pipeline at each share's first task, so it must never be called
+    /// from inside a share): split across a pool, participant `i < BAND_SLOTS` runs share
+    /// `i`, with no stealing; alone, one call runs them all. A batch runs it image by
+    /// image, like a depth-first call.
     Pipelined = 6,
 }
 

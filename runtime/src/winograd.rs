@@ -30,7 +30,7 @@ pub struct Winograd {
     /// The conv's stride: input tiles start `m * stride` pixels apart.
     pub stride: usize,
     /// The weights are stored raw (the folded 3x3 filters, 9 floats per channel pair) and
-    /// the matrix products transform them as they go, through a per-thread scratch
+    /// the matrix products transform them as they go, through a scratch of their own
     /// ([`Winograd::with_raw_weights`]); otherwise `G g G^T` is stored.
     pub raw: bool,
 }
@@ -51,7 +51,7 @@ impl Winograd {
 
     /// The same algorithm with its weights stored raw and transformed by the matrix
     /// products as they stream them: 9 floats per channel pair in memory instead of
-    /// [`Winograd::stored_weights`] (3.3x fewer bytes at F(3,3), 1.7x along rows at F(1x3)),
+    /// [`Winograd::stored_weights`] (2.8x fewer bytes at F(3,3), 1.7x along rows at F(1x3)),
     /// for some more work in the products.
     pub const fn with_raw_weights(self) -> Winograd {
         Winograd { raw: true, ..self }

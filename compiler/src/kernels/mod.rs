@@ -276,13 +276,15 @@ pub fn to_text(p: &Program) -> String {
 }
 
 /// Runs a program with the kernel IR interpreter: the meaning of the IR, executed
-/// directly. `blob` is the packed weight blob; returns `[N, classes]` logits.
+/// directly. `blob` is the packed weight blob; returns `[N, classes]` logits. Pipelined
+/// calls run their shares one call each, last first, on even images, and all in one call
+/// on odd ones: both ways the runtime may run them.
 pub fn interpret(p: &Program, blob: &[f32], input: &[f32], n: usize) -> Vec<f32> {
     let mut weights = blob.to_vec();
     let mut logits = vec![0.0f32; n * p.num_classes];
     // Garbage, not zeros: no kernel may read what it did not write.
     let mut arena = vec![f32::NAN; p.arena_floats];
-    for (x, y) in input.chunks(p.input_floats).zip(logits.chunks_mut(p.num_classes)) {
+    for (image, (x, y)) in input.chunks(p.input_floats).zip(logits.chunks_mut(p.num_classes)).enumerate() {
         let mut x = x.to_vec();
         for call in &p.calls {
             let args: Vec<(usize, usize)> = call
@@ -297,9 +299,10 @@ pub fn interpret(p: &Program, blob: &[f32], input: &[f32], n: usize) -> Vec<f32>
                 .collect();
             let k = &p.kernels[call.kernel];
             let mut mem: [&mut [f32]; 4] = [&mut arena, &mut weights, &mut x, y];
-            if call.order == Order::Pipelined {
+            if call.order == Order::Pipelined && image % 2 == 0 {
                 // Its shares are independent (each with its own scratch): the last first,
-                // as the runtime's threads may run them.
+                // as the runtime's threads may run them (odd images: all in one call, as
+                // one thread does).
                 let per = k.tasks() / BAND_SLOTS;
                 for s in (0..BAND_SLOTS).rev() {
                     crate::kir::interpret(k, &mut mem, &args, s * per, (s + 1) * per);
