@@ -653,7 +653,7 @@ def main() -> int:
                  "dependencies already built; '–' when an identical earlier build was reused).")
     if "rust-lean" in args.backends:
         notes.append(f"resnetc rust-lean: the Rust executable built with `--max-weight-mb {args.lean_weight_mb:g}` "
-                     "(a weight budget: smaller Winograd tiles or direct convolution where they cost the least "
+                     "(a weight budget: raw Winograd weights, smaller tiles or direct convolution where they cost the least "
                      "time per byte saved).")
     meta["loadavg_end"] = load_average()
 
