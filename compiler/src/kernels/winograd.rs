@@ -591,6 +591,69 @@ pub(crate) fn row_block(t: Target, tw: usize, th: usize) -> (usize, usize) {
     (th.div_ceil(th.div_ceil(rows)), cols)
 }
 
+/// The registers of a row product: `acc[row][tile]`, one weight vector per tap, the
+/// broadcast.
+struct RowRegs {
+    acc: Vec<Vec<VReg>>,
+    w: Vec<VReg>,
+    x: VReg,
+}
+
+/// A register block of a row product: `r` output rows from row `y0` by `c` tiles from
+/// tile `x0`.
+struct RowBlock<'a> {
+    y0: &'a Index,
+    r: usize,
+    x0: &'a Index,
+    c: usize,
+}
+
+/// One register block of position `xi`'s row product into `M`'s output block `kt`,
+/// reduced over the `cbi` input channel blocks (`dims`: `cbi`, `cbo` and the channel
+/// unroll): `weights(b, ic)` sets the taps' weight registers of input channel `ic`, then
+/// each broadcast of `V` feeds the (up to) three rows of the block that read it.
+fn row_products(
+    b: &mut Builder,
+    g: &Tiles,
+    regs: &RowRegs,
+    block: &RowBlock,
+    xi: &Index,
+    kt: &Index,
+    (cbi, cbo, unroll): (usize, usize, usize),
+    weights: impl Fn(&mut Builder, &Index),
+) {
+    let (lanes, tw) = (g.lanes, g.tw as i64);
+    let RowBlock { y0, r, x0, c } = *block;
+    for a in regs.acc.iter().take(r) {
+        for &reg in a.iter().take(c) {
+            b.set(reg, Expr::Zero);
+        }
+    }
+    b.for_loop(cbi, |b, icb| {
+        b.for_loop_unrolled(lanes, unroll, |b, icl| {
+            weights(b, &icb.scaled(lanes as i64).plus(&icl));
+            for vr in 0..r + 2 {
+                for cc in 0..c {
+                    let tile = y0.offset(vr as i64).scaled(tw).plus(x0).offset(cc as i64);
+                    let at = g.scratch(g.v_tiles, xi, cbi, &icb, &tile).plus(&icl);
+                    b.set(regs.x, Expr::Src(Src::Bcast(Addr { arg: 1, index: at })));
+                    // Output row `vr - tap` of the block reads this row with `tap`.
+                    for (tap, &wr) in regs.w.iter().enumerate().filter(|&(tap, _)| vr >= tap && vr - tap < r) {
+                        let a = regs.acc[vr - tap][cc];
+                        b.set(a, Expr::Fma(a, Src::Reg(regs.x), Src::Reg(wr)));
+                    }
+                }
+            }
+        });
+    });
+    for (rr, a) in regs.acc.iter().take(r).enumerate() {
+        for (cc, &reg) in a.iter().take(c).enumerate() {
+            let tile = y0.offset(rr as i64).scaled(tw).plus(x0).offset(cc as i64);
+            b.push(Stmt::Store { addr: Addr { arg: 0, index: g.scratch(g.count(), xi, cbo, kt, &tile) }, src: reg });
+        }
+    }
+}
+
 /// `M[xi][y] = sum_tap V[xi][y + tap] U[xi][tap]` for each output row `y` (`V`'s rows
 /// start one input row above the output): a register block of output rows by tiles,
 /// reduced over input channels. Each broadcast of `V` feeds the (up to) three output rows
@@ -611,49 +674,21 @@ fn products_row(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
     let acc: Vec<Vec<VReg>> = (0..rows).map(|_| (0..cols).map(|_| b.vreg()).collect()).collect();
     let w: Vec<VReg> = (0..taps).map(|_| b.vreg()).collect();
     let x = b.vreg();
-    let tw = g.tw as i64;
+    let regs = RowRegs { acc, w, x };
     // A block of `r` rows from row `y0` by `c` tiles from tile `x0`.
     let emit = |b: &mut Builder, y0: &Index, r: usize, x0: &Index, c: usize| {
-        for a in acc.iter().take(r) {
-            for &reg in a.iter().take(c) {
-                b.set(reg, Expr::Zero);
+        let block = RowBlock { y0, r, x0, c };
+        row_products(b, g, &regs, &block, &xi, &kt, (cbi, cbo, unroll), |b, ic| {
+            let wk = xi.scaled(cbo as i64).plus(&kt).scaled(cin_pad).plus(ic).scaled((taps * lanes) as i64);
+            for (tap, &wr) in regs.w.iter().enumerate() {
+                let at = wk.offset((tap * lanes) as i64);
+                b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: at.clone() })));
+                // Every position's weights are read once per image, from memory.
+                if t.prefetch {
+                    b.prefetch(Addr { arg: 2, index: at.offset(PREFETCH_FLOATS as i64) });
+                }
             }
-        }
-        b.for_loop(cbi, |b, icb| {
-            b.for_loop_unrolled(lanes, unroll, |b, icl| {
-                let ic = icb.scaled(lanes as i64).plus(&icl);
-                let wk = xi.scaled(cbo as i64).plus(&kt).scaled(cin_pad).plus(&ic).scaled((taps * lanes) as i64);
-                for (tap, &wr) in w.iter().enumerate() {
-                    let at = wk.offset((tap * lanes) as i64);
-                    b.set(wr, Expr::Src(Src::Load(Addr { arg: 2, index: at.clone() })));
-                    // Every position's weights are read once per image, from memory.
-                    if t.prefetch {
-                        b.prefetch(Addr { arg: 2, index: at.offset(PREFETCH_FLOATS as i64) });
-                    }
-                }
-                for vr in 0..r + 2 {
-                    for cc in 0..c {
-                        let tile = y0.offset(vr as i64).scaled(tw).plus(x0).offset(cc as i64);
-                        let at = g.scratch(g.v_tiles, &xi, cbi, &icb, &tile).plus(&icl);
-                        b.set(x, Expr::Src(Src::Bcast(Addr { arg: 1, index: at })));
-                        // Output row `vr - tap` of the block reads this row with `tap`.
-                        for (tap, &wr) in w.iter().enumerate().filter(|&(tap, _)| vr >= tap && vr - tap < r) {
-                            let a = acc[vr - tap][cc];
-                            b.set(a, Expr::Fma(a, Src::Reg(x), Src::Reg(wr)));
-                        }
-                    }
-                }
-            });
         });
-        for (rr, a) in acc.iter().take(r).enumerate() {
-            for (cc, &reg) in a.iter().take(c).enumerate() {
-                let tile = y0.offset(rr as i64).scaled(tw).plus(x0).offset(cc as i64);
-                b.push(Stmt::Store {
-                    addr: Addr { arg: 0, index: g.scratch(g.count(), &xi, cbo, &kt, &tile) },
-                    src: reg,
-                });
-            }
-        }
     };
     let (full_r, rem_r, full_c, rem_c) = (g.th / rows, g.th % rows, g.tw / cols, g.tw % cols);
     let row_blocks = |b: &mut Builder, y0: &Index, r: usize| {
@@ -870,7 +905,6 @@ fn products_row_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -
     let x = b.vreg();
     let raw: Vec<VReg> = (0..3).map(|_| b.vreg()).collect();
     let u = b.vreg();
-    let tw = g.tw as i64;
     // Kernel row `r` of input channel `ic` of output block `block`, transformed into
     // `slot`: `G g_r` for every position.
     let transform = |b: &mut Builder, block: &Index, r: &Index, ic: &Index, slot: &Index| {
@@ -888,46 +922,20 @@ fn products_row_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -
             b.push(Stmt::Store { addr: Addr { arg: 3, index: at }, src: u });
         }
     };
-    // A block of `r` rows from row `y0` by `c` tiles from tile `x0`; with `transform`,
-    // also kernel row `xi` of the next block.
+    let regs = RowRegs { acc, w, x };
+    // A block of `r` rows from row `y0` by `c` tiles from tile `x0`; with `transforms`,
+    // also kernel row `xi` of the next unit.
     let emit = |b: &mut Builder, y0: &Index, r: usize, x0: &Index, c: usize, transforms: bool| {
-        for a in acc.iter().take(r) {
-            for &reg in a.iter().take(c) {
-                b.set(reg, Expr::Zero);
+        let block = RowBlock { y0, r, x0, c };
+        row_products(b, g, &regs, &block, xi, kt, (cbi, cbo, unroll), |b, ic| {
+            if transforms {
+                transform(b, &pipe.next_kt, xi, ic, &pipe.next);
             }
-        }
-        b.for_loop(cbi, |b, icb| {
-            b.for_loop_unrolled(lanes, unroll, |b, icl| {
-                let ic = icb.scaled(lanes as i64).plus(&icl);
-                if transforms {
-                    transform(b, &pipe.next_kt, xi, &ic, &pipe.next);
-                }
-                for (tap, &wr) in w.iter().enumerate() {
-                    let at = pipe.scratch(&pipe.current, xi, &ic, &Index::constant(tap as i64));
-                    b.set(wr, Expr::Src(Src::Load(Addr { arg: 3, index: at })));
-                }
-                for vr in 0..r + 2 {
-                    for cc in 0..c {
-                        let tile = y0.offset(vr as i64).scaled(tw).plus(x0).offset(cc as i64);
-                        let at = g.scratch(g.v_tiles, xi, cbi, &icb, &tile).plus(&icl);
-                        b.set(x, Expr::Src(Src::Bcast(Addr { arg: 1, index: at })));
-                        for (tap, &wr) in w.iter().enumerate().filter(|&(tap, _)| vr >= tap && vr - tap < r) {
-                            let a = acc[vr - tap][cc];
-                            b.set(a, Expr::Fma(a, Src::Reg(x), Src::Reg(wr)));
-                        }
-                    }
-                }
-            });
+            for (tap, &wr) in regs.w.iter().enumerate() {
+                let at = pipe.scratch(&pipe.current, xi, ic, &Index::constant(tap as i64));
+                b.set(wr, Expr::Src(Src::Load(Addr { arg: 3, index: at })));
+            }
         });
-        for (rr, a) in acc.iter().take(r).enumerate() {
-            for (cc, &reg) in a.iter().take(c).enumerate() {
-                let tile = y0.offset(rr as i64).scaled(tw).plus(x0).offset(cc as i64);
-                b.push(Stmt::Store {
-                    addr: Addr { arg: 0, index: g.scratch(g.count(), xi, cbo, kt, &tile) },
-                    src: reg,
-                });
-            }
-        }
     };
     let blocks = register_blocks(g.th, rows, g.tw, cols);
     pipe.emit(
