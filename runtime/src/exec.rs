@@ -62,8 +62,8 @@ pub enum Order {
     /// Any other call of a band.
     Band = 5,
     /// A call whose tasks carry state from one to the next on a thread (a pipeline: the
-    /// Winograd products that transform raw weights, `Winograd::raw`, each output block's
-    /// products transforming the next block's weights into a scratch slot). Its task
+    /// Winograd products that transform raw weights, `Winograd::raw`, each unit's
+    /// products transforming the next unit's weights into a scratch slot). Its task
     /// space is [`BAND_SLOTS`] shares (its first task dimension), each with its own
     /// scratch, each run front to back by one thread, whole, in one kernel call (the
     /// kernel starts its pipeline at each share's first task, so it must never be called
@@ -468,8 +468,7 @@ unsafe fn run_call(
     // SAFETY: forwarded from the caller.
     let args = |image: usize| unsafe { pointers(call, frame, sizes, image, slot) };
     if call.order == Order::Pipelined {
-        // One image per call, whole shares (`Order::Pipelined`): `run_images` never runs a
-        // pipelined call task-major, so `count` is 1.
+        // Image by image (never task-major), each share whole in one kernel call.
         for image in first..first + count {
             team.shares(call.tasks, BAND_SLOTS, &|begin, end| {
                 // SAFETY: the caller guarantees the kernel's validity; each share has its

@@ -19,7 +19,8 @@
 //! Scratch index: `[xi][channel block][tile][lane]`, so one position's matrix is contiguous;
 //! positions are `plan::winograd_plane_floats` apart (an odd number of cache lines).
 //! The weight side `U = G g G^T` (along rows `G g_r` per kernel row) is packed once at
-//! load (`runtime::pack::pack_winograd`).
+//! load (`runtime::pack::pack_winograd`), or with raw weights (`Winograd::raw`) computed
+//! by the products themselves from the packed 3x3 filters ([`RawPipeline`]).
 //! With square tiles both transforms run separably (rows, then columns) through the
 //! scratch buffer itself, which keeps the live registers to about `2n` plus the constants.
 //!
