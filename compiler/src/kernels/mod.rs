@@ -282,9 +282,12 @@ pub fn to_text(p: &Program) -> String {
 pub fn interpret(p: &Program, blob: &[f32], input: &[f32], n: usize) -> Vec<f32> {
     let mut weights = blob.to_vec();
     let mut logits = vec![0.0f32; n * p.num_classes];
-    // Garbage, not zeros: no kernel may read what it did not write.
     let mut arena = vec![f32::NAN; p.arena_floats];
     for (image, (x, y)) in input.chunks(p.input_floats).zip(logits.chunks_mut(p.num_classes)).enumerate() {
+        // Garbage, not zeros, and not the image before's: no kernel may read what it did
+        // not write for this image (the scratch of raw Winograd weights would hold the
+        // same values again).
+        arena.fill(f32::NAN);
         let mut x = x.to_vec();
         for call in &p.calls {
             let args: Vec<(usize, usize)> = call
