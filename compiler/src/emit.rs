@@ -63,13 +63,13 @@ pub fn macs(step: &Step) -> usize {
 
 pub fn fused_text(plan: &Plan) -> String {
     let mut out = format!(
-        "{:<4} {:<24} {:<18} {:<20} {:<16} {:<16} {:>12}\n",
+        "{:<4} {:<24} {:<21} {:<20} {:<16} {:<16} {:>12}\n",
         "#", "kernel", "op", "epilogue", "input", "output", "MACs"
     );
     for (i, s) in plan.steps.iter().enumerate() {
         let _ = writeln!(
             out,
-            "{i:<4} {:<24} {:<18} {:<20} {:<16} {:<16} {:>12}",
+            "{i:<4} {:<24} {:<21} {:<20} {:<16} {:<16} {:>12}",
             s.name,
             op_name(s),
             epilogue(s),
