@@ -308,16 +308,14 @@ mod tests {
             };
             let (raw, stored) = (recipe(true), recipe(false));
             assert_eq!(raw.weight_floats(), 9 * 2 * 32 * jl);
-            let mut rb = vec![0.0; raw.weight_floats() + 2 * jl];
-            pack_winograd(&WinogradPacking { bias_offset: raw.weight_floats(), ..raw.clone() }, &tensors, &mut rb)
-                .unwrap();
-            let mut sb = vec![0.0; stored.weight_floats() + 2 * jl];
-            pack_winograd(
-                &WinogradPacking { bias_offset: stored.weight_floats(), ..stored.clone() },
-                &tensors,
-                &mut sb,
-            )
-            .unwrap();
+            // The weights, then the bias.
+            let pack = |p: &WinogradPacking| {
+                let mut blob = vec![0.0; p.weight_floats() + 2 * jl];
+                pack_winograd(&WinogradPacking { bias_offset: p.weight_floats(), ..p.clone() }, &tensors, &mut blob)
+                    .unwrap();
+                blob
+            };
+            let (rb, sb) = (pack(&raw), pack(&stored));
             let tr = w.transform().unwrap();
             let (positions, taps) = (w.positions(), w.taps());
             for oc in 0..32 {

@@ -37,7 +37,6 @@ use super::conv::{
 use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
-use crate::kir::LINE_FLOATS;
 use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
 use crate::plan::Buffer;
 use crate::target::Target;
@@ -83,18 +82,27 @@ impl Consts {
 
     /// `dst = init + sum(coef * src)` over the nonzero terms (`dst` is not a source).
     fn combine(&self, b: &mut Builder, dst: VReg, init: Option<Src>, terms: impl Iterator<Item = (f64, VReg)>) {
+        self.combine_src(b, dst, init, terms.map(|(c, r)| (c, Src::Reg(r))));
+    }
+
+    /// [`Consts::combine`] over sources that may be memory operands (a first term that
+    /// is not 1 multiplies its coefficient's register by it).
+    fn combine_src(&self, b: &mut Builder, dst: VReg, init: Option<Src>, terms: impl Iterator<Item = (f64, Src)>) {
         let mut started = false;
         if let Some(s) = init {
             b.set(dst, Expr::Src(s));
             started = true;
         }
-        for (c, r) in terms.filter(|&(c, _)| c != 0.0) {
-            let k = || Src::Reg(self.0[&(c as f32).to_bits()]);
-            let e = match (started, c == 1.0) {
-                (false, true) => Expr::Src(Src::Reg(r)),
-                (false, false) => Expr::Mul(r, k()),
-                (true, true) => Expr::Add(dst, Src::Reg(r)),
-                (true, false) => Expr::Fma(dst, Src::Reg(r), k()),
+        for (c, s) in terms.filter(|(c, _)| *c != 0.0) {
+            let k = (c != 1.0).then(|| self.0[&(c as f32).to_bits()]);
+            let e = match (started, k) {
+                (false, None) => Expr::Src(s),
+                (false, Some(k)) => match s {
+                    Src::Reg(r) => Expr::Mul(r, Src::Reg(k)),
+                    s => Expr::Mul(k, s),
+                },
+                (true, None) => Expr::Add(dst, s),
+                (true, Some(k)) => Expr::Fma(dst, s, Src::Reg(k)),
             };
             b.set(dst, e);
             started = true;
@@ -691,17 +699,7 @@ fn products_row(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
             }
         });
     };
-    let (full_r, rem_r, full_c, rem_c) = (g.th / rows, g.th % rows, g.tw / cols, g.tw % cols);
-    let row_blocks = |b: &mut Builder, y0: &Index, r: usize| {
-        b.for_loop(full_c, |b, xb| emit(b, y0, r, &xb.scaled(cols as i64), cols));
-        if rem_c > 0 {
-            emit(b, y0, r, &Index::constant((full_c * cols) as i64), rem_c);
-        }
-    };
-    b.for_loop(full_r, |b, yb| row_blocks(b, &yb.scaled(rows as i64), rows));
-    if rem_r > 0 {
-        row_blocks(&mut b, &Index::constant((full_r * rows) as i64), rem_r);
-    }
+    register_blocks(g.th, rows, g.tw, cols).emit(&mut b, false, |b, y0, r, x0, c, _| emit(b, y0, r, x0, c));
     let name = format!("{}_gemm_{shape}", prefix(g));
     b.finish(name, vec!["m", "v", "u"], lanes, vec![g.wino.positions(), cbo])
 }
@@ -709,10 +707,9 @@ fn products_row(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
 /// Floats of one position's transformed weights in a raw-weight products' scratch
 /// (`[ic][tap][lane]`), rounded up to an odd number of cache lines: a transform stores
 /// every position of one channel at once, planes apart, which then fall in distinct L1
-/// sets (as `plan::winograd_plane_floats`).
+/// sets (as the data transforms' scratch, `plan::winograd_plane_floats`).
 fn raw_plane_floats(cin_pad: usize, taps: usize, lanes: usize) -> usize {
-    let lines = (cin_pad * taps * lanes).div_ceil(LINE_FLOATS);
-    (lines + 1 - lines % 2) * LINE_FLOATS
+    crate::plan::winograd_plane_floats(cin_pad, taps, lanes)
 }
 
 /// Floats of the scratch of Winograd products with raw weights ([`RawPipeline`]), in the
@@ -949,7 +946,7 @@ fn products_row_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -
         },
         // The next block's kernel row is transformed in the position's first register
         // block only, once per channel.
-        |b, transforms, _| blocks.emit(b, |b, y0, r, x0, c, first| emit(b, y0, r, x0, c, transforms && first)),
+        |b, transforms, _| blocks.emit(b, true, |b, y0, r, x0, c, first| emit(b, y0, r, x0, c, transforms && first)),
     );
     let name = format!("{}raw_gemm_{shape}", prefix(g));
     b.finish(name, vec!["m", "v", "g", "u"], lanes, pipe.task_dims())
@@ -971,31 +968,29 @@ fn register_blocks(th: usize, rows: usize, tw: usize, cols: usize) -> RegisterBl
 }
 
 impl RegisterBlocks {
-    /// Calls `f(b, y0, rows, x0, cols, first)` for every block (`first`: the first one,
-    /// emitted on its own, out of the loops).
-    fn emit(&self, b: &mut Builder, f: impl Fn(&mut Builder, &Index, usize, &Index, usize, bool)) {
+    /// Calls `f(b, y0, rows, x0, cols, first)` for every block, in loops; with `peel`, the
+    /// first block is emitted on its own, out of the loops, and only it has `first`.
+    fn emit(&self, b: &mut Builder, peel: bool, f: impl Fn(&mut Builder, &Index, usize, &Index, usize, bool)) {
         let (rows, cols) = (self.rows, self.cols);
         let row_blocks = |b: &mut Builder, y0: &Index, r: usize, first: bool| {
-            let mut first = first;
-            if self.full_c > 0 && first {
+            if first && self.full_c > 0 {
                 f(b, y0, r, &Index::constant(0), cols, true);
                 b.for_loop(self.full_c - 1, |b, xb| f(b, y0, r, &xb.offset(1).scaled(cols as i64), cols, false));
-                first = false;
             } else {
                 b.for_loop(self.full_c, |b, xb| f(b, y0, r, &xb.scaled(cols as i64), cols, false));
             }
             if self.rem_c > 0 {
-                f(b, y0, r, &Index::constant((self.full_c * cols) as i64), self.rem_c, first);
+                f(b, y0, r, &Index::constant((self.full_c * cols) as i64), self.rem_c, first && self.full_c == 0);
             }
         };
-        let mut first = true;
-        if self.full_r > 0 {
+        if peel && self.full_r > 0 {
             row_blocks(b, &Index::constant(0), rows, true);
             b.for_loop(self.full_r - 1, |b, yb| row_blocks(b, &yb.offset(1).scaled(rows as i64), rows, false));
-            first = false;
+        } else {
+            b.for_loop(self.full_r, |b, yb| row_blocks(b, &yb.scaled(rows as i64), rows, false));
         }
         if self.rem_r > 0 {
-            row_blocks(b, &Index::constant((self.full_r * rows) as i64), self.rem_r, first);
+            row_blocks(b, &Index::constant((self.full_r * rows) as i64), self.rem_r, peel && self.full_r == 0);
         }
     }
 }
@@ -1037,8 +1032,7 @@ fn products_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
         }
         for a in 0..n {
             for (k, &tr) in trow.iter().enumerate() {
-                let terms: Vec<(f64, Src)> = (0..3).map(|r| (g.g[a * 3 + r], Src::Load(tap(r, k)))).collect();
-                combine_src(&consts, b, tr, &terms);
+                consts.combine_src(b, tr, None, (0..3).map(|r| (g.g[a * 3 + r], Src::Load(tap(r, k)))));
             }
             for c in 0..n {
                 consts.combine(b, u, None, (0..3).map(|k| (g.g[c * 3 + k], trow[k])));
@@ -1086,25 +1080,6 @@ fn products_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
     );
     let name = format!("{}raw_gemm_{shape}", prefix(g));
     b.finish(name, vec!["m", "v", "g", "u"], lanes, pipe.task_dims())
-}
-
-/// `dst = sum(coef * src)` over the nonzero terms, whose sources may be memory operands.
-fn combine_src(consts: &Consts, b: &mut Builder, dst: VReg, terms: &[(f64, Src)]) {
-    let mut started = false;
-    for (c, s) in terms.iter().filter(|(c, _)| *c != 0.0) {
-        let k = || consts.0[&(*c as f32).to_bits()];
-        let e = match (started, *c == 1.0) {
-            (false, true) => Expr::Src(s.clone()),
-            (false, false) => Expr::Mul(k(), s.clone()),
-            (true, true) => Expr::Add(dst, s.clone()),
-            (true, false) => Expr::Fma(dst, s.clone(), Src::Reg(k())),
-        };
-        b.set(dst, e);
-        started = true;
-    }
-    if !started {
-        b.set(dst, Expr::Zero);
-    }
 }
 
 /// `y = A^T M A + bias (+ residual) (ReLU)` per tile and output channel block, then the
