@@ -12,14 +12,16 @@ use resnetc::{from_spec, passes, reference, spec, weights};
 use support::random_spec::{random_spec, Rng};
 
 /// Winograd convs of `graph` on the Cranelift target: F(2,3), F(3,3), F(4,3), and any
-/// tile along rows.
-fn winograd_counts(graph: &resnetc::graph::Graph) -> [usize; 4] {
+/// tile along rows; then 1x1 convs run as Strassen.
+fn algorithm_counts(graph: &resnetc::graph::Graph) -> [usize; 5] {
     let mut fused = passes::fuse(graph).0;
     passes::ChooseAlgorithm { target: Target::CRANELIFT_X64 }.run(&mut fused);
-    let mut counts = [0; 4];
+    let mut counts = [0; 5];
     for n in fused.g.node_weights() {
-        if let Op::Conv(Conv { winograd: Some(w), .. }) = n.op {
-            counts[if w.row { 3 } else { w.m - 2 }] += 1;
+        match n.op {
+            Op::Conv(Conv { winograd: Some(w), .. }) => counts[if w.row { 3 } else { w.m - 2 }] += 1,
+            Op::Conv(Conv { strassen: true, .. }) => counts[4] += 1,
+            _ => {}
         }
     }
     counts
@@ -28,10 +30,10 @@ fn winograd_counts(graph: &resnetc::graph::Graph) -> [usize; 4] {
 #[test]
 fn jit_matches_every_golden() {
     let mut failures = vec![];
-    let mut winograd = [0usize; 4];
+    let mut algorithms = [0usize; 5];
     for g in support::goldens() {
         let graph = g.graph();
-        for (total, c) in winograd.iter_mut().zip(winograd_counts(&graph)) {
+        for (total, c) in algorithms.iter_mut().zip(algorithm_counts(&graph)) {
             *total += c;
         }
         let m = JitModel::new(&g.spec(), &weights::seeded(&graph, g.weight_seed), 2).unwrap();
@@ -45,8 +47,10 @@ fn jit_matches_every_golden() {
     // Every square Winograd tile size meets a PyTorch golden (F(2,3): ResNet-34's 7x7
     // convs). Tiles along rows meet them through the Rust backend (`macro_models.rs`:
     // ResNet-18 and ResNet-50 at F(1x3)) and every size in `kernel_ir.rs`.
-    eprintln!("Winograd convs in the goldens: {winograd:?}");
-    assert!(winograd[..3].iter().all(|&c| c >= 3), "a Winograd tile size no golden covers: {winograd:?}");
+    eprintln!("Winograd convs, then Strassen ones, in the goldens: {algorithms:?}");
+    assert!(algorithms[..3].iter().all(|&c| c >= 3), "a Winograd tile size no golden covers: {algorithms:?}");
+    // ResNet-50, 101 and 152 run most of their 1x1 convs as Strassen.
+    assert!(algorithms[4] >= 50, "too few Strassen convs in the goldens: {algorithms:?}");
 }
 
 #[test]
@@ -66,7 +70,7 @@ fn jit_matches_reference_on_presets_not_in_goldens() {
 #[test]
 fn jit_matches_reference_on_200_random_specs() {
     let mut rng = Rng::new(0xc1f);
-    let mut winograd = [0usize; 4];
+    let mut winograd = [0usize; 5];
     // Convs that read their input from a panel: 1x1 and k x k.
     let mut panels = [0usize; 2];
     // Direct convs with flat register tiles, reading their input in place and from a
@@ -76,7 +80,7 @@ fn jit_matches_reference_on_200_random_specs() {
     for i in 0..200 {
         let s = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&s).unwrap();
-        for (total, c) in winograd.iter_mut().zip(winograd_counts(&graph)) {
+        for (total, c) in winograd.iter_mut().zip(algorithm_counts(&graph)) {
             *total += c;
         }
         let w = weights::seeded(&graph, i);
@@ -111,7 +115,7 @@ fn jit_matches_reference_on_200_random_specs() {
         "too few flat / two-row tiles: {flat:?} {two_row_panels}"
     );
     // The differential test covers every Winograd tile size, not only direct convolution.
-    let [f2, f3, f4, row] = winograd;
+    let [f2, f3, f4, row, _] = winograd;
     eprintln!("Winograd convs: {f2} F(2,3), {f3} F(3,3), {f4} F(4,3), {row} along rows");
     // F(2,3) and tiles along rows win only where weights dominate (large channel counts
     // on small outputs, which small random specs rarely have: 2 of 200 since the direct
@@ -128,8 +132,9 @@ fn jit_matches_reference_on_200_random_specs() {
 /// across all three, task-major calls task by task for both images).
 #[test]
 fn batch_orders_match_single_images_bit_for_bit() {
-    // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights, direct) and the strided
-    // Winograd products of a 640-wide stride-2 3x3 conv (26 MB: 16 weight slots).
+    // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights, 11.5 MB as Strassen's
+    // sums) and the strided Winograd products of a 640-wide stride-2 3x3 conv (26 MB: 16
+    // weight slots).
     let text = "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [64, 640]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 8, 8]\n";
     let s = spec::parse(text, "task_major").unwrap();
     let w = weights::seeded(&from_spec::build(&s).unwrap(), 5);
@@ -142,7 +147,7 @@ fn batch_orders_match_single_images_bit_for_bit() {
             .filter(|c| c.order == resnetc::kernels::Order::TaskMajor)
             .map(|c| m.program.kernels[c.kernel].name.as_str())
             .collect();
-        assert!(kinds.iter().any(|k| k.starts_with("conv")), "no task-major direct conv: {kinds:?}");
+        assert!(kinds.iter().any(|k| k.starts_with("strassen")), "no task-major 1x1 conv: {kinds:?}");
         assert!(kinds.iter().any(|k| k.contains("_gemm_")), "no task-major Winograd product: {kinds:?}");
         let batch = 5;
         let x = weights::seeded_input(s.input, batch, 77);
@@ -194,9 +199,10 @@ fn bands_run_in_parallel_and_match_the_reference() {
 }
 
 /// Kernels are compiled in the kernel IR's order (`cranelift::host_isa`): in the inner
-/// loop of a 1x1 conv, no FMA's result is the next FMA's accumulator input (each channel's
-/// FMAs run across the tile's pixels). Through Cranelift's e-graph pass each accumulator's
-/// FMAs came out as one dependent chain instead (49 of the 55 consecutive pairs).
+/// loop of a 1x1 conv, direct or Strassen, no FMA's result is the next FMA's accumulator
+/// input (each channel's FMAs run across the tile's pixels). Through Cranelift's e-graph
+/// pass each accumulator's FMAs came out as one dependent chain instead (49 of the 55
+/// consecutive pairs).
 #[test]
 fn conv_fmas_keep_the_kernel_order() {
     let isa = resnetc::cranelift::host_isa(false).unwrap();
@@ -206,19 +212,51 @@ fn conv_fmas_keep_the_kernel_order() {
     }
     let s = spec::preset("resnet50").unwrap();
     let p = resnetc::jit_model::program(&s).unwrap();
-    let name = "conv1x1s1_1024x14x14_to256x14x14_relu";
-    assert!(p.kernels.iter().any(|k| k.name == name), "ResNet-50 has this conv");
-    let asm = resnetc::cranelift::asm::disassemble(&p.kernels, Some(name)).unwrap();
-    // (destination, addend) of each `vfmadd213ps dst,mul,add`, in code order.
-    let fmas: Vec<(String, String)> = asm
-        .lines()
-        .filter_map(|l| l.split_once("vfmadd213ps ").map(|(_, ops)| ops))
-        .map(|ops| {
-            let o: Vec<&str> = ops.split(',').map(str::trim).collect();
-            (o[0].to_string(), o[2].to_string())
-        })
-        .collect();
-    assert!(fmas.len() >= 56, "expected 7 pixels x 8 channels per iteration; got {} FMAs:\n{asm}", fmas.len());
-    let chained = fmas.windows(2).filter(|w| w[0].0 == w[1].1).count();
-    assert_eq!(chained, 0, "{chained} of {} consecutive FMAs form a dependent chain:\n{asm}", fmas.len());
+    for name in ["conv1x1s1_256x56x56_to64x56x56_relu", "strassen1x1s1_1024x14x14_to256x14x14_flat_relu"] {
+        assert!(p.kernels.iter().any(|k| k.name == name), "ResNet-50 has {name}");
+        let asm = resnetc::cranelift::asm::disassemble(&p.kernels, Some(name)).unwrap();
+        // (destination, addend) of each `vfmadd213ps dst,mul,add`, in code order; `None`
+        // at each jump (the FMAs either side of a loop's back edge are in different loops).
+        let fmas: Vec<Option<(String, String)>> = asm
+            .lines()
+            .filter_map(|l| {
+                let op = l.split_once(':')?.1.trim_start();
+                if op.starts_with('j') {
+                    return Some(None);
+                }
+                let o: Vec<&str> = op.strip_prefix("vfmadd213ps ")?.split(',').map(str::trim).collect();
+                Some(Some((o[0].to_string(), o[2].to_string())))
+            })
+            .collect();
+        let count = fmas.iter().flatten().count();
+        assert!(count >= 56, "{name}: expected 7 pixels x 8 channels per iteration; got {count} FMAs");
+        let chained = fmas.windows(2).filter(|w| matches!(w, [Some(a), Some(b)] if a.0 == b.1)).count();
+        assert_eq!(chained, 0, "{name}: {chained} of {count} consecutive FMAs form a dependent chain");
+    }
+}
+
+/// 1x1 convs as Strassen, compiled, on the shapes of `kernel_ir.rs`'s
+/// `strassen_convs_match_reference` (row halves with a one-row last task row, one-row
+/// tiles, flat tiles with a pixel paired with nothing), at 1 and 2 threads and batch 1 and
+/// 3, against the reference.
+#[test]
+fn strassen_convs_match_reference() {
+    for (k, input) in ["[3, 44, 28]", "[3, 60, 52]", "[3, 30, 26]", "[3, 14, 13]"].iter().enumerate() {
+        let text = format!(
+            "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
+        );
+        let s = spec::parse(&text, "strassen").unwrap();
+        let graph = from_spec::build(&s).unwrap();
+        let w = weights::seeded(&graph, 20 + k as u64);
+        for (threads, batch) in [(1, 1), (2, 3)] {
+            let x = weights::seeded_input(s.input, batch, 30 + k as u64);
+            let want = reference::run(&graph, &w, &x).unwrap();
+            let m = JitModel::new(&s, &w, threads).unwrap();
+            let strassen = m.program.kernels.iter().filter(|k| k.name.starts_with("strassen")).count();
+            assert!(strassen >= 2, "{input}: {strassen} Strassen kernels");
+            let rel = support::agree(&m.forward(&x).unwrap(), &want)
+                .unwrap_or_else(|e| panic!("{input}, {threads} threads, batch {batch}: {e}"));
+            eprintln!("strassen {input} {threads} threads rel err {rel:.2e}");
+        }
+    }
 }

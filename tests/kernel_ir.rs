@@ -61,6 +61,7 @@ fn interpreted_kernels_match_small_goldens() {
 #[test]
 fn interpreted_kernels_match_reference_on_random_specs() {
     let mut rng = Rng::new(0x1e);
+    let mut strassen = 0;
     for i in 0..40 {
         let spec = random_spec(&mut rng, &format!("random{i}"));
         let graph = from_spec::build(&spec).unwrap();
@@ -71,6 +72,60 @@ fn interpreted_kernels_match_reference_on_random_specs() {
             let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, target, i, &x));
             support::agree(&y, &want).unwrap_or_else(|e| panic!("random spec {i} {}: {e}\n{spec}", target.name));
         }
+        // Every 1x1 conv the kernels can run as Strassen, whatever the cost model says
+        // (it takes only long reductions, which specs this small rarely have).
+        let (fused, n) = forced_strassen(&graph, Target::CRANELIFT_X64);
+        if n > 0 {
+            strassen += n;
+            let prog = kernels::lower(&plan::build_chosen(&fused, Target::CRANELIFT_X64).unwrap()).unwrap();
+            let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), interpret(&graph, &prog, i, &x));
+            support::agree(&y, &want).unwrap_or_else(|e| panic!("random spec {i} with Strassen: {e}\n{spec}"));
+        }
+    }
+    eprintln!("1x1 convs forced to Strassen: {strassen}");
+    assert!(strassen >= 10, "too few 1x1 convs Strassen can run in the random specs: {strassen}");
+}
+
+/// The fused `graph` with the cost model's algorithms for `target`, then Strassen on every
+/// 1x1 conv the kernels can run that way (`kernels::strassen_possible`), and how many.
+fn forced_strassen(graph: &Graph, target: Target) -> (Graph, usize) {
+    let mut fused = passes::fuse(graph).0;
+    passes::Pass::run(&passes::ChooseAlgorithm { target }, &mut fused);
+    let mut forced = 0;
+    for n in fused.schedule() {
+        let shape = fused.node(n).shape;
+        if let Op::Conv(c) = &mut fused.g[n].op {
+            c.strassen = kernels::strassen_possible(target, c, shape);
+            forced += c.strassen as usize;
+        }
+    }
+    (fused, forced)
+}
+
+/// 1x1 convs as Strassen (Cranelift target, the cost model's choice), against the
+/// reference, in a bottleneck stage 256 wide (the stride-2 downsample, the expanding
+/// residual convs whose output may overwrite their residual, the reducing convs whose
+/// output has the next 3x3 conv's halo), on outputs of: 22x14 (row halves of 11 rows, in
+/// tiles of two rows of 5, 5 and 4 pixels: the last task row has one row), 30x26 (one-row
+/// tiles of 9, 9 and 8 pixels; its 1024-channel reducing convs stay direct: their panel would be 5.6 MB), 15x13 (flat tiles over the first 98 pixels, the last one
+/// paired with nothing) and 7x7 (flat, 25 and 24 pixels).
+#[test]
+fn strassen_convs_match_reference() {
+    let cases = [
+        ("[3, 44, 28]", "strassen1x1s1_1024x22x14_to256x22x14_relu", "pack_strassen1x1s2_256x44x28_to1024x22x14"),
+        ("[3, 60, 52]", "strassen1x1s1_256x30x26_to1024x30x26_res_relu", "pack_strassen1x1s1_256x30x26_to1024x30x26"),
+        (
+            "[3, 30, 26]",
+            "strassen1x1s1_1024x15x13_to256x15x13_flat_relu",
+            "pack_strassen1x1s2_256x30x26_to1024x15x13_flat",
+        ),
+        ("[3, 14, 13]", "strassen1x1s1_256x7x7_to1024x7x7_flat_res_relu", "pack_strassen1x1s1_1024x7x7_to256x7x7_flat"),
+    ];
+    for (input, products, pack) in cases {
+        let (spec, graph, prog) = two_stage_bottleneck(input, Target::CRANELIFT_X64);
+        assert_kernels(&prog, &[products, pack]);
+        let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
+        eprintln!("strassen {input} rel err {rel:.2e}");
     }
 }
 
@@ -96,14 +151,17 @@ fn wide_register_tiles_match_reference() {
     eprintln!("wide tiles rel err {rel:.2e}");
 }
 
-/// Convs that read a panel (Cranelift target): a stride-2 1x1 downsample, a stride-2 3x3
+/// The Cranelift target with direct 1x1 convs only, for the tests of their panels.
+const NO_STRASSEN: Target = Target { strassen: false, ..Target::CRANELIFT_X64 };
+
+/// Convs that read a panel (Cranelift target without Strassen): a stride-2 1x1 downsample, a stride-2 3x3
 /// conv (pad 1: its taps read the input's halo) and a 1x1 conv over 1024 channels of
 /// 15x13 (rows over 32 KB), all with tiles of two rows of 5 + 4 + 4 pixels (rows split
 /// evenly: two short tiles, a loop of them; with 15 rows the last task has one row), and
 /// a 1x1 conv with one-row tiles of 9 + 9 + 8 pixels on 30x26, against the reference.
 #[test]
 fn panel_convs_match_reference() {
-    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]", Target::CRANELIFT_X64);
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 30, 26]", NO_STRASSEN);
     assert_kernels(
         &prog,
         &[
@@ -117,13 +175,13 @@ fn panel_convs_match_reference() {
     eprintln!("panels rel err {rel:.2e}");
 }
 
-/// Flat register tiles (Cranelift target): outputs of 7x7 covered by tiles of 10, 10, 10,
+/// Flat register tiles (Cranelift target without Strassen): outputs of 7x7 covered by tiles of 10, 10, 10,
 /// 10 and 9 consecutive pixels that continue on the next row, reading flat panels packed
 /// from a stride-2 1x1 downsample, a stride-2 3x3 conv (pad 1), and 1x1 convs with a
 /// residual and into an output with a halo (the next 3x3 conv's), against the reference.
 #[test]
 fn flat_tiles_match_reference() {
-    let (spec, graph, prog) = two_stage_bottleneck("[3, 14, 13]", Target::CRANELIFT_X64);
+    let (spec, graph, prog) = two_stage_bottleneck("[3, 14, 13]", NO_STRASSEN);
     assert_kernels(
         &prog,
         &[

@@ -7,7 +7,8 @@ use serde_json::{json, Value};
 use std::fmt::Write;
 
 /// The operator of a step as printed (`conv3x3/2`, `maxpool3x3/2`, ...); a Winograd conv
-/// whose products transform raw weights (`Winograd::raw`) ends in `raw`.
+/// whose products transform raw weights (`Winograd::raw`) ends in `raw`, a 1x1 conv run as
+/// Strassen (`Conv::strassen`) in `strassen`.
 pub fn op_name(step: &Step) -> String {
     let name = match &step.op {
         StepOp::PackInput => "pack_input".into(),
@@ -17,6 +18,7 @@ pub fn op_name(step: &Step) -> String {
             format!("conv3x3/{} F({},3)s{0}", w.stride, w.m)
         }
         StepOp::Conv(Conv { winograd: Some(w), .. }) => format!("conv3x3/1 F({},3)", w.m),
+        StepOp::Conv(c) if c.strassen => format!("conv1x1/{} strassen", c.stride),
         StepOp::Conv(c) => format!("conv{k}x{k}/{}", c.stride, k = c.kernel),
         StepOp::MaxPool(p) => {
             format!("maxpool{k}x{k}/{}{}", p.stride, if p.ceil_mode { " ceil" } else { "" }, k = p.kernel)
@@ -100,6 +102,7 @@ pub fn fused_json(plan: &Plan) -> Value {
             "residual": s.residual.map(|b| plan.buffers[b].name.clone()),
             "algorithm": match &s.op {
                 StepOp::Conv(Conv { winograd: Some(w), .. }) => format!("winograd {w}"),
+                StepOp::Conv(c) if c.strassen => "strassen".to_string(),
                 StepOp::Conv(_) => "direct".to_string(),
                 _ => String::new(),
             },

@@ -67,6 +67,7 @@ impl Builder<'_> {
             residual: false,
             relu: false,
             winograd: None,
+            strassen: false,
         });
         Ok(self.graph.add(name, op, shape, &[x]))
     }

@@ -51,6 +51,9 @@ pub struct Conv {
     /// Run as this Winograd algorithm; `None` is direct convolution. Chosen by the
     /// `choose_algorithm` pass.
     pub winograd: Option<Winograd>,
+    /// A 1x1 conv run as one level of Strassen (`resnetc_runtime::strassen`); chosen by
+    /// the `choose_algorithm` pass.
+    pub strassen: bool,
 }
 
 impl Conv {
@@ -251,6 +254,9 @@ pub fn attributes(op: &Op) -> String {
             }
             if let Some(w) = c.winograd {
                 let _ = write!(s, " winograd {w}");
+            }
+            if c.strassen {
+                s.push_str(" strassen");
             }
             s
         }

@@ -339,7 +339,9 @@ impl Pass for ChooseAlgorithm {
     /// upgrade to a larger tile that saves the most estimated time per error unit is
     /// taken while the budget lasts ([`MAX_F4_LAYERS`]). So the
     /// budget goes where larger tiles save most, not to the first convs met (on deep
-    /// networks whose 3x3 convs would spend it several times over).
+    /// networks whose 3x3 convs would spend it several times over). Last, 1x1 convs take
+    /// Strassen where the target has it (`kernels::strassen_fits`); `RESNETC_NO_STRASSEN`
+    /// turns it off, for measurements.
     fn run(&self, graph: &mut Graph) -> usize {
         // An escape hatch for measurements and bit-level comparisons with direct convolution.
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
@@ -416,11 +418,15 @@ impl Pass for ChooseAlgorithm {
                 *at = i;
             }
         }
+        // 1x1 convs run as Strassen wherever the target and their shape allow.
+        let strassen = !std::env::var_os("RESNETC_NO_STRASSEN").is_some_and(|v| v != "0");
         let mut count = 0;
         for (n, options, at) in convs {
+            let shape = graph.node(n).shape;
             let Op::Conv(c) = &mut graph.g[n].op else { unreachable!("collected as a conv") };
             c.winograd = options[at].0;
-            count += c.winograd.is_some() as usize;
+            c.strassen = strassen && crate::kernels::strassen_fits(self.target, c, shape);
+            count += (c.winograd.is_some() || c.strassen) as usize;
         }
         count
     }

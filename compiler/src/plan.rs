@@ -255,6 +255,9 @@ pub fn winograd_plane_floats(cblocks: usize, tiles: usize, lanes: usize) -> usiz
 /// layout's channels are the taps' padded channels (`k * k * cin_pad`), its rows the task
 /// rows and its columns `tiles * slots` (`TileShape` in `kernels/conv.rs`).
 pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option<Layout> {
+    if c.strassen {
+        return Some(crate::kernels::strassen_panel_layout(t, c, out));
+    }
     let tile = crate::kernels::panel_tile(t, c, input, out)?;
     let w = tile.tiles(out.w, out.h) * tile.slots();
     Some(Layout { c: c.kernel * c.kernel * input.cpad(), cb: t.lanes, h: out.h.div_ceil(tile.rows), w, halo: 0 })
@@ -423,6 +426,7 @@ mod tests {
                 residual: false,
                 relu: false,
                 winograd: Some(w),
+                strassen: false,
             };
             Op::Conv(c)
         };

@@ -148,10 +148,10 @@ fn cow(s: &str) -> String {
 fn recipe(r: &Recipe) -> String {
     match r {
         Recipe::Conv(p) => format!(
-            "Recipe::Conv(ConvPacking {{ weight: {}, bn: {}, cout: {}, cin: {}, kernel: {}, groups: {}, jl: {}, tiles: {}, icr: {}, per_group: {}, group_stride: {}, tile_stride: {}, offset: {}, bias_offset: {} }})",
+            "Recipe::Conv(ConvPacking {{ weight: {}, bn: {}, cout: {}, cin: {}, kernel: {}, groups: {}, jl: {}, tiles: {}, icr: {}, per_group: {}, group_stride: {}, tile_stride: {}, offset: {}, bias_offset: {}, strassen: {} }})",
             cow(&p.weight),
             p.bn.as_ref().map_or("None".into(), |b| format!("Some({})", cow(b))),
-            p.cout, p.cin, p.kernel, p.groups, p.jl, p.tiles, p.icr, p.per_group, p.group_stride, p.tile_stride, p.offset, p.bias_offset
+            p.cout, p.cin, p.kernel, p.groups, p.jl, p.tiles, p.icr, p.per_group, p.group_stride, p.tile_stride, p.offset, p.bias_offset, p.strassen
         ),
         Recipe::Winograd(p) => format!(
             "Recipe::Winograd(WinogradPacking {{ weight: {}, bn: {}, cout: {}, cin: {}, m: {}, row: {}, stride: {}, raw: {}, jl: {}, ktiles: {}, cin_pad: {}, offset: {}, bias_offset: {} }})",

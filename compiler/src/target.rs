@@ -52,6 +52,12 @@ pub struct Target {
     /// products have the registers for the transform beside their tile and the FMA rate to
     /// hide most of it under the weight stream.
     pub raw_winograd: bool,
+    /// Whether 1x1 convs may run as one level of Strassen (`Conv::strassen`, where
+    /// `kernels::strassen_fits` allows): 7/8 of the multiply-adds, for sums of half-size
+    /// blocks made in the panel gather and the epilogue. It pays where the FMAs are slow
+    /// beside memory: 128-bit vectors (a C model of ResNet-50's 1x1 convs: the products
+    /// 0.87-0.97x the time at 128 bits, 0.93-1.11x at 512).
+    pub strassen: bool,
     /// Most bytes of weights the cost model may choose (Winograd weights are up to 4x
     /// larger than direct ones; estimated without the padding to whole vectors): a
     /// memory-for-speed trade a user asks for (`--max-weight-mb`); `None` chooses for
@@ -112,6 +118,7 @@ impl Target {
         prefetch: true,
         panels: true,
         raw_winograd: false,
+        strassen: true,
         weight_budget: None,
     };
     /// rustc with AVX-512F: 512-bit zmm registers, 32 of them. Calibrated on the AMD
@@ -140,6 +147,7 @@ impl Target {
         prefetch: true,
         panels: false,
         raw_winograd: true,
+        strassen: false,
         weight_budget: None,
     };
 }

@@ -37,6 +37,11 @@ pub struct ConvPacking {
     /// Float offsets of the packed weights and of the bias (`tiles * jl` floats).
     pub offset: usize,
     pub bias_offset: usize,
+    /// A 1x1 conv run as one level of Strassen ([`crate::strassen`]): the weights are the
+    /// seven half-size sums of [`crate::strassen::PRODUCTS`], `[tile][product][ic][jl]`
+    /// with `tile` over the first half of the tiles and `ic` over the first half of the
+    /// input channels (an ungrouped conv; `tiles` and `icr` even).
+    pub strassen: bool,
 }
 
 impl ConvPacking {
@@ -44,7 +49,11 @@ impl ConvPacking {
         (tile / self.per_group) * self.group_stride + (tile % self.per_group) * self.tile_stride
     }
     pub fn weight_floats(&self) -> usize {
-        self.tiles * self.kernel * self.kernel * self.icr * self.jl
+        if self.strassen {
+            crate::strassen::PRODUCTS.len() * (self.tiles / 2) * (self.icr / 2) * self.jl
+        } else {
+            self.tiles * self.kernel * self.kernel * self.icr * self.jl
+        }
     }
 }
 
@@ -142,9 +151,23 @@ fn folded(weight: &str, bn: &Option<Name>, cout: usize, tensors: &Tensors) -> Re
 /// Packs one conv into `blob`.
 pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
-    let (cin_g, cout_g, k) = (p.cin / p.groups, p.cout / p.groups, p.kernel);
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
+    if p.strassen {
+        pack_strassen(p, &w, out);
+    } else {
+        pack_direct(p, &w, out);
+    }
+    let b = &mut blob[p.bias_offset..p.bias_offset + p.tiles * p.jl];
+    b.fill(0.0);
+    b[..p.cout].copy_from_slice(&bias);
+    Ok(())
+}
+
+/// The weights of a direct conv, `[tile][kh][kw][ic][jl]` (see [`ConvPacking`]), into
+/// `out` (zeroed).
+fn pack_direct(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
+    let (cin_g, cout_g, k) = (p.cin / p.groups, p.cout / p.groups, p.kernel);
     for t in 0..p.tiles {
         let start = p.start(t);
         for kh in 0..k {
@@ -163,10 +186,32 @@ pub fn pack_conv(p: &ConvPacking, tensors: &Tensors, blob: &mut [f32]) -> Result
             }
         }
     }
-    let b = &mut blob[p.bias_offset..p.bias_offset + p.tiles * p.jl];
-    b.fill(0.0);
-    b[..p.cout].copy_from_slice(&bias);
-    Ok(())
+}
+
+/// The weights of a 1x1 conv run as Strassen ([`ConvPacking::strassen`]): block `q` of
+/// the folded `[cout][cin]` matrix is its output half `q / 2` and input half `q % 2`; each
+/// product's sum of blocks is made in f64 and rounded once.
+fn pack_strassen(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
+    assert!(p.kernel == 1 && p.groups == 1 && p.cout == p.tiles * p.jl && p.cin == p.icr, "an unpadded 1x1 conv");
+    let (half_tiles, half_in, jl) = (p.tiles / 2, p.icr / 2, p.jl);
+    let half_out = half_tiles * jl;
+    for t in 0..half_tiles {
+        for (i, product) in crate::strassen::PRODUCTS.iter().enumerate() {
+            for ic in 0..half_in {
+                for lane in 0..jl {
+                    let oc = t * jl + lane;
+                    let sum: f64 = (0..4)
+                        .filter(|&q| product.weights[q] != 0)
+                        .map(|q| {
+                            let (o, c) = (oc + (q / 2) * half_out, ic + (q % 2) * half_in);
+                            f64::from(product.weights[q]) * f64::from(w[o * p.cin + c])
+                        })
+                        .sum();
+                    out[((t * crate::strassen::PRODUCTS.len() + i) * half_in + ic) * jl + lane] = sum as f32;
+                }
+            }
+        }
+    }
 }
 
 /// Transforms one 3x3 conv's folded weights into the Winograd domain (or with `raw` lays

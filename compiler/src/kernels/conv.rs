@@ -279,7 +279,7 @@ const PANEL_TILE_COST: [usize; 13] = [0, 72, 77, 79, 80, 84, 89, 93, 95, 102, 11
 /// even splits only: `n` tiles of a row as wide as each other or one pixel narrower
 /// (56-wide rows: 10, 10, 9, 9, 9, 9 against 7 tiles of 8, 632 against 665; 28-wide
 /// rows 10, 9, 9 against 10, 10, 8). Ties go to one row, then to fewer tiles.
-fn even_tiles_2d(budget: usize, width: usize, height: usize) -> (TileShape, usize) {
+pub(super) fn even_tiles_2d(budget: usize, width: usize, height: usize) -> (TileShape, usize) {
     let max_rows = if height >= 2 { 2 } else { 1 };
     (1..=max_rows)
         .filter(|&rows| budget >= rows)
@@ -376,7 +376,7 @@ fn pack_name(c: &Conv, li: &Layout, out: &Layout, shape: &TileShape) -> String {
 /// Runs `f(b, tile, column, pixels)` for every register tile of a `width`-wide task row:
 /// its tile index, its first column and its pixels per row; a loop over each group of
 /// equal tiles ([`TileShape::groups`]), constants for a group of one.
-fn for_row_tiles(
+pub(super) fn for_row_tiles(
     b: &mut Builder,
     shape: &TileShape,
     width: usize,
@@ -436,7 +436,13 @@ impl Panel {
 /// The output pixels of one register tile, each (row, column) with its slot in the tile's
 /// panel block: `n` pixels from column `ow0` in each of `nr` rows from `oh0`, `p_max`
 /// slots per row.
-fn row_tile_pixels(oh0: &Index, ow0: &Index, p_max: usize, n: usize, nr: usize) -> Vec<(Index, Index, usize)> {
+pub(super) fn row_tile_pixels(
+    oh0: &Index,
+    ow0: &Index,
+    p_max: usize,
+    n: usize,
+    nr: usize,
+) -> Vec<(Index, Index, usize)> {
     (0..nr)
         .flat_map(|r| (0..n).map(move |pp| (r, pp)))
         .map(|(r, pp)| (oh0.offset(r as i64), ow0.offset(pp as i64), r * p_max + pp))
@@ -603,6 +609,7 @@ pub fn generate(
         tile_stride: tl.tile_stride,
         offset: w.take(tiles * k * k * tl.icr * jl),
         bias_offset: w.take(tiles * jl),
+        strassen: false,
     };
     // Arguments: 0 out, 1 in, 2 weights, 3 bias, 4 residual.
     // Tasks are (output-channel tile, task row), or whole tiles with reduction chunks.

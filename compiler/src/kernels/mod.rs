@@ -4,6 +4,7 @@
 
 mod conv;
 mod simple;
+mod strassen;
 mod winograd;
 
 use crate::graph::Conv;
@@ -17,6 +18,8 @@ pub(crate) use conv::panel_tile;
 pub use resnetc_runtime::exec::Arg as ArgRef;
 pub use resnetc_runtime::exec::Order;
 use resnetc_runtime::exec::{band_slot, BAND_SLOTS};
+pub(crate) use strassen::panel_layout as strassen_panel_layout;
+pub use strassen::{fits as strassen_fits, possible as strassen_possible};
 pub(crate) use winograd::product_tile as winograd_product_tile;
 pub use winograd::raw_fits as winograd_raw_fits;
 pub(crate) use winograd::raw_scratch_floats as winograd_raw_scratch_floats;
@@ -170,12 +173,21 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let panel = step.scratch.first().map(|&p| &plan.buffers[p]);
                 let mut conv_input = arena(step.input);
                 if let Some(p) = panel {
-                    let pack = conv::pack_panel(t, c, buf(step.input), p, buf(step.output));
+                    let pack = if c.strassen {
+                        strassen::pack(t, c, buf(step.input), p, buf(step.output))
+                    } else {
+                        conv::pack_panel(t, c, buf(step.input), p, buf(step.output))
+                    };
                     let panel_arg = arena(Some(step.scratch[0]));
                     step_calls.push((pack, vec![panel_arg, conv_input], 0, Order::DepthFirst));
                     conv_input = panel_arg;
                 }
-                let g = conv::generate(t, c, buf(step.input), panel, buf(step.output), res, &mut weights)?;
+                let g = match panel {
+                    Some(p) if c.strassen => {
+                        strassen::generate(t, c, buf(step.input), p, buf(step.output), res, &mut weights)
+                    }
+                    _ => conv::generate(t, c, buf(step.input), panel, buf(step.output), res, &mut weights)?,
+                };
                 let mut args = vec![
                     arena(step.output),
                     conv_input,
