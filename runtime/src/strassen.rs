@@ -78,8 +78,8 @@ mod tests {
             for p in PRODUCTS {
                 let dot = |c: [i8; 4], v: [i64; 4]| (0..4).map(|i| c[i] as i64 * v[i]).sum::<i64>();
                 let m = dot(p.weights, w) * dot(p.activations, x);
-                for q in 0..4 {
-                    got[q] += p.output[q] as i64 * m;
+                for (g, &sign) in got.iter_mut().zip(&p.output) {
+                    *g += sign as i64 * m;
                 }
             }
             assert_eq!(got, want, "W {w:?} X {x:?}");

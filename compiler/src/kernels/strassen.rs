@@ -351,12 +351,12 @@ pub fn generate(
             };
             for (p, &a) in pairs.iter().zip(&acc) {
                 let Some((oh, ow)) = (if q % 2 == 0 { Some(&p.a) } else { p.b.as_ref() }) else { continue };
-                let at = Addr { arg: 0, index: pixel(&lo, &block, &oh, ow) };
+                let at = Addr { arg: 0, index: pixel(&lo, &block, oh, ow) };
                 if i == first {
                     b.set(tmp, Expr::Src(Src::Load(Addr { arg: 3, index: block.scaled(lanes as i64) })));
                     add(b, a);
                     if let Some(rb) = res {
-                        let r = Src::Load(Addr { arg: 4, index: pixel(&rb.layout, &block, &oh, ow) });
+                        let r = Src::Load(Addr { arg: 4, index: pixel(&rb.layout, &block, oh, ow) });
                         b.set(tmp, Expr::Add(tmp, r));
                     }
                 } else {
