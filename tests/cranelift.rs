@@ -235,15 +235,17 @@ fn conv_fmas_keep_the_kernel_order() {
     }
 }
 
-/// 1x1 convs as Strassen, compiled, on the shapes of `kernel_ir.rs`'s
-/// `strassen_convs_match_reference` (row halves with a one-row last task row, one-row
-/// tiles, flat tiles with a pixel paired with nothing), at 1 and 2 threads and batch 1 and
-/// 3, against the reference.
+/// 1x1 convs as Strassen, compiled, where the cost model takes it, on the shapes of
+/// `kernel_ir.rs`'s `strassen_convs_match_reference` (row halves with a one-row last task
+/// row, one-row tiles, flat tiles with a pixel paired with nothing; the 7x7 outputs in a
+/// stage 512 wide, whose convs are large enough), at 1 and 2 threads and batch 1 and 3,
+/// against the reference.
 #[test]
 fn strassen_convs_match_reference() {
-    for (k, input) in ["[3, 44, 28]", "[3, 60, 52]", "[3, 30, 26]", "[3, 14, 13]"].iter().enumerate() {
+    let cases = [("[3, 44, 28]", 256), ("[3, 60, 52]", 256), ("[3, 30, 26]", 256), ("[3, 14, 13]", 512)];
+    for (k, (input, width)) in cases.into_iter().enumerate() {
         let text = format!(
-            "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, 256]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
+            "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, {width}]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
         );
         let s = spec::parse(&text, "strassen").unwrap();
         let graph = from_spec::build(&s).unwrap();

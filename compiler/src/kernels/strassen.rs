@@ -54,6 +54,12 @@ const MAX_TILE: usize = 10;
 /// rows) would leave one task row of one row, whose short tiles wait on the FMA latency.
 const FLAT_HALF_PIXELS: usize = 128;
 
+/// Fewest multiply-adds for Strassen: a small conv saves too little for its extra gather
+/// (the products' eighth against a second pass over 7/4 of the input). On the JIT (1
+/// thread, per-call minima): ResNet-18's 6.4 M (128x28x28 to 256x14x14) 1.22x the time;
+/// ResNet-50's of 51 M and more 0.86-0.98x.
+const MIN_MACS: usize = 25 << 20;
+
 /// Most bytes of a Strassen panel, in units of `Target::l2_bytes`: the gather writes 7/4
 /// of the input it reads (the sums), and every output vector's tasks read all of it.
 /// Past twice L2 that traffic goes to memory and costs what the products save. The
@@ -64,10 +70,16 @@ const MAX_PANEL_L2: usize = 2;
 
 /// Whether the cost model runs conv `c` with output `out` as Strassen on `t`: where the
 /// target has it, the kernels can ([`possible`]), the reduction is long enough
-/// ([`MIN_CIN`]) and the panel stays near the core ([`MAX_PANEL_L2`]).
+/// ([`MIN_CIN`]), the conv large enough ([`MIN_MACS`]) and the panel stays near the core
+/// ([`MAX_PANEL_L2`]).
 pub fn fits(t: Target, c: &Conv, out: Shape) -> bool {
     let panel_bytes = PRODUCTS.len() * (c.cin / 2) * half_pixels(out.h, out.w) * 4;
-    t.strassen && possible(t, c, out) && c.cin >= MIN_CIN && panel_bytes <= MAX_PANEL_L2 * t.l2_bytes
+    let macs = c.cout * c.cin * out.h * out.w;
+    t.strassen
+        && possible(t, c, out)
+        && c.cin >= MIN_CIN
+        && macs >= MIN_MACS
+        && panel_bytes <= MAX_PANEL_L2 * t.l2_bytes
 }
 
 /// Whether the kernels can run conv `c` with output `out` as Strassen on `t`: an
