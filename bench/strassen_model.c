@@ -270,9 +270,9 @@ int main(int argc, char **argv) {
     double maxd = 0, maxr = 0;
     for (size_t i = 0; i < (size_t)M * N; i++) {
         double e = c1[i] - c2[i], e3 = c1[i] - c3[i];
-        if (e3 < 0) e3 = -e3;
-        if (e3 > e && e >= 0) e = e3;
         if (e < 0) e = -e;
+        if (e3 < 0) e3 = -e3;
+        if (e3 > e) e = e3;
         if (e > maxd) maxd = e;
         double a = c1[i] < 0 ? -c1[i] : c1[i];
         if (a > maxr) maxr = a;

@@ -132,31 +132,42 @@ fn jit_matches_reference_on_200_random_specs() {
 /// across all three, task-major calls task by task for both images).
 #[test]
 fn batch_orders_match_single_images_bit_for_bit() {
-    // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights, 11.5 MB as Strassen's
-    // sums) and the strided Winograd products of a 640-wide stride-2 3x3 conv (26 MB: 16
-    // weight slots).
-    let text = "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [64, 640]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, 8, 8]\n";
-    let s = spec::parse(text, "task_major").unwrap();
-    let w = weights::seeded(&from_spec::build(&s).unwrap(), 5);
-    for threads in [1, 2, 3] {
-        let m = JitModel::new(&s, &w, threads).unwrap();
-        let kinds: Vec<&str> = m
-            .program
-            .calls
-            .iter()
-            .filter(|c| c.order == resnetc::kernels::Order::TaskMajor)
-            .map(|c| m.program.kernels[c.kernel].name.as_str())
-            .collect();
-        assert!(kinds.iter().any(|k| k.starts_with("strassen")), "no task-major 1x1 conv: {kinds:?}");
-        assert!(kinds.iter().any(|k| k.contains("_gemm_")), "no task-major Winograd product: {kinds:?}");
-        let batch = 5;
-        let x = weights::seeded_input(s.input, batch, 77);
-        let y = m.forward(&x).unwrap();
-        let per = x.data().len() / batch;
-        for i in 0..batch {
-            let xi = resnetc_runtime::tensor::Tensor::new(vec![1, 3, 8, 8], x.data()[i * per..][..per].to_vec());
-            let yi = m.forward(&xi).unwrap();
-            assert_eq!(&y.data()[i * 10..][..10], yi.data(), "image {i} of the batch, {threads} threads");
+    // A 1x1 conv 640 -> 2560 with a residual (6.5 MB of weights) and a 640-wide stride-2
+    // 3x3 conv: on 6x6 outputs the 1x1 conv as Strassen (59 M multiply-adds, 11.5 MB of
+    // weight sums) and the 3x3 one's strided Winograd products (26 MB: 16 weight slots);
+    // on 3x3 outputs both direct (the 1x1 conv's 15 M multiply-adds are too few).
+    for (size, kinds_wanted) in [(12, ["strassen", "wino2s2_gemm"]), (6, ["conv1x1", "conv3x3s2"])] {
+        let text = format!(
+            "block = \"bottleneck\"\nlayers = [1, 1]\nwidths = [64, 640]\nstem = \"cifar\"\nnum_classes = 10\ninput = [3, {size}, {size}]\n"
+        );
+        let s = spec::parse(&text, "task_major").unwrap();
+        let w = weights::seeded(&from_spec::build(&s).unwrap(), 5);
+        for threads in [1, 2, 3] {
+            let m = JitModel::new(&s, &w, threads).unwrap();
+            let kinds: Vec<&str> = m
+                .program
+                .calls
+                .iter()
+                .filter(|c| c.order == resnetc::kernels::Order::TaskMajor)
+                .map(|c| m.program.kernels[c.kernel].name.as_str())
+                .collect();
+            for want in kinds_wanted {
+                assert!(kinds.iter().any(|k| k.starts_with(want)), "{size}x{size}: no task-major {want}: {kinds:?}");
+            }
+            let batch = 5;
+            let x = weights::seeded_input(s.input, batch, 77);
+            let y = m.forward(&x).unwrap();
+            let per = x.data().len() / batch;
+            for i in 0..batch {
+                let xi =
+                    resnetc_runtime::tensor::Tensor::new(vec![1, 3, size, size], x.data()[i * per..][..per].to_vec());
+                let yi = m.forward(&xi).unwrap();
+                assert_eq!(
+                    &y.data()[i * 10..][..10],
+                    yi.data(),
+                    "{size}x{size}: image {i} of the batch, {threads} threads"
+                );
+            }
         }
     }
 }
@@ -229,7 +240,7 @@ fn conv_fmas_keep_the_kernel_order() {
             })
             .collect();
         let count = fmas.iter().flatten().count();
-        assert!(count >= 56, "{name}: expected 7 pixels x 8 channels per iteration; got {count} FMAs");
+        assert!(count >= 80, "{name}: expected a tile of 10 pixels x 8 channels per loop iteration; got {count} FMAs");
         let chained = fmas.windows(2).filter(|w| matches!(w, [Some(a), Some(b)] if a.0 == b.1)).count();
         assert_eq!(chained, 0, "{name}: {chained} of {count} consecutive FMAs form a dependent chain");
     }
@@ -242,8 +253,29 @@ fn conv_fmas_keep_the_kernel_order() {
 /// against the reference.
 #[test]
 fn strassen_convs_match_reference() {
-    let cases = [("[3, 44, 28]", 256), ("[3, 60, 52]", 256), ("[3, 30, 26]", 256), ("[3, 14, 13]", 512)];
-    for (k, (input, width)) in cases.into_iter().enumerate() {
+    let cases = [
+        (
+            "[3, 44, 28]",
+            256,
+            ["strassen1x1s1_1024x22x14_to256x22x14_relu", "pack_strassen1x1s2_256x44x28_to1024x22x14"],
+        ),
+        (
+            "[3, 60, 52]",
+            256,
+            ["strassen1x1s1_256x30x26_to1024x30x26_res_relu", "pack_strassen1x1s1_256x30x26_to1024x30x26"],
+        ),
+        (
+            "[3, 30, 26]",
+            256,
+            ["strassen1x1s1_1024x15x13_to256x15x13_flat_relu", "pack_strassen1x1s2_256x30x26_to1024x15x13_flat"],
+        ),
+        (
+            "[3, 14, 13]",
+            512,
+            ["strassen1x1s1_512x7x7_to2048x7x7_flat_res_relu", "pack_strassen1x1s1_2048x7x7_to512x7x7_flat"],
+        ),
+    ];
+    for (k, (input, width, names)) in cases.into_iter().enumerate() {
         let text = format!(
             "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [64, {width}]\nstem = \"cifar\"\nnum_classes = 5\ninput = {input}\n"
         );
@@ -254,8 +286,9 @@ fn strassen_convs_match_reference() {
             let x = weights::seeded_input(s.input, batch, 30 + k as u64);
             let want = reference::run(&graph, &w, &x).unwrap();
             let m = JitModel::new(&s, &w, threads).unwrap();
-            let strassen = m.program.kernels.iter().filter(|k| k.name.starts_with("strassen")).count();
-            assert!(strassen >= 2, "{input}: {strassen} Strassen kernels");
+            for name in names {
+                assert!(m.program.kernels.iter().any(|k| k.name == name), "{input}: no {name}");
+            }
             let rel = support::agree(&m.forward(&x).unwrap(), &want)
                 .unwrap_or_else(|e| panic!("{input}, {threads} threads, batch {batch}: {e}"));
             eprintln!("strassen {input} {threads} threads rel err {rel:.2e}");

@@ -343,7 +343,8 @@ impl Pass for ChooseAlgorithm {
     /// Strassen where the target has it (`kernels::strassen_fits`); `RESNETC_NO_STRASSEN`
     /// turns it off, for measurements.
     fn run(&self, graph: &mut Graph) -> usize {
-        // An escape hatch for measurements and bit-level comparisons with direct convolution.
+        // An escape hatch for measurements and bit-level comparisons with direct convolution
+        // (with `RESNETC_NO_STRASSEN` on targets that have Strassen).
         let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
         let units = |w: Option<Winograd>| w.map_or(0, error_units);
         let is_raw = |w: Option<Winograd>| w.is_some_and(|w| w.raw);
@@ -418,8 +419,10 @@ impl Pass for ChooseAlgorithm {
                 *at = i;
             }
         }
-        // 1x1 convs run as Strassen wherever the target and their shape allow.
-        let strassen = !std::env::var_os("RESNETC_NO_STRASSEN").is_some_and(|v| v != "0");
+        // 1x1 convs run as Strassen wherever the target and their shape allow; not under a
+        // weight budget (its weight sums take 7/4 of the direct weights' bytes).
+        let strassen =
+            !std::env::var_os("RESNETC_NO_STRASSEN").is_some_and(|v| v != "0") && self.target.weight_budget.is_none();
         let mut count = 0;
         for (n, options, at) in convs {
             let shape = graph.node(n).shape;

@@ -247,8 +247,9 @@ pub fn winograd_plane_floats(cblocks: usize, tiles: usize, lanes: usize) -> usiz
     (lines + 1 - lines % 2) * LINE_FLOATS
 }
 
-/// The scratch layout of a conv's input panel, on targets that pack one
-/// ([`Target::panels`]): the input pixels each register tile reads, gathered per task
+/// The scratch layout of a conv's input panel: for a Strassen conv its activation sums
+/// (`kernels::strassen_panel_layout`); otherwise, on targets that pack one
+/// ([`Target::panels`]), the input pixels each register tile reads, gathered per task
 /// row (the one or two output rows a register tile spans, or the whole output with flat
 /// tiles) and tile so the reduction walks memory contiguously. The kernels index it
 /// `[task row][tile][tap][channel block][slot][lane]` (a tile's pixels, row by row); the

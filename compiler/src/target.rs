@@ -56,7 +56,7 @@ pub struct Target {
     /// `kernels::strassen_fits` allows): 7/8 of the multiply-adds, for sums of half-size
     /// blocks made in the panel gather and the epilogue. It pays where the FMAs are slow
     /// beside memory: 128-bit vectors (a C model of ResNet-50's 1x1 convs: the products
-    /// 0.87-0.97x the time at 128 bits, 0.93-1.11x at 512).
+    /// 0.87-0.96x the time at 128 bits, 0.93-1.11x at 512).
     pub strassen: bool,
     /// Most bytes of weights the cost model may choose (Winograd weights are up to 4x
     /// larger than direct ones; estimated without the padding to whole vectors): a

@@ -13,7 +13,8 @@ type Name = Cow<'static, str>;
 
 /// A conv's packed layout: output channels in tiles of `jl`; tile `t` reads input
 /// channels `start(t) .. start(t) + icr`; weights `[tile][kh][kw][icr][jl]`, zero where an
-/// (output, input) channel pair is padding or lies in different groups.
+/// (output, input) channel pair is padding or lies in different groups (with `strassen`,
+/// the sums of [`ConvPacking::strassen`] instead).
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct ConvPacking {
     /// Tensor name prefix of the weight (`layer1.0.conv1`).
@@ -193,6 +194,7 @@ fn pack_direct(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
 /// product's sum of blocks is made in f64 and rounded once.
 fn pack_strassen(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
     assert!(p.kernel == 1 && p.groups == 1 && p.cout == p.tiles * p.jl && p.cin == p.icr, "an unpadded 1x1 conv");
+    assert!(p.tiles % 2 == 0 && p.icr % 2 == 0, "channels in halves");
     let (half_tiles, half_in, jl) = (p.tiles / 2, p.icr / 2, p.jl);
     let half_out = half_tiles * jl;
     for t in 0..half_tiles {

@@ -2,11 +2,13 @@
 //! product `C = W X` of the weights `W` (output x input channels) and the activations `X`
 //! (input channels x pixels). Each of the three dimensions splits in halves: the output
 //! and input channels at their middle, the pixels into two sets paired one to one (the
-//! compiler pairs each pixel of the output's top half with the one `h / 2` rows below).
+//! compiler pairs each pixel of the output's top half with the one `h / 2` rows below, or
+//! on small outputs each of the first half of the pixels with the one half the pixels
+//! further).
 //! Seven products of the half-size blocks replace the eight of the plain block product:
 //! 7/8 of the multiply-adds, for sums of blocks before and after them.
 //!
-//! The weight-side sums are made once, here, at load (`pack::pack_conv`); the compiler's
+//! The weight-side sums are made once, at load (`pack::pack_conv`); the compiler's
 //! kernels make the activation-side sums when they gather their input and combine the
 //! products into the output quadrants. Both read the table below, so the two sides
 //! cannot disagree.
@@ -32,9 +34,9 @@ const fn product(weights: [i8; 4], activations: [i8; 4], output: [i8; 4]) -> Pro
 /// `M1 = (W11 + W22)(X11 + X22)`, `M2 = (W21 + W22) X11`, `M3 = W11 (X12 - X22)`,
 /// `M4 = W22 (X21 - X11)`, `M5 = (W11 + W12) X22`, `M6 = (W21 - W11)(X11 + X12)`,
 /// `M7 = (W12 - W22)(X21 + X22)`; then `C11 = M1 + M4 - M5 + M7`, `C12 = M3 + M5`,
-/// `C21 = M2 + M4`, `C22 = M1 - M2 + M3 + M6`. In this order each quadrant's first
-/// product adds with a plus sign (the kernels start a quadrant there, from the bias and
-/// the residual).
+/// `C21 = M2 + M4`, `C22 = M1 - M2 + M3 + M6`. The kernels start a quadrant at its first
+/// product (from the bias and the residual) and apply ReLU at its last
+/// ([`quadrant_span`]).
 pub const PRODUCTS: [Product; 7] = [
     product([1, 0, 0, 1], [1, 0, 0, 1], [1, 0, 0, 1]),
     product([0, 0, 1, 1], [1, 0, 0, 0], [0, 0, 1, -1]),
@@ -56,8 +58,9 @@ mod tests {
     use super::*;
 
     /// The seven products give the block product of 2x2 block matrices (scalar blocks
-    /// suffice: the identity holds in any ring), for a few hundred integer matrices; and
-    /// each quadrant starts with a plus sign, as the kernels assume.
+    /// suffice: the identity holds in any ring), for a few hundred integer matrices; every
+    /// activation sum has a plus term (the kernels' gather starts each sum from one) and
+    /// every quadrant gets two products or more.
     #[test]
     fn seven_products_make_the_block_product() {
         let mut seed = 12345u64;
@@ -84,9 +87,11 @@ mod tests {
             }
             assert_eq!(got, want, "W {w:?} X {x:?}");
         }
+        for (i, p) in PRODUCTS.iter().enumerate() {
+            assert!(p.activations.contains(&1), "product {i}'s activation sum has a plus term");
+        }
         for q in 0..4 {
             let (first, last) = quadrant_span(q);
-            assert_eq!(PRODUCTS[first].output[q], 1, "quadrant {q} starts with a plus");
             assert!(first < last, "quadrant {q} has two products or more");
         }
     }

@@ -6,18 +6,19 @@
 //! The halves: output channels and input channels at their middle; output pixels as
 //! the top half of the rows and the bottom half, each pixel `(y, x)` of the top paired
 //! with `(y + h/2, x)`, cut into the register tiles a direct conv reading a panel would
-//! take (`kernels::conv`'s `even_tiles_2d`). Small outputs (and those of an odd height)
-//! take flat tiles instead: the first half of the pixels in row-major order, each paired
-//! with the one half the pixels further (an odd pixel out pairs with nothing: zeros in,
-//! nothing stored). A tile covers its pixels and their partners.
+//! take (`kernels::conv`'s `even_tiles_2d`). Outputs of at most 128 pixels per half take
+//! flat tiles instead (they alone may have an odd height): the first `ceil(n/2)` pixels
+//! in row-major order, pixel `q` paired with pixel `q + ceil(n/2)` (the odd pixel out
+//! pairs with nothing: zeros in, nothing stored). A tile covers its pixels and their
+//! partners.
 //!
 //! Two kernels:
 //! - the gather ([`pack`]) writes, per task row and tile of the top half, the seven
 //!   activation sums of each input channel of the first half into a panel
 //!   ([`panel_layout`]: `[task row][tile][product][channel block][slot][lane]`);
-//! - the products ([`generate`]), per output vector of the first half and task row: for
-//!   each tile, the seven products in turn, each a register tile of one output vector
-//!   over the half reduction, then added into the output quadrants it enters. A
+//! - the products ([`generate`]), per task row and output vector of the first half: the
+//!   seven products in turn, each over every register tile of the task row (one output
+//!   vector, the half reduction), then added into the output quadrants it enters. A
 //!   quadrant's first product stores bias + product (+ residual, read before anything
 //!   writes that place, so the output may overwrite its residual in place); later ones
 //!   load, add or subtract, store; the last applies ReLU. A task owns its pixels in all
@@ -41,8 +42,8 @@ use resnetc_runtime::strassen::{quadrant_span, PRODUCTS};
 
 /// Fewest input channels for Strassen: each product's reduction runs over half of them,
 /// and its epilogue (one or two quadrant updates per accumulator) is paid seven times per
-/// tile. A C model of the JIT's tiles (8 pixels x 1 vector) at 64 input channels: 1.01x
-/// the direct time; at 256 and more 0.87-0.90x.
+/// tile. ResNet-50 on the JIT (1 thread, per-call minima, gather included): its 1x1 convs
+/// from 64 channels 0.99-1.08x the direct time; from 128 and more 0.90-0.98x.
 const MIN_CIN: usize = 128;
 
 /// Accumulators of a register tile: those of the direct convs that read a panel on 16
@@ -55,13 +56,14 @@ const MAX_TILE: usize = 10;
 const FLAT_HALF_PIXELS: usize = 128;
 
 /// Fewest multiply-adds for Strassen: a small conv saves too little for its extra gather
-/// (the products' eighth against a second pass over 7/4 of the input). On the JIT (1
+/// (the products' eighth against a second pass over 7/4 of the input read). On the JIT (1
 /// thread, per-call minima): ResNet-18's 6.4 M (128x28x28 to 256x14x14) 1.22x the time;
 /// ResNet-50's of 51 M and more 0.86-0.98x.
 const MIN_MACS: usize = 25 << 20;
 
 /// Most bytes of a Strassen panel, in units of `Target::l2_bytes`: the gather writes 7/4
-/// of the input it reads (the sums), and every output vector's tasks read all of it.
+/// of the input pixels the conv reads (the sums), and the tasks of every output vector
+/// read it.
 /// Past twice L2 that traffic goes to memory and costs what the products save. The
 /// ResNet-50 JIT (1 thread, per-call minima, gather included, against the direct conv
 /// and its panel): 256x56x56 to 64 (a 5.6 MB panel) 1.07x the time, to 128 1.00x;
@@ -84,7 +86,8 @@ pub fn fits(t: Target, c: &Conv, out: Shape) -> bool {
 
 /// Whether the kernels can run conv `c` with output `out` as Strassen on `t`: an
 /// ungrouped 1x1 conv without padding, its input and output channels in whole pairs of
-/// vectors, an even number of output rows or few enough pixels for flat tiles.
+/// vectors, an even number of output rows or few enough pixels for flat tiles. (Its
+/// input must be channel-blocked, as every conv's is but the stem's, which is never 1x1.)
 pub fn possible(t: Target, c: &Conv, out: Shape) -> bool {
     c.kernel == 1
         && c.pad == 0
@@ -213,8 +216,8 @@ impl Geometry {
     }
 }
 
-/// The scratch layout of a Strassen conv's panel ([`pack`]); only its size matters to the
-/// planner.
+/// The scratch layout of a Strassen conv's panel ([`pack`]), 7/4 of the input pixels the
+/// conv reads; only its size matters to the planner.
 pub fn panel_layout(t: Target, c: &Conv, out: &Layout) -> Layout {
     let g = Geometry::new(t, c, out);
     let c = PRODUCTS.len() * g.half_blocks * t.lanes;
@@ -296,8 +299,10 @@ pub fn pack(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -
 }
 
 /// The products of a Strassen conv, reading the panel of [`pack`]. Tasks are (task row,
-/// output vector of the first half), or the other way round when that reads fewer bytes
-/// (each task row reads every vector's weights, each vector the whole panel).
+/// output vector of the first half): a thread's share is a block of rows, and a task
+/// row's part of the panel stays in L2 while its output vectors read it (the weights are
+/// read again for each task row: from L2 where they stay there, as on ResNet's convs
+/// that take Strassen, where its panel does not).
 pub fn generate(
     t: Target,
     c: &Conv,
@@ -331,10 +336,8 @@ pub fn generate(
     packing.offset = w.take(packing.weight_floats());
     packing.bias_offset = w.take(c.cout);
     let w_bytes = packing.weight_floats() * 4;
-    let p_bytes = panel.layout.bytes();
-    let rows_outer = t.stays_in_l2(w_bytes) || p_bytes + g.tasks * w_bytes <= w_bytes + half_vectors * p_bytes;
-    let (task, vector) =
-        if rows_outer { (Index::var(0, 1), Index::var(1, 1)) } else { (Index::var(1, 1), Index::var(0, 1)) };
+    assert_eq!(panel.layout.numel(), panel_layout(t, c, &lo).numel(), "the panel sized for the conv");
+    let (task, vector) = (Index::var(0, 1), Index::var(1, 1));
     // Weights of at least half of L2 stream from memory: prefetched, as the direct convs'.
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes / 2;
     let mut b = Builder::new(2);
@@ -432,6 +435,6 @@ pub fn generate(
     if res.is_some() {
         args.push("res");
     }
-    let dims = if rows_outer { vec![g.tasks, half_vectors] } else { vec![half_vectors, g.tasks] };
+    let dims = vec![g.tasks, half_vectors];
     Generated { kernel: b.finish(name, args, lanes, dims), packing }
 }
