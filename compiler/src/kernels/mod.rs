@@ -169,17 +169,31 @@ pub fn lower(plan: &Plan) -> Result<Program> {
             }
             StepOp::Conv(c) => {
                 let res = step.residual.map(|r| buf(Some(r)));
-                // A conv with a panel gathers its input into it first, then reads it.
+                // A conv with a panel gathers its input into it first, then reads it; a
+                // Strassen conv over row halves gathers each task row in its products' task.
                 let panel = step.scratch.first().map(|&p| &plan.buffers[p]);
                 let mut conv_input = arena(step.input);
+                let mut gathered_input = None;
                 if let Some(p) = panel {
                     let pack = if c.strassen {
                         strassen::pack(t, c, buf(step.input), p, buf(step.output))
                     } else {
-                        conv::pack_panel(t, c, buf(step.input), p, buf(step.output))
+                        Some(conv::pack_panel(t, c, buf(step.input), p, buf(step.output)))
                     };
                     let panel_arg = arena(Some(step.scratch[0]));
-                    step_calls.push((pack, vec![panel_arg, conv_input], 0, Order::DepthFirst));
+                    match pack {
+                        Some(pack) => step_calls.push((pack, vec![panel_arg, conv_input], 0, Order::DepthFirst)),
+                        None => {
+                            // Tasks read input rows while others write output rows.
+                            let (i, o) = (buf(step.input), buf(step.output));
+                            anyhow::ensure!(
+                                i.offset + i.bytes() <= o.offset || o.offset + o.bytes() <= i.offset,
+                                "{}: a Strassen conv would write over its own input",
+                                step.name
+                            );
+                            gathered_input = Some(conv_input);
+                        }
+                    }
                     conv_input = panel_arg;
                 }
                 let g = match panel {
@@ -197,6 +211,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 if step.residual.is_some() {
                     args.push(arena(step.residual));
                 }
+                args.extend(gathered_input);
                 (g.kernel, args, Some(Recipe::Conv(g.packing)))
             }
             StepOp::MaxPool(p) => (

@@ -12,10 +12,12 @@
 //! pairs with nothing: zeros in, nothing stored). A tile covers its pixels and their
 //! partners.
 //!
-//! Two kernels:
-//! - the gather ([`pack`]) writes, per task row and tile of the top half, the seven
+//! Two steps:
+//! - the gather ([`gather`]) writes, per task row and tile of the top half, the seven
 //!   activation sums of each input channel of the first half into a panel
-//!   ([`panel_layout`]: `[task row][tile][product][channel block][slot][lane]`);
+//!   ([`panel_layout`]: `[task row][tile][product][channel block][slot][lane]`): over row
+//!   halves at the start of each products task, for its task row; with flat tiles in a
+//!   kernel of its own ([`pack`]);
 //! - the products ([`generate`]), per task row and output vector of the first half: the
 //!   seven products in turn, each over every register tile of the task row (one output
 //!   vector, the half reduction), then added into the output quadrants it enters. A
@@ -63,11 +65,12 @@ const MIN_MACS: usize = 25 << 20;
 
 /// Most bytes of a Strassen panel, in units of `Target::l2_bytes`: the gather writes 7/4
 /// of the input pixels the conv reads (the sums), and the tasks of every output vector
-/// read it.
-/// Past twice L2 that traffic goes to memory and costs what the products save. The
-/// ResNet-50 JIT (1 thread, per-call minima, gather included, against the direct conv
-/// and its panel): 256x56x56 to 64 (a 5.6 MB panel) 1.07x the time, to 128 1.00x;
-/// 512x28x28 to 128 (2.8 MB) 0.91x, to 256 0.91x; 1024x14x14 to 256 0.95x.
+/// read it. Past twice L2 (ResNet's 56x56 outputs), with few output vectors to share each
+/// task row's gather, it costs what the products save. The ResNet-50 JIT (1 thread,
+/// per-call minima, gather included, against the direct conv and its panel): 256x56x56
+/// to 64 (a 5.6 MB panel) 1.07x the time, to 128 1.00x, with a gather kernel of their
+/// own; 1.03x and 0.98x gathering row by row in the products; 512x28x28 to 128 (2.8 MB)
+/// 0.91x, to 256 0.91x; 1024x14x14 to 256 0.95x.
 const MAX_PANEL_L2: usize = 2;
 
 /// Whether the cost model runs conv `c` with output `out` as Strassen on `t`: where the
@@ -248,61 +251,87 @@ fn combine(b: &mut Builder, regs: &[VReg; 4], coefs: [i8; 4], v: VReg, minus_one
     acc
 }
 
-/// Gathers a Strassen conv's input into its panel: per register tile, for each input
-/// channel block of the first half and pixel slot, the four input vectors (channel half,
-/// pixel half) and their seven sums. Tasks are the task rows, or with flat tiles the
-/// channel blocks.
-pub fn pack(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Kernel {
+/// The registers and the arguments a gather uses ([`gather`]).
+struct GatherRegs {
+    /// The four input vectors of a pixel slot and channel block (channel half, pixel half).
+    x: [VReg; 4],
+    sum: VReg,
+    /// -1 in every lane, set by the caller before the gather.
+    minus_one: VReg,
+    panel_arg: usize,
+    input_arg: usize,
+}
+
+impl GatherRegs {
+    fn new(b: &mut Builder, panel_arg: usize, input_arg: usize) -> GatherRegs {
+        let x = std::array::from_fn(|_| b.vreg());
+        GatherRegs { x, sum: b.vreg(), minus_one: b.vreg(), panel_arg, input_arg }
+    }
+}
+
+/// Writes into the panel, for input channel block `cbk` of the first half and every
+/// register tile of task row `task` (`nr` rows), each pixel slot's four input vectors'
+/// seven sums.
+#[allow(clippy::too_many_arguments)]
+fn gather(b: &mut Builder, g: &Geometry, c: &Conv, li: &Layout, task: &Index, nr: usize, cbk: &Index, r: &GatherRegs) {
+    let (s, lanes) = (c.stride as i64, g.lanes);
+    let oh0 = task.scaled(g.shape.rows as i64);
+    g.for_tiles(b, &oh0, nr, |b, tix, pairs| {
+        for p in pairs {
+            for (q, &x) in r.x.iter().enumerate() {
+                // Block q: channel half q / 2, pixel half q % 2.
+                match if q % 2 == 0 { Some(&p.a) } else { p.b.as_ref() } {
+                    Some((oh, ow)) => {
+                        let block = cbk.offset(((q / 2) * g.half_blocks) as i64);
+                        let at = pixel(li, &block, &oh.scaled(s), &ow.scaled(s));
+                        b.set(x, Expr::Src(Src::Load(Addr { arg: r.input_arg, index: at })));
+                    }
+                    None => b.set(x, Expr::Zero),
+                }
+            }
+            for (i, product) in PRODUCTS.iter().enumerate() {
+                let sum = combine(b, &r.x, product.activations, r.sum, r.minus_one);
+                let dst = g.block(task, tix, i, cbk).offset((p.slot * lanes) as i64);
+                b.push(Stmt::Store { addr: Addr { arg: r.panel_arg, index: dst }, src: sum });
+            }
+        }
+    });
+}
+
+/// Whether a Strassen conv's products gather their own task row's panel first
+/// ([`generate`]): over row halves, yes; with flat tiles (one task row) a kernel of its
+/// own gathers the whole panel first ([`pack`]), so the products can split by output
+/// vector.
+pub fn gathers_in_products(t: Target, c: &Conv, out: &Layout) -> bool {
+    !Geometry::new(t, c, out).shape.flat
+}
+
+/// The kernel that gathers a Strassen conv's input into its panel, for flat tiles
+/// ([`gathers_in_products`]; `None` otherwise): one task per input channel block of the
+/// first half.
+pub fn pack(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Option<Kernel> {
     let (li, lo, lanes) = (input.layout, out.layout, t.lanes);
+    if gathers_in_products(t, c, &lo) {
+        return None;
+    }
     let g = Geometry::new(t, c, &lo);
     assert_eq!(li.cb, lanes, "a channel-blocked input");
     assert_eq!(panel.layout.numel(), panel_layout(t, c, &lo).numel(), "the panel sized for the conv");
     let mut b = Builder::new(1);
-    let flat = g.shape.flat;
-    let task = if flat { Index::constant(0) } else { Index::var(0, 1) };
-    let oh0 = task.scaled(g.shape.rows as i64);
-    let x: [VReg; 4] = std::array::from_fn(|_| b.vreg());
-    let (v, minus_one) = (b.vreg(), b.vreg());
-    let s = c.stride as i64;
-    let copy_block = |b: &mut Builder, nr: usize, cbk: &Index| {
-        g.for_tiles(b, &oh0, nr, |b, tix, pairs| {
-            for p in pairs {
-                for (q, &r) in x.iter().enumerate() {
-                    // Block q: channel half q / 2, pixel half q % 2.
-                    match if q % 2 == 0 { Some(&p.a) } else { p.b.as_ref() } {
-                        Some((oh, ow)) => {
-                            let block = cbk.offset(((q / 2) * g.half_blocks) as i64);
-                            let at = pixel(&li, &block, &oh.scaled(s), &ow.scaled(s));
-                            b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index: at })));
-                        }
-                        None => b.set(r, Expr::Zero),
-                    }
-                }
-                for (i, product) in PRODUCTS.iter().enumerate() {
-                    let sum = combine(b, &x, product.activations, v, minus_one);
-                    let dst = g.block(&task, tix, i, cbk).offset((p.slot * lanes) as i64);
-                    b.push(Stmt::Store { addr: Addr { arg: 0, index: dst }, src: sum });
-                }
-            }
-        });
-    };
-    g.by_task_rows(&mut b, &task, |b, nr| {
-        b.set(minus_one, Expr::Splat((-1f32).to_bits()));
-        if flat {
-            copy_block(b, nr, &Index::var(0, 1));
-        } else {
-            b.for_loop(g.half_blocks, |b, cbk| copy_block(b, nr, &cbk));
-        }
-    });
-    let tasks = if flat { g.half_blocks } else { g.tasks };
-    b.finish(format!("pack_strassen{}", shape_name(c, &li, &lo, &g)), vec!["panel", "in"], lanes, vec![tasks])
+    let regs = GatherRegs::new(&mut b, 0, 1);
+    b.set(regs.minus_one, Expr::Splat((-1f32).to_bits()));
+    gather(&mut b, &g, c, &li, &Index::constant(0), g.height, &Index::var(0, 1), &regs);
+    let name = format!("pack_strassen{}", shape_name(c, &li, &lo, &g));
+    Some(b.finish(name, vec!["panel", "in"], lanes, vec![g.half_blocks]))
 }
 
-/// The products of a Strassen conv, reading the panel of [`pack`]. Tasks are (task row,
-/// output vector of the first half): a thread's share is a block of rows, and a task
-/// row's part of the panel stays in L2 while its output vectors read it (the weights are
-/// read again for each task row: from L2 where they stay there, as on ResNet's convs
-/// that take Strassen, where its panel does not).
+/// The products of a Strassen conv. Over row halves a task is a task row: it gathers its
+/// part of the panel ([`gather`]), which then stays in L2 while every output vector of
+/// the first half reads it (ResNet-50 on the JIT, 1 thread, against a gather kernel of
+/// its own before the products: the sum of per-call minima 0.992x, its strided
+/// 256x56x56 to 512x28x28 0.98x). With flat tiles the panel comes from [`pack`], and
+/// tasks are (the one task row, output vector of the first half). Each task row reads
+/// every weight sum.
 pub fn generate(
     t: Target,
     c: &Conv,
@@ -337,17 +366,20 @@ pub fn generate(
     packing.bias_offset = w.take(c.cout);
     let w_bytes = packing.weight_floats() * 4;
     assert_eq!(panel.layout.numel(), panel_layout(t, c, &lo).numel(), "the panel sized for the conv");
-    let (task, vector) = (Index::var(0, 1), Index::var(1, 1));
+    let fused = gathers_in_products(t, c, &lo);
+    let task = Index::var(0, 1);
     // Weights of at least half of L2 stream from memory: prefetched, as the direct convs'.
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes / 2;
-    let mut b = Builder::new(2);
+    let mut b = Builder::new(if fused { 1 } else { 2 });
+    let input_arg = 4 + usize::from(res.is_some());
+    let gather_regs = GatherRegs::new(&mut b, 1, input_arg);
     let oh0 = task.scaled(g.shape.rows as i64);
     let acc: Vec<VReg> = (0..g.shape.slots()).map(|_| b.vreg()).collect();
     let (wreg, tmp, minus_one) = (b.vreg(), b.vreg(), b.vreg());
     let unroll = channel_unroll(t, lanes);
     let per_iteration = blocks_per_iteration(t, g.half_blocks);
     // Product `i` of one tile, added into the quadrants it enters.
-    let epilogue = |b: &mut Builder, i: usize, pairs: &[Pair]| {
+    let epilogue = |b: &mut Builder, i: usize, pairs: &[Pair], vector: &Index| {
         let signs = PRODUCTS[i].output;
         if signs.iter().any(|&s| s < 0) {
             b.set(minus_one, Expr::Splat((-1f32).to_bits()));
@@ -385,7 +417,7 @@ pub fn generate(
             }
         }
     };
-    let emit_rows = |b: &mut Builder, nr: usize| {
+    let products = |b: &mut Builder, nr: usize, vector: &Index| {
         for i in 0..PRODUCTS.len() {
             g.for_tiles(b, &oh0, nr, |b, tix, pairs| {
                 for &a in acc.iter().take(pairs.len()) {
@@ -414,7 +446,7 @@ pub fn generate(
                         }
                     });
                 });
-                epilogue(b, i, pairs);
+                epilogue(b, i, pairs, vector);
             });
         }
         for y in g.output_rows(&oh0, nr) {
@@ -423,7 +455,15 @@ pub fn generate(
             }
         }
     };
-    g.by_task_rows(&mut b, &task, emit_rows);
+    if fused {
+        g.by_task_rows(&mut b, &task, |b, nr| {
+            b.set(gather_regs.minus_one, Expr::Splat((-1f32).to_bits()));
+            b.for_loop(g.half_blocks, |b, cbk| gather(b, &g, c, &li, &task, nr, &cbk, &gather_regs));
+            b.for_loop(half_vectors, |b, vector| products(b, nr, &vector));
+        });
+    } else {
+        g.by_task_rows(&mut b, &task, |b, nr| products(b, nr, &Index::var(1, 1)));
+    }
     let mut name = format!("strassen{}", shape_name(c, &li, &lo, &g));
     if c.residual {
         name += "_res";
@@ -435,6 +475,10 @@ pub fn generate(
     if res.is_some() {
         args.push("res");
     }
-    let dims = vec![g.tasks, half_vectors];
+    if fused {
+        assert_eq!(li.cb, lanes, "a channel-blocked input");
+        args.push("in");
+    }
+    let dims = if fused { vec![g.tasks] } else { vec![g.tasks, half_vectors] };
     Generated { kernel: b.finish(name, args, lanes, dims), packing }
 }
