@@ -249,6 +249,17 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         let last_macs = if step_calls.iter().any(|c| c.2 > 0) { 0 } else { macs };
         step_calls.push((kernel, args, last_macs, last_order.unwrap_or_else(|| order(t, weight_bytes))));
         for (kernel, args, macs, order) in step_calls {
+            // Every backend passes a call's arguments by position, the AOT call table at
+            // most `MAX_ARGS` of them.
+            anyhow::ensure!(
+                args.len() == kernel.args.len() && args.len() <= resnetc_runtime::runner::MAX_ARGS,
+                "{}: kernel {} takes {} arguments, its call passes {} (at most {})",
+                step.name,
+                kernel.name,
+                kernel.args.len(),
+                args.len(),
+                resnetc_runtime::runner::MAX_ARGS
+            );
             let id = match index.get(&kernel) {
                 Some(&id) => id,
                 None => {

@@ -24,7 +24,8 @@
 //!   quadrant's first product stores bias + product (+ residual, read before anything
 //!   writes that place, so the output may overwrite its residual in place); later ones
 //!   load, add or subtract, store; the last applies ReLU. A task owns its pixels in all
-//!   four quadrants, so tasks write disjoint memory.
+//!   four quadrants (and, gathering, its task row of the panel), so tasks write disjoint
+//!   memory.
 //!
 //! The weight sums are packed at load (`pack::pack_conv`, `ConvPacking::strassen`):
 //! `[vector][product][input channel][lane]` over the first halves.
@@ -63,10 +64,11 @@ const FLAT_HALF_PIXELS: usize = 128;
 /// ResNet-50's of 51 M and more 0.86-0.98x.
 const MIN_MACS: usize = 25 << 20;
 
-/// Most bytes of a Strassen panel, in units of `Target::l2_bytes`: the gather writes 7/4
-/// of the input pixels the conv reads (the sums), and the tasks of every output vector
-/// read it. Past twice L2 (ResNet's 56x56 outputs), with few output vectors to share each
-/// task row's gather, it costs what the products save. The ResNet-50 JIT (1 thread,
+/// Most bytes of a Strassen panel, in units of `Target::l2_bytes`. The gather writes 7/4
+/// of the input pixels the conv reads (the sums); over row halves each task row's part
+/// is read by every output vector right after its gather, so the whole panel's size
+/// stands for the input a conv gathers per output vector: ResNet's 56x56 convs, where few
+/// output vectors share each gather, are past twice L2. The ResNet-50 JIT (1 thread,
 /// per-call minima, gather included, against the direct conv and its panel): 256x56x56
 /// to 64 (a 5.6 MB panel) 1.07x the time, to 128 1.00x, with a gather kernel of their
 /// own; 1.03x and 0.98x gathering row by row in the products; 512x28x28 to 128 (2.8 MB)
@@ -75,7 +77,7 @@ const MAX_PANEL_L2: usize = 2;
 
 /// Whether the cost model runs conv `c` with output `out` as Strassen on `t`: where the
 /// target has it, the kernels can ([`possible`]), the reduction is long enough
-/// ([`MIN_CIN`]), the conv large enough ([`MIN_MACS`]) and the panel stays near the core
+/// ([`MIN_CIN`]), the conv large enough ([`MIN_MACS`]) and its panel small enough
 /// ([`MAX_PANEL_L2`]).
 pub fn fits(t: Target, c: &Conv, out: Shape) -> bool {
     let panel_bytes = PRODUCTS.len() * (c.cin / 2) * half_pixels(out.h, out.w) * 4;
@@ -219,8 +221,8 @@ impl Geometry {
     }
 }
 
-/// The scratch layout of a Strassen conv's panel ([`pack`]), 7/4 of the input pixels the
-/// conv reads; only its size matters to the planner.
+/// The scratch layout of a Strassen conv's panel ([`gather`]), 7/4 of the input pixels
+/// the conv reads; only its size matters to the planner.
 pub fn panel_layout(t: Target, c: &Conv, out: &Layout) -> Layout {
     let g = Geometry::new(t, c, out);
     let c = PRODUCTS.len() * g.half_blocks * t.lanes;
@@ -331,7 +333,8 @@ pub fn pack(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -
 /// its own before the products: the sum of per-call minima 0.992x, its strided
 /// 256x56x56 to 512x28x28 0.98x). With flat tiles the panel comes from [`pack`], and
 /// tasks are (the one task row, output vector of the first half). Each task row reads
-/// every weight sum.
+/// every weight sum. Arguments: `out, panel, w, b`, then `res` with a residual, then
+/// `in` when the products gather.
 pub fn generate(
     t: Target,
     c: &Conv,
@@ -371,8 +374,6 @@ pub fn generate(
     // Weights of at least half of L2 stream from memory: prefetched, as the direct convs'.
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes / 2;
     let mut b = Builder::new(if fused { 1 } else { 2 });
-    let input_arg = 4 + usize::from(res.is_some());
-    let gather_regs = GatherRegs::new(&mut b, 1, input_arg);
     let oh0 = task.scaled(g.shape.rows as i64);
     let acc: Vec<VReg> = (0..g.shape.slots()).map(|_| b.vreg()).collect();
     let (wreg, tmp, minus_one) = (b.vreg(), b.vreg(), b.vreg());
@@ -456,6 +457,7 @@ pub fn generate(
         }
     };
     if fused {
+        let gather_regs = GatherRegs::new(&mut b, 1, 4 + usize::from(res.is_some()));
         g.by_task_rows(&mut b, &task, |b, nr| {
             b.set(gather_regs.minus_one, Expr::Splat((-1f32).to_bits()));
             b.for_loop(g.half_blocks, |b, cbk| gather(b, &g, c, &li, &task, nr, &cbk, &gather_regs));
