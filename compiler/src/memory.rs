@@ -149,8 +149,7 @@ pub fn verify(plan: &Plan) -> Result<(), String> {
         for b in a + 1..n {
             let (x, y) = (&plan.buffers[a], &plan.buffers[b]);
             let live_together = first[a] <= last[b] && first[b] <= last[a];
-            let overlap = x.offset < y.offset + y.bytes() && y.offset < x.offset + x.bytes();
-            if !live_together || !overlap {
+            if !live_together || !x.overlaps(y) {
                 continue;
             }
             // In place is legal only where the residual dies at the step writing the output.

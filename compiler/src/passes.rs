@@ -159,6 +159,12 @@ const ROW_REREAD_SHARE: f64 = 0.5;
 /// coarse, and a wrong Winograd choice also costs accuracy.
 const WINOGRAD_MARGIN: f64 = 0.8;
 
+/// Whether the environment variable `name` is set to anything but `0`: the cost model's
+/// escape hatches for measurements.
+fn env_flag(name: &str) -> bool {
+    std::env::var_os(name).is_some_and(|v| v != "0")
+}
+
 /// The cost model of the conv algorithm, per target: for pad-1, ungrouped 3x3 convs with at least
 /// 16 input and output channels (stride 1, or 2 below), Winograd F(m, 3) (m = 4, 3 or 2) when its
 /// estimated time beats direct convolution's by [`WINOGRAD_MARGIN`]. What decides: Winograd cuts
@@ -345,7 +351,7 @@ impl Pass for ChooseAlgorithm {
     fn run(&self, graph: &mut Graph) -> usize {
         // An escape hatch for measurements and bit-level comparisons with direct convolution
         // (with `RESNETC_NO_STRASSEN` on targets that have Strassen).
-        let disabled = std::env::var_os("RESNETC_NO_WINOGRAD").is_some_and(|v| v != "0");
+        let disabled = env_flag("RESNETC_NO_WINOGRAD");
         let units = |w: Option<Winograd>| w.map_or(0, error_units);
         let is_raw = |w: Option<Winograd>| w.is_some_and(|w| w.raw);
         let mut convs: Vec<Choice> = vec![];
@@ -421,8 +427,7 @@ impl Pass for ChooseAlgorithm {
         }
         // 1x1 convs run as Strassen wherever the target and their shape allow; not under a
         // weight budget (its weight sums take 7/4 of the direct weights' bytes).
-        let strassen =
-            !std::env::var_os("RESNETC_NO_STRASSEN").is_some_and(|v| v != "0") && self.target.weight_budget.is_none();
+        let strassen = !env_flag("RESNETC_NO_STRASSEN") && self.target.weight_budget.is_none();
         let mut count = 0;
         for (n, options, at) in convs {
             let shape = graph.node(n).shape;

@@ -92,6 +92,11 @@ impl Buffer {
     pub fn bytes(&self) -> usize {
         self.layout.bytes()
     }
+
+    /// Whether the two buffers' arena byte ranges share a byte.
+    pub fn overlaps(&self, other: &Buffer) -> bool {
+        self.offset < other.offset + other.bytes() && other.offset < self.offset + self.bytes()
+    }
 }
 
 /// What one step computes.

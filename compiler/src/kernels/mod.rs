@@ -129,7 +129,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 // not overwrite (the planner only lets an output reuse its residual).
                 let (i, o) = (buf(step.input), buf(step.output));
                 anyhow::ensure!(
-                    !banded || i.offset + i.bytes() <= o.offset || o.offset + o.bytes() <= i.offset,
+                    !banded || !i.overlaps(o),
                     "{}: a conv in bands would write over its own input",
                     step.name
                 );
@@ -185,9 +185,8 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                         Some(pack) => step_calls.push((pack, vec![panel_arg, conv_input], 0, Order::DepthFirst)),
                         None => {
                             // Tasks read input rows while others write output rows.
-                            let (i, o) = (buf(step.input), buf(step.output));
                             anyhow::ensure!(
-                                i.offset + i.bytes() <= o.offset || o.offset + o.bytes() <= i.offset,
+                                !buf(step.input).overlaps(buf(step.output)),
                                 "{}: a Strassen conv would write over its own input",
                                 step.name
                             );

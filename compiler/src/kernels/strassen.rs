@@ -116,6 +116,17 @@ struct Pair {
     slot: usize,
 }
 
+impl Pair {
+    /// The pixel of pixel half `half` (0: `a`, 1: `b`).
+    fn pixel(&self, half: usize) -> Option<&(Index, Index)> {
+        if half == 0 {
+            Some(&self.a)
+        } else {
+            self.b.as_ref()
+        }
+    }
+}
+
 /// How a Strassen conv covers its output: register tiles over the top half, task rows of
 /// `shape.rows` rows (the last one shorter when the half's height is odd); or flat tiles
 /// over the first half of the pixels, one task row.
@@ -282,7 +293,7 @@ fn gather(b: &mut Builder, g: &Geometry, c: &Conv, li: &Layout, task: &Index, nr
         for p in pairs {
             for (q, &x) in r.x.iter().enumerate() {
                 // Block q: channel half q / 2, pixel half q % 2.
-                match if q % 2 == 0 { Some(&p.a) } else { p.b.as_ref() } {
+                match p.pixel(q % 2) {
                     Some((oh, ow)) => {
                         let block = cbk.offset(((q / 2) * g.half_blocks) as i64);
                         let at = pixel(li, &block, &oh.scaled(s), &ow.scaled(s));
@@ -300,23 +311,16 @@ fn gather(b: &mut Builder, g: &Geometry, c: &Conv, li: &Layout, task: &Index, nr
     });
 }
 
-/// Whether a Strassen conv's products gather their own task row's panel first
-/// ([`generate`]): over row halves, yes; with flat tiles (one task row) a kernel of its
-/// own gathers the whole panel first ([`pack`]), so the products can split by output
-/// vector.
-pub fn gathers_in_products(t: Target, c: &Conv, out: &Layout) -> bool {
-    !Geometry::new(t, c, out).shape.flat
-}
-
-/// The kernel that gathers a Strassen conv's input into its panel, for flat tiles
-/// ([`gathers_in_products`]; `None` otherwise): one task per input channel block of the
-/// first half.
+/// The kernel that gathers a Strassen conv's input into its panel, for flat tiles (`None`
+/// over row halves, whose products gather their own task rows, [`generate`]): one task
+/// per input channel block of the first half. Flat tiles have one task row, so their
+/// products split by output vector and need the whole panel first.
 pub fn pack(t: Target, c: &Conv, input: &Buffer, panel: &Buffer, out: &Buffer) -> Option<Kernel> {
     let (li, lo, lanes) = (input.layout, out.layout, t.lanes);
-    if gathers_in_products(t, c, &lo) {
+    let g = Geometry::new(t, c, &lo);
+    if !g.shape.flat {
         return None;
     }
-    let g = Geometry::new(t, c, &lo);
     assert_eq!(li.cb, lanes, "a channel-blocked input");
     assert_eq!(panel.layout.numel(), panel_layout(t, c, &lo).numel(), "the panel sized for the conv");
     let mut b = Builder::new(1);
@@ -369,7 +373,8 @@ pub fn generate(
     packing.bias_offset = w.take(c.cout);
     let w_bytes = packing.weight_floats() * 4;
     assert_eq!(panel.layout.numel(), panel_layout(t, c, &lo).numel(), "the panel sized for the conv");
-    let fused = gathers_in_products(t, c, &lo);
+    // Over row halves the products gather their own task row first ([`pack`] otherwise).
+    let fused = !g.shape.flat;
     let task = Index::var(0, 1);
     // Weights of at least half of L2 stream from memory: prefetched, as the direct convs'.
     let prefetch = t.prefetch && w_bytes >= t.l2_bytes / 2;
@@ -398,7 +403,7 @@ pub fn generate(
                 b.set(tmp, e);
             };
             for (p, &a) in pairs.iter().zip(&acc) {
-                let Some((oh, ow)) = (if q % 2 == 0 { Some(&p.a) } else { p.b.as_ref() }) else { continue };
+                let Some((oh, ow)) = p.pixel(q % 2) else { continue };
                 let at = Addr { arg: 0, index: pixel(&lo, &block, oh, ow) };
                 if i == first {
                     b.set(tmp, Expr::Src(Src::Load(Addr { arg: 3, index: block.scaled(lanes as i64) })));
