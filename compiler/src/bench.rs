@@ -3,39 +3,8 @@
 //! is what `resnetc bench` and the benchmark scripts use.
 
 use serde_json::{json, Value};
-use std::time::Instant;
 
-/// Summary of repeated timings, milliseconds.
-#[derive(Clone, Copy, Debug)]
-pub struct Stats {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub runs: usize,
-}
-
-/// Runs `f` `warmup` times, then until both `min_runs` runs and `min_secs` seconds have
-/// passed (capped at `max_runs`), and summarizes the timed runs.
-pub fn measure(warmup: usize, min_runs: usize, max_runs: usize, min_secs: f64, mut f: impl FnMut()) -> Stats {
-    for _ in 0..warmup {
-        f();
-    }
-    let start = Instant::now();
-    let mut times = Vec::new();
-    while times.len() < max_runs && (times.len() < min_runs || start.elapsed().as_secs_f64() < min_secs) {
-        let t = Instant::now();
-        f();
-        times.push(t.elapsed().as_secs_f64() * 1e3);
-    }
-    summarize(&mut times)
-}
-
-pub fn summarize(times: &mut [f64]) -> Stats {
-    times.sort_by(f64::total_cmp);
-    let n = times.len();
-    let median = if n % 2 == 1 { times[n / 2] } else { (times[n / 2 - 1] + times[n / 2]) / 2.0 };
-    Stats { median, min: times[0], max: times[n - 1], runs: n }
-}
+pub use resnetc_runtime::timing::{measure, summarize, Stats, MIN_SECONDS};
 
 /// GFLOP/s of `macs` multiply-adds in `ms` milliseconds.
 pub fn gflops(macs: usize, ms: f64) -> f64 {

@@ -502,8 +502,9 @@ fn bench_jit(
         m.stats.lower_ms + m.stats.codegen_ms,
         threads
     );
-    let stats =
-        bench::measure(3, runs.max(1), 10_000, 2.0, || m.forward_into(x.data(), &mut y, batch).expect("sizes match"));
+    let stats = bench::measure(3, runs.max(1), 10_000, bench::MIN_SECONDS, || {
+        m.forward_into(x.data(), &mut y, batch).expect("sizes match")
+    });
     let mut layers = vec![];
     if per_layer {
         let calls = &m.program.calls;

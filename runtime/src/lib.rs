@@ -19,6 +19,7 @@ pub mod seeded;
 pub mod simd;
 pub mod strassen;
 pub mod tensor;
+pub mod timing;
 pub mod winograd;
 
 pub use anyhow;

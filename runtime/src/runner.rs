@@ -140,7 +140,8 @@ struct Options {
     output: Option<PathBuf>,
     image: Option<PathBuf>,
     threads: usize,
-    /// `--bench RUNS`: time RUNS forward calls on a batch of `batch` and print JSON.
+    /// `--bench RUNS`: time at least RUNS forward calls, and at least
+    /// [`crate::timing::MIN_SECONDS`], on a batch of `batch` and print JSON.
     bench: Option<usize>,
     batch: usize,
     /// `-h`/`--help`: print the usage and stop.
@@ -151,7 +152,8 @@ const USAGE: &str = "usage: MODEL --input X.npy --output Y.npy [--threads N] | M
 
   --input X.npy     a float32 batch [N, C, H, W]; --output Y.npy receives the logits [N, classes]
   IMAGE             a PNG or JPEG image: prints the top-5 classes
-  --bench RUNS      times RUNS forward calls on a batch of --batch images and prints JSON
+  --bench RUNS      times forward calls on a batch of --batch images, at least RUNS of them and
+                    at least 2 s after 3 warm-up calls, and prints JSON (median, min, max ms)
   --threads N       threads in all, the caller's included (default 1)
   -h, --help        this text";
 
@@ -210,14 +212,15 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
         for _ in 0..3 {
             model.forward_into(&x, &mut y, o.batch)?;
         }
-        let mut times = Vec::with_capacity(runs);
-        for _ in 0..runs {
-            let t = std::time::Instant::now();
-            model.forward_into(&x, &mut y, o.batch)?;
-            times.push(t.elapsed().as_secs_f64() * 1e3);
+        let mut failed = None;
+        let stats = crate::timing::measure(0, runs, 100_000, crate::timing::MIN_SECONDS, || {
+            if failed.is_none() {
+                failed = model.forward_into(&x, &mut y, o.batch).err();
+            }
+        });
+        if let Some(e) = failed {
+            return Err(e);
         }
-        times.sort_by(f64::total_cmp);
-        let median = if runs % 2 == 1 { times[runs / 2] } else { (times[runs / 2 - 1] + times[runs / 2]) / 2.0 };
         if std::env::var_os("RESNETC_PROFILE").is_some() {
             // Mean milliseconds per kernel call over `runs` more runs, in call order (the
             // order of `resnetc emit MODEL kernels`'s call list), on stderr.
@@ -230,9 +233,11 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
             }
         }
         println!(
-            "{{\"median_ms\": {median}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {runs}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}, \"peak_rss_mb\": {}}}",
-            times[0],
-            times[runs - 1],
+            "{{\"median_ms\": {}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}, \"peak_rss_mb\": {}}}",
+            stats.median,
+            stats.min,
+            stats.max,
+            stats.runs,
             o.batch,
             o.threads,
             crate::peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}"))
