@@ -827,12 +827,7 @@ pub fn generate(
     if c.groups > 1 {
         name += &format!("_g{}", c.groups);
     }
-    if c.residual {
-        name += "_res";
-    }
-    if c.relu {
-        name += "_relu";
-    }
+    name += super::epilogue_suffix(c);
     if flat {
         name += "_flat";
     }

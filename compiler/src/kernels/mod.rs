@@ -26,6 +26,17 @@ pub(crate) use winograd::raw_scratch_floats as winograd_raw_scratch_floats;
 pub(crate) use winograd::raw_transform_ops as winograd_raw_transform_ops;
 pub(crate) use winograd::row_block as winograd_row_block;
 
+/// The part of a conv kernel's name that tells its fused epilogue: `_res` when it adds a
+/// residual, then `_relu` when it applies ReLU.
+fn epilogue_suffix(c: &Conv) -> &'static str {
+    match (c.residual, c.relu) {
+        (false, false) => "",
+        (true, false) => "_res",
+        (false, true) => "_relu",
+        (true, true) => "_res_relu",
+    }
+}
+
 /// A call's batch order from the bytes of weights it reads. Weights well past L2 (over
 /// twice its size) are read once per batch, task-major (ResNet-50 batch 8, per image vs
 /// batch 1: the 7x7 Winograd products 0.85x, the classifier 0.73x); everything else runs

@@ -472,12 +472,7 @@ pub fn generate(
         g.by_task_rows(&mut b, &task, |b, nr| products(b, nr, &Index::var(1, 1)));
     }
     let mut name = format!("strassen{}", shape_name(c, &li, &lo, &g));
-    if c.residual {
-        name += "_res";
-    }
-    if c.relu {
-        name += "_relu";
-    }
+    name += super::epilogue_suffix(c);
     let mut args = vec!["out", "panel", "w", "b"];
     if res.is_some() {
         args.push("res");

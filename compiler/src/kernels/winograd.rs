@@ -1217,12 +1217,7 @@ fn epilogue(
 fn finish_output(b: Builder, g: &Tiles, c: &Conv, res: Option<&Buffer>, shape: &str, tasks: Vec<usize>) -> Kernel {
     let raw = if g.wino.raw { "raw" } else { "" };
     let mut name = format!("{}{raw}_out_{shape}", prefix(g));
-    if c.residual {
-        name += "_res";
-    }
-    if c.relu {
-        name += "_relu";
-    }
+    name += super::epilogue_suffix(c);
     let mut args = vec!["out", "m", "b"];
     if res.is_some() {
         args.push("res");
