@@ -508,7 +508,7 @@ def main() -> int:
         "protocol": (
             f"{args.rounds} interleaved round(s) per configuration, figures are medians of round medians; "
             f"ORT/OpenVINO: {args.warmup} warm-up runs, then >= {args.runs} runs and >= {args.min_seconds:g} s per round; "
-            f"resnetc: `resnetc bench --runs {args.runs}` (JIT) or `EXE --bench {args.runs}` (rust, aot): 3 warm-up runs, then >= {args.runs} runs and >= 2 s"
+            f"resnetc: `resnetc bench --runs {args.runs}` (JIT) or `EXE --bench {args.runs}` (rust, rust-lean, aot): 3 warm-up runs, then >= {args.runs} runs and >= 2 s"
         ),
         "loadavg_start": load_average(),
         "seed": args.seed,

@@ -19,7 +19,9 @@ bin="$repo/target/release/resnetc"
 if [[ "${RESNETC_BENCH_SKIP_BUILD:-0}" == 1 && -x "$bin" ]]; then
     echo "using existing $bin" >&2
 else
-    cargo build --release -p resnetc-compiler --bin resnetc >&2
+    # The runtime's archive too: `resnetc build --emit exe` links the AOT executables
+    # against it, and `--bin resnetc` alone leaves it as the last full build made it.
+    cargo build --release -p resnetc-compiler --bin resnetc -p resnetc-runtime >&2
 fi
 
 # Python with torch, torchvision, onnx, onnxruntime, openvino, safetensors, numpy.

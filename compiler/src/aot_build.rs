@@ -30,8 +30,8 @@ fn object_and_header(spec: &Spec, tensors: &Tensors, with_main: bool) -> Result<
     Ok((obj, aot::header(&p, &prefix, spec.input, &spec.name)))
 }
 
-/// The runtime's static library: `$RESNETC_RUNTIME_LIB`, or beside this executable (where
-/// `cargo build --release` puts it), or in the `deps/` directory there.
+/// The runtime's static library: `$RESNETC_RUNTIME_LIB`, or the newest of those beside this
+/// executable (where `cargo build --release` puts it) and in the `deps/` directory there.
 pub fn runtime_archive() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("RESNETC_RUNTIME_LIB") {
         let p = PathBuf::from(p);
@@ -48,25 +48,23 @@ pub fn runtime_archive() -> Result<PathBuf> {
             dirs.push(up.to_path_buf()); // target/release/deps -> target/release
         }
     }
-    for d in dirs {
-        let p = d.join("libresnetc_runtime.a");
-        if p.is_file() {
-            return Ok(p);
-        }
-        // When the runtime was only built as a dependency (e.g. by `cargo test`), cargo
-        // leaves its archive in deps/ with a hash suffix: take the newest.
-        let newest = std::fs::read_dir(d.join("deps"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter(|e| {
-                let n = e.file_name().to_string_lossy().into_owned();
+    // `cargo build` leaves `libresnetc_runtime.a` beside resnetc; when the runtime was
+    // only built as a dependency (e.g. by `cargo test`), cargo leaves its archive in deps/
+    // with a hash suffix. Of all of them the newest: an older one may predate the
+    // runtime's sources.
+    let newest = dirs
+        .iter()
+        .flat_map(|d| {
+            let deps = std::fs::read_dir(d.join("deps")).into_iter().flatten().flatten().map(|e| e.path());
+            std::iter::once(d.join("libresnetc_runtime.a")).chain(deps.filter(|p| {
+                let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
                 n.starts_with("libresnetc_runtime-") && n.ends_with(".a")
-            })
-            .max_by_key(|e| e.metadata().and_then(|m| m.modified()).ok());
-        if let Some(e) = newest {
-            return Ok(e.path());
-        }
+            }))
+        })
+        .filter_map(|p| Some((p.metadata().and_then(|m| m.modified()).ok()?, p)))
+        .max_by_key(|(t, _)| *t);
+    if let Some((_, p)) = newest {
+        return Ok(p);
     }
     bail!("cannot find libresnetc_runtime.a beside resnetc (build the workspace with `cargo build --release`, or set RESNETC_RUNTIME_LIB)")
 }

@@ -4,7 +4,7 @@
 
 use serde_json::{json, Value};
 
-pub use resnetc_runtime::timing::{measure, summarize, Stats, MIN_SECONDS};
+pub use resnetc_runtime::timing::{measure, summarize, Stats, MAX_RUNS, MIN_SECONDS, WARMUP};
 
 /// GFLOP/s of `macs` multiply-adds in `ms` milliseconds.
 pub fn gflops(macs: usize, ms: f64) -> f64 {

@@ -190,7 +190,7 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
     println!("accuracy {right}/{} ({:.1}%)", results.len(), 100.0 * right as f64 / results.len().max(1) as f64);
     let x = weights::seeded_input(spec.input, 1, 0);
     let mut y = vec![0.0f32; 10];
-    let stats = bench::measure(5, 50, 2000, 0.5, || model.forward_into(x.data(), &mut y, 1).expect("sizes match"));
+    let stats = bench::measure(5, 50, 2000, 0.5, || model.forward_into(x.data(), &mut y, 1))?;
     println!("latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)", stats.median, stats.min);
     Ok(results)
 }

@@ -122,7 +122,8 @@ enum Command {
         /// Also time every kernel.
         #[arg(long)]
         per_layer: bool,
-        /// Minimum timed runs.
+        /// Minimum timed runs (at most 100000), after 3 warm-up runs; the timing lasts
+        /// at least 2 s.
         #[arg(long, default_value_t = 10)]
         runs: usize,
         /// Print JSON: {"median_ms", "gflops", "compile_ms", ...}.
@@ -502,9 +503,10 @@ fn bench_jit(
         m.stats.lower_ms + m.stats.codegen_ms,
         threads
     );
-    let stats = bench::measure(3, runs.max(1), 10_000, bench::MIN_SECONDS, || {
-        m.forward_into(x.data(), &mut y, batch).expect("sizes match")
-    });
+    let stats =
+        bench::measure(bench::WARMUP, runs.clamp(1, bench::MAX_RUNS), bench::MAX_RUNS, bench::MIN_SECONDS, || {
+            m.forward_into(x.data(), &mut y, batch)
+        })?;
     let mut layers = vec![];
     if per_layer {
         let calls = &m.program.calls;

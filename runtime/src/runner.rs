@@ -14,6 +14,7 @@
 
 use crate::exec::{Arg, Call, KernelFn};
 use crate::model::Model;
+use crate::timing::{measure, MAX_RUNS, MIN_SECONDS, WARMUP};
 use crate::{classes, image, npy, preprocess};
 use anyhow::{bail, Context, Result};
 use std::ffi::{c_char, c_int, CStr};
@@ -174,7 +175,7 @@ fn parse(args: &[String]) -> Result<Options> {
             "--output" => o.output = Some(value("--output")?.into()),
             "--image" => o.image = Some(value("--image")?.into()),
             "--threads" => o.threads = count("--threads", &value("--threads")?, 256)?,
-            "--bench" => o.bench = Some(count("--bench", &value("--bench")?, 1_000_000)?),
+            "--bench" => o.bench = Some(count("--bench", &value("--bench")?, MAX_RUNS)?),
             "--batch" => o.batch = count("--batch", &value("--batch")?, 4096)?,
             "-h" | "--help" => {
                 o.help = true;
@@ -209,18 +210,7 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
         let setup_ms = start.elapsed().as_secs_f64() * 1e3;
         let x = vec![0.5f32; o.batch * shape.iter().product::<usize>()];
         let mut y = vec![0.0f32; o.batch * classes];
-        for _ in 0..3 {
-            model.forward_into(&x, &mut y, o.batch)?;
-        }
-        let mut failed = None;
-        let stats = crate::timing::measure(0, runs, 100_000, crate::timing::MIN_SECONDS, || {
-            if failed.is_none() {
-                failed = model.forward_into(&x, &mut y, o.batch).err();
-            }
-        });
-        if let Some(e) = failed {
-            return Err(e);
-        }
+        let stats = measure(WARMUP, runs, MAX_RUNS, MIN_SECONDS, || model.forward_into(&x, &mut y, o.batch))?;
         if std::env::var_os("RESNETC_PROFILE").is_some() {
             // Mean milliseconds per kernel call over `runs` more runs, in call order (the
             // order of `resnetc emit MODEL kernels`'s call list), on stderr.
