@@ -253,3 +253,18 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The usage text states the timing protocol with literals: they must be the constants.
+    #[test]
+    fn usage_states_the_timing_protocol() {
+        let text = USAGE.split_whitespace().collect::<Vec<_>>().join(" ");
+        let said = format!("at least RUNS of them and at least {MIN_SECONDS} s after {WARMUP} warm-up calls");
+        assert!(text.contains(&said), "{text}");
+        assert!(parse(&["--bench".into(), (MAX_RUNS + 1).to_string()]).is_err());
+        assert_eq!(parse(&["--bench".into(), MAX_RUNS.to_string()]).unwrap().bench, Some(MAX_RUNS));
+    }
+}
