@@ -393,6 +393,19 @@ def export_onnx(net, model: str, batch: int, out: Path, seed: int) -> Path:
 # ----------------------------------------------------------------------------- reporting
 
 
+def core_rtt_us(probe: Path | None) -> float | None:
+    """A cache line's round trip between two threads, microseconds (`bench/core_rtt.c`), or
+    None without the probe or when it fails: on a shared host it tells whether the two
+    cores a 2-thread run gets share a cache (see BENCHMARKS.md, eighteenth session)."""
+    if probe is None:
+        return None
+    try:
+        proc = subprocess.run([str(probe)], capture_output=True, text=True, timeout=30)
+        return float(proc.stdout.strip()) if proc.returncode == 0 else None
+    except (OSError, ValueError, subprocess.TimeoutExpired):
+        return None
+
+
 def fmt(value, digits=2, default="–"):
     if value is None:
         return default
@@ -408,20 +421,20 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
         f"- Protocol: {meta['protocol']}",
         f"- Load average at start / end: {meta['loadavg_start']} / {meta['loadavg_end']}",
         "",
-        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | peak RSS MB | other CPU % |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|",
+        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | peak RSS MB | other CPU % | core RTT µs |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.get("failed"):
             lines.append(
-                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – | – |"
+                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – | – | – |"
             )
             continue
         ratio = r.get("ratio_to_ort")
         lines.append(
             f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | {fmt(r['median_ms'])}"
             f" | {fmt(r['min_ms'])}–{fmt(r['max_ms'])} | {fmt(r['images_per_s'], 1)}"
-            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('rss_mb'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} |"
+            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('rss_mb'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} | {fmt(r.get('core_rtt_us'), 2)} |"
         )
     lines += [
         "",
@@ -430,6 +443,10 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
         "executable process; ORT/OpenVINO: a fresh Python process that loads only that engine and runs it).",
         "other CPU % = CPU time of other processes during the measurement, share of the whole machine "
         "(a background job competing for the cores shows up here).",
+        "core RTT µs = a cache line's round trip between two threads just before each round (`bench/core_rtt.c`), "
+        "median over the rounds. On the 2-vCPU Zen 5 VM it reads 0.08-0.14 µs while the host keeps the two vCPUs "
+        "on cores that share a cache, about 0.37 µs while it does not; 2-thread runs that pass data between "
+        "cores are then slower (a resnetc ResNet-50 executable: 13.2-13.7 against 15.4-15.5 ms).",
     ]
     if checks:
         lines += ["", "## Correctness (same input, same weights)", "",
@@ -470,6 +487,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench/out", help="output directory (default: bench/out)")
     parser.add_argument("--benchmarks-md", type=Path, default=None,
                         help="also write the report there (e.g. BENCHMARKS.md at the repository root)")
+    parser.add_argument("--rtt-probe", type=Path, default=None,
+                        help="the core_rtt executable (bench/core_rtt.c): a cache line's round trip between "
+                             "two threads, measured before every round (bench/run.sh builds and passes it)")
     parser.add_argument("--jit-max-batch", type=int, default=1 << 30,
                         help="measure the Cranelift backends (cranelift, aot) only up to this batch size")
     args = parser.parse_args()
@@ -595,6 +615,7 @@ def main() -> int:
                     for engine in order:
                         if engine.failed:
                             continue
+                        rtt = core_rtt_us(args.rtt_probe)
                         mark = meter.start()
                         try:
                             stats, extra = engine.measure()
@@ -605,10 +626,10 @@ def main() -> int:
                             log(f"   {engine.name}: skipped ({e})")
                             continue
                         other = meter.stop(mark)
-                        engine.rounds.append({**stats.__dict__, **extra, "other_cpu_pct": other})
+                        engine.rounds.append({**stats.__dict__, **extra, "other_cpu_pct": other, "core_rtt_us": rtt})
                         log(f"   round {rnd + 1}: {engine.name:<22} median {stats.median_ms:8.2f} ms"
                             f"  (min {stats.min_ms:.2f}, max {stats.max_ms:.2f}, {stats.runs} runs,"
-                            f" other CPU {fmt(other, 0)}%)")
+                            f" other CPU {fmt(other, 0)}%, core RTT {fmt(rtt, 2)} us)")
 
                 ort_median = None
                 for engine in engines:
@@ -619,6 +640,7 @@ def main() -> int:
                         continue
                     median = statistics.median(r["median_ms"] for r in engine.rounds)
                     others = [r["other_cpu_pct"] for r in engine.rounds if r["other_cpu_pct"] is not None]
+                    rtts = [r["core_rtt_us"] for r in engine.rounds if r["core_rtt_us"] is not None]
                     rss = [r["rss_mb"] for r in engine.rounds if r.get("rss_mb") is not None]
                     if engine.name.startswith("onnxruntime"):
                         rss = [peer_rss["ort"]] if peer_rss.get("ort") else []
@@ -635,6 +657,7 @@ def main() -> int:
                         "compile_ms": engine.compile_ms,
                         "rss_mb": max(rss) if rss else None,
                         "other_cpu_pct": statistics.mean(others) if others else None,
+                        "core_rtt_us": statistics.median(rtts) if rtts else None,
                         "rounds": engine.rounds,
                     })
                     if engine.note:

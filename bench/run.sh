@@ -54,4 +54,11 @@ fi
 }
 
 export RESNETC_BIN="$bin"
-exec "$python" "$repo/bench/compare.py" "$@"
+# The host-phase probe (`bench/core_rtt.c`), where a C compiler is at hand.
+probe=()
+mkdir -p "$repo/bench/out"
+if command -v cc > /dev/null && cc -O2 -pthread -o "$repo/bench/out/core_rtt" "$repo/bench/core_rtt.c" >&2; then
+    probe=(--rtt-probe "$repo/bench/out/core_rtt")
+fi
+
+exec "$python" "$repo/bench/compare.py" "${probe[@]}" "$@"
