@@ -60,6 +60,22 @@ static double now(void) {
     return t.tv_sec + t.tv_nsec * 1e-9;
 }
 
+// One register tile's product over a reduction of `k`: `acc[v][p]` = sum over `kk` of the
+// weight vector `v` of tile `wb` ([K][MB]) times the pixel `p` of panel tile `pb` ([K][P]),
+// broadcast; the direct convs' loop, and each of Strassen's seven products.
+static inline void tile_product(vec acc[V][P], const float *wb, const float *pb, int k) {
+    for (int v = 0; v < V; v++)
+        for (int p = 0; p < P; p++) acc[v][p] = vzero();
+    for (int kk = 0; kk < k; kk++) {
+        vec wv[V];
+        for (int v = 0; v < V; v++) wv[v] = vload(wb + kk * MB + v * VW);
+        for (int p = 0; p < P; p++) {
+            vec b = vbcast(pb + kk * P + p);
+            for (int v = 0; v < V; v++) acc[v][p] = vfma(b, wv[v], acc[v][p]);
+        }
+    }
+}
+
 // Weights: [M/MB][K][MB]. Panel: [N/P][K][P]. C: [M/VW][N][VW].
 // dst modes: 0 store, 1 add, 2 sub; final: add bias, relu.
 typedef struct {
@@ -74,18 +90,8 @@ static void gemm(const float *w, const float *panel, int m, int k, int n, Dst *d
     for (int mb = 0; mb < m / MB; mb++) {
         const float *wb = w + (size_t)mb * k * MB;
         for (int t = 0; t < n / P; t++) {
-            const float *pb = panel + (size_t)t * k * P;
             vec acc[V][P];
-            for (int v = 0; v < V; v++)
-                for (int p = 0; p < P; p++) acc[v][p] = vzero();
-            for (int kk = 0; kk < k; kk++) {
-                vec wv[V];
-                for (int v = 0; v < V; v++) wv[v] = vload(wb + kk * MB + v * VW);
-                for (int p = 0; p < P; p++) {
-                    vec b = vbcast(pb + kk * P + p);
-                    for (int v = 0; v < V; v++) acc[v][p] = vfma(b, wv[v], acc[v][p]);
-                }
-            }
+            tile_product(acc, wb, panel + (size_t)t * k * P, k);
             for (int i = 0; i < nd; i++) {
                 for (int v = 0; v < V; v++) {
                     int ov = mb * V + v;
@@ -155,18 +161,8 @@ static void strassen_tasks(float **t7, float **s7, int m2, int k2, int n2, float
             vec q[4][V][P];
             for (int i = 0; i < 7; i++) {
                 const float *wb = t7[i] + (size_t)mb * k2 * MB;
-                const float *pb = s7[i] + (size_t)t * k2 * P;
                 vec acc[V][P];
-                for (int v = 0; v < V; v++)
-                    for (int p = 0; p < P; p++) acc[v][p] = vzero();
-                for (int kk = 0; kk < k2; kk++) {
-                    vec wv[V];
-                    for (int v = 0; v < V; v++) wv[v] = vload(wb + kk * MB + v * VW);
-                    for (int p = 0; p < P; p++) {
-                        vec b = vbcast(pb + kk * P + p);
-                        for (int v = 0; v < V; v++) acc[v][p] = vfma(b, wv[v], acc[v][p]);
-                    }
-                }
+                tile_product(acc, wb, s7[i] + (size_t)t * k2 * P, k2);
                 for (int qq = 0; qq < 4; qq++) {
                     int sgn = sg[i][qq];
                     if (!sgn) continue;
