@@ -247,6 +247,16 @@ fn shape_name(c: &Conv, li: &Layout, lo: &Layout, g: &Geometry) -> String {
     format!("1x1s{}_{}x{}x{}_to{}x{}x{}{flat}", c.stride, li.c, li.h, li.w, lo.c, lo.h, lo.w)
 }
 
+/// `acc + r` for a positive `sign`, else `acc - r` (as `acc + r * -1`, `minus_one` holding
+/// -1 in every lane).
+fn signed_add(acc: VReg, r: VReg, sign: i8, minus_one: VReg) -> Expr {
+    if sign > 0 {
+        Expr::Add(acc, Src::Reg(r))
+    } else {
+        Expr::Fma(acc, Src::Reg(r), Src::Reg(minus_one))
+    }
+}
+
 /// `sum(coefs[q] * regs[q])` into `v` (a single plus term is its register itself);
 /// `minus_one` holds -1 in every lane. Every sum has a plus term.
 fn combine(b: &mut Builder, regs: &[VReg; 4], coefs: [i8; 4], v: VReg, minus_one: VReg) -> VReg {
@@ -257,8 +267,7 @@ fn combine(b: &mut Builder, regs: &[VReg; 4], coefs: [i8; 4], v: VReg, minus_one
     }
     let mut acc = terms[start].0;
     for (_, &(r, s)) in terms.iter().enumerate().filter(|&(k, _)| k != start) {
-        let e = if s > 0 { Expr::Add(acc, Src::Reg(r)) } else { Expr::Fma(acc, Src::Reg(r), Src::Reg(minus_one)) };
-        b.set(v, e);
+        b.set(v, signed_add(acc, r, s, minus_one));
         acc = v;
     }
     acc
@@ -394,14 +403,7 @@ pub fn generate(
             let (first, last) = quadrant_span(q);
             // Quadrant q: output half q / 2, pixel half q % 2.
             let block = vector.offset(((q / 2) * half_vectors) as i64);
-            let add = |b: &mut Builder, a: VReg| {
-                let e = if sign > 0 {
-                    Expr::Add(tmp, Src::Reg(a))
-                } else {
-                    Expr::Fma(tmp, Src::Reg(a), Src::Reg(minus_one))
-                };
-                b.set(tmp, e);
-            };
+            let add = |b: &mut Builder, a: VReg| b.set(tmp, signed_add(tmp, a, sign, minus_one));
             for (p, &a) in pairs.iter().zip(&acc) {
                 let Some((oh, ow)) = p.pixel(q % 2) else { continue };
                 let at = Addr { arg: 0, index: pixel(&lo, &block, oh, ow) };
