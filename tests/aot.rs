@@ -141,6 +141,24 @@ fn executable_runs_from_a_temp_dir_and_matches_the_jit() {
     let help = Command::new(alone.join("aotnet")).arg("--help").output().unwrap();
     let text = String::from_utf8_lossy(&help.stdout);
     assert!(help.status.success() && text.starts_with("usage: ") && text.contains("--bench RUNS"), "{text}");
+    output_cut_short_is_quiet(&alone.join("aotnet"));
+}
+
+/// Output cut short (`exe --help | head -c 0`) ends quietly, not with a panic: status 0
+/// from the Rust backend's `main`, or SIGPIPE's default action under the C `main` of the
+/// Cranelift executables, and nothing on stderr.
+fn output_cut_short_is_quiet(exe: &Path) {
+    use std::os::unix::process::ExitStatusExt;
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let cut = Command::new(exe).arg("--help").stdout(writer).output().unwrap();
+    let err = String::from_utf8_lossy(&cut.stderr);
+    const SIGPIPE: i32 = 13;
+    assert!(
+        (cut.status.success() || cut.status.signal() == Some(SIGPIPE)) && err.is_empty(),
+        "{:?}: {err}",
+        cut.status
+    );
 }
 
 #[test]
@@ -159,4 +177,5 @@ fn rust_backend_executable_matches_the_jit() {
     let y = npy::read(&dir.join("y.npy")).unwrap();
     let rel = support::agree(&y, &want).unwrap();
     eprintln!("rust executable vs JIT: rel err {rel:.2e}");
+    output_cut_short_is_quiet(&exe);
 }

@@ -263,4 +263,11 @@ fn cli_misuse_is_one_line() {
     fails(&["emit", "resnet18", "fused", "--backend", "rust", "--max-weight-mb", "0"], &["--max-weight-mb 0"]);
     let help = ok(&["run", "--help"]);
     assert!(help.contains("--weights") && help.contains("--backend"), "{help}");
+    // Output cut short (`resnetc inspect resnet152 | head -c 0`) ends quietly, not with a panic.
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let cut =
+        Command::new(env!("CARGO_BIN_EXE_resnetc")).args(["inspect", "resnet152"]).stdout(writer).output().unwrap();
+    let err = String::from_utf8_lossy(&cut.stderr);
+    assert!(cut.status.success() && err.is_empty(), "{:?}: {err}", cut.status);
 }

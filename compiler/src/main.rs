@@ -8,6 +8,7 @@ use resnetc::{
     spec, target::Target, weights,
 };
 use resnetc::{rust_build, rustgen};
+use resnetc_runtime::runner::write_stdout;
 use resnetc_runtime::{classes, image, npy, preprocess, safetensors};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -279,15 +280,15 @@ fn execute(command: Command) -> Result<()> {
                 if c < 4 {
                     bail!("--compare-blocks: need at least 4 channels (the bottleneck width is C/4), got {c}");
                 }
-                print!("{}", inspect::compare_blocks(c));
+                write_stdout(&inspect::compare_blocks(c))?;
                 return Ok(());
             }
             let name = name.expect("clap requires a model");
             let (spec, graph) = model(&name)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))?);
+                write_stdout(&(serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))? + "\n"))?;
             } else {
-                print!("{}", inspect::table(&spec.name, &graph));
+                write_stdout(&inspect::table(&spec.name, &graph))?;
             }
         }
         Command::Run { model: name, weights: wpath, input, output, image: img, backend, threads } => {
@@ -320,7 +321,7 @@ fn execute(command: Command) -> Result<()> {
                         (_, _, Some(i)) => args.push(path(i)),
                         _ => unreachable!("checked above"),
                     }
-                    print!("{}", rust_build::run_executable(&spec, &tensors, &args)?);
+                    write_stdout(&rust_build::run_executable(&spec, &tensors, &args)?)?;
                     return Ok(());
                 }
             }
@@ -336,7 +337,7 @@ fn execute(command: Command) -> Result<()> {
                         out.display()
                     );
                 }
-                None => print!("{}", classes::top5_text(y.data(), spec.num_classes)),
+                None => write_stdout(&classes::top5_text(y.data(), spec.num_classes))?,
             }
         }
         Command::Build { model: name, weights: wpath, output, emit: kind, backend, max_weight_mb } => {
@@ -420,9 +421,9 @@ fn execute(command: Command) -> Result<()> {
                 Backend::Rust => bench_rust(&spec, &tensors, threads as usize, batch as usize, runs)?,
             };
             if json {
-                println!("{}", serde_json::to_string_pretty(&report.json())?);
+                write_stdout(&(serde_json::to_string_pretty(&report.json())? + "\n"))?;
             } else {
-                print!("{}", report.text());
+                write_stdout(&report.text())?;
             }
         }
         Command::Demo { threads } => {
@@ -538,15 +539,6 @@ fn bench_jit(
         stats,
         layers,
     })
-}
-
-/// Prints to stdout; a closed pipe (`resnetc emit ... | head`) ends quietly.
-fn write_stdout(text: &str) -> Result<()> {
-    use std::io::Write;
-    match std::io::stdout().write_all(text.as_bytes()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        r => r.context("cannot write to stdout"),
-    }
 }
 
 /// `resnet50` -> `Resnet50`, `wide_resnet50_2` -> `WideResnet502`: the type `emit rust` names.

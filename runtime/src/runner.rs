@@ -201,8 +201,7 @@ fn parse(args: &[String]) -> Result<Options> {
 fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usize) -> Result<Model>) -> Result<()> {
     let o = parse(args)?;
     if o.help {
-        println!("{USAGE}");
-        return Ok(());
+        return write_stdout(&format!("{USAGE}\n"));
     }
     if let Some(runs) = o.bench {
         let start = std::time::Instant::now();
@@ -222,8 +221,8 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
                 eprintln!("call {i:>3}: {:9.4} ms", s * 1e3 / runs as f64);
             }
         }
-        println!(
-            "{{\"median_ms\": {}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}, \"peak_rss_mb\": {}}}",
+        write_stdout(&format!(
+            "{{\"median_ms\": {}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}, \"peak_rss_mb\": {}}}\n",
             stats.median,
             stats.min,
             stats.max,
@@ -231,7 +230,7 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
             o.batch,
             o.threads,
             crate::peak_rss_mb().map_or("null".to_string(), |m| format!("{m:.1}"))
-        );
+        ))?;
         return Ok(());
     }
     let x = match (&o.input, &o.image) {
@@ -247,10 +246,18 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
     let y = model.forward(&x)?;
     match &o.output {
         Some(p) => npy::write(p, &y),
-        None => {
-            print!("{}", classes::top5_text(y.data(), classes));
-            Ok(())
-        }
+        None => write_stdout(&classes::top5_text(y.data(), classes)),
+    }
+}
+
+/// Writes `text` to stdout; a closed pipe (`./model --bench 10 | head -c 0`) ends the
+/// process quietly with status 0, as a command-line tool's output cut short should.
+pub fn write_stdout(text: &str) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
+        r => r.context("cannot write to stdout"),
     }
 }
 
