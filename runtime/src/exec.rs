@@ -6,7 +6,7 @@
 //! Kernel ABI: `extern "C" fn(args: *const *mut f32, begin: i64, end: i64)` runs tasks
 //! `begin..end`; `args[i]` is the kernel's i-th pointer argument (see [`Arg`]).
 
-use crate::pool::{Lockstep, Pool};
+use crate::pool::Pool;
 use anyhow::{bail, Result};
 
 pub type KernelFn = unsafe extern "C" fn(args: *const *mut f32, begin: i64, end: i64);
@@ -40,9 +40,9 @@ pub enum Order {
     /// Task `t / n` of image `t % n`: the weights one task reads (a tile of output
     /// channels, a Winograd position) serve every image while they are in cache, and each
     /// thread streams only its share of them. For calls whose weights do not stay in
-    /// cache from one image to the next. (Images on one thread, and threads in step with
-    /// their own shares of the images, run them image by image instead: see
-    /// `run_images`. So this order applies to images split across a pool.)
+    /// cache from one image to the next. (Images on one thread, and threads with their
+    /// own shares of the images, run them image by image instead: see `run_images`. So
+    /// this order applies to images split across a pool.)
     TaskMajor = 1,
     /// Consecutive depth-first calls run as a segment, image by image: image 0 through
     /// the whole segment, then image 1, ... For calls with small weights (or none), so
@@ -194,8 +194,7 @@ unsafe impl Sync for Frame {}
 /// Runs `calls` on `n` images; adds each call's seconds to `timings[i]` when given: its
 /// wall time, or where threads run calls at once (images by share, bands), each thread's
 /// time over the number of such threads, so that the timings add up to about the wall
-/// time (less the threads' waits for each other in lockstep) and per-call rates stay
-/// those of the whole pool.
+/// time and per-call rates stay those of the whole pool.
 /// `arena` must hold `n * arena_floats` floats, 64-byte aligned; `input`
 /// `n * input_floats`, `output` `n * output_floats`.
 ///
@@ -203,12 +202,14 @@ unsafe impl Sync for Frame {}
 /// taking its images through every call alone ([`run_images`] with [`Team::Alone`]):
 /// per image the kernels are as fast on one core as split across two, so this saves the
 /// hand-off after every call, and each image's activations stay in one core's cache.
-/// The threads keep step, call by call ([`Lockstep`]), so that they read the same
-/// weights at the same time: one stream from memory through the shared L3 instead of
-/// one per thread at different times (ResNet-50, batch 8, 2 threads, four interleaved
-/// A/Bs on the Zen 5: 0.95-0.98x the time in median, 0.97-0.99x in minimum; batch 2
-/// 0.99-1.02x). The images left over (all of them when `n < T`) run with each call
-/// split across the pool.
+/// The threads run free, each at its own pace. (They used to keep step call by call, a
+/// barrier after each, so that they would read the same weights at the same time: one
+/// stream from memory through a shared L3. Eleven interleaved A/Bs on the Zen 5,
+/// ResNet-50 batch 8 at 2 threads, measured free threads 0.98-0.99x the time while the
+/// two vCPUs shared a cache and 0.96-0.98x while they did not, ResNet-18 0.96-1.01x,
+/// ResNet-101 0.98-1.05x, batch 2 0.94-1.07x: the waits for the slower thread at every
+/// call cost more than the shared stream saved.) The images left over (all of them when
+/// `n < T`) run with each call split across the pool.
 ///
 /// # Safety
 /// The kernels must be valid functions of the ABI above, generated for these sizes: they
@@ -240,22 +241,16 @@ pub unsafe fn run(
         // Per thread, its calls' seconds when timing (merged below).
         let times: Vec<std::sync::Mutex<Vec<f64>>> =
             (0..if timings.is_some() { threads } else { 0 }).map(|_| Default::default()).collect();
-        let lockstep = Lockstep::new(threads);
-        let job = |p: usize, lockstep: Option<&Lockstep>| {
+        // On a busy pool, the shares one after the other on this thread.
+        pool.run(&|p| {
             let mut mine = (!times.is_empty()).then(|| vec![0.0; calls.len()]);
-            // A panicking thread will not arrive at the next step: let the others go on.
-            let _abandon = lockstep.map(Lockstep::abandon_on_panic);
             // SAFETY: forwarded from the caller; the threads' images, and so their arenas,
             // inputs and outputs, are disjoint, and the weights are only read.
-            unsafe { run_images(calls, frame, sizes, p * share, share, Team::Alone(lockstep), mine.as_deref_mut()) };
+            unsafe { run_images(calls, frame, sizes, p * share, share, Team::Alone, mine.as_deref_mut()) };
             if let Some(mine) = mine {
                 *times[p].lock().unwrap_or_else(|e| e.into_inner()) = mine;
             }
-        };
-        if !pool.try_run(&|p| job(p, Some(&lockstep))) {
-            // A busy pool: the shares one after the other on this thread.
-            (0..threads).for_each(|p| job(p, None));
-        }
+        });
         if let Some(t) = timings.as_deref_mut() {
             for mine in times {
                 let mine = mine.into_inner().unwrap_or_else(|e| e.into_inner());
@@ -271,20 +266,19 @@ pub unsafe fn run(
 }
 
 /// Who runs a call's tasks: the pool, split across its threads, or the calling thread
-/// alone (inside a pool job that gave it its own images), in step with the job's other
-/// threads when given their [`Lockstep`].
+/// alone (inside a pool job that gave it its own images).
 #[derive(Clone, Copy)]
 enum Team<'a> {
     Pool(&'a Pool),
-    Alone(Option<&'a Lockstep>),
+    Alone,
 }
 
 impl Team<'_> {
     fn split(self, tasks: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         match self {
             Team::Pool(pool) => pool.split(tasks, f),
-            Team::Alone(_) if tasks > 0 => f(0, tasks),
-            Team::Alone(_) => {}
+            Team::Alone if tasks > 0 => f(0, tasks),
+            Team::Alone => {}
         }
     }
 
@@ -293,8 +287,8 @@ impl Team<'_> {
     fn shares(self, tasks: usize, shares: usize, f: &(dyn Fn(usize, usize) + Sync)) {
         match self {
             Team::Pool(pool) => pool.shares(tasks, shares, f),
-            Team::Alone(_) if tasks > 0 => f(0, tasks),
-            Team::Alone(_) => {}
+            Team::Alone if tasks > 0 => f(0, tasks),
+            Team::Alone => {}
         }
     }
 }
@@ -319,9 +313,7 @@ unsafe fn run_images(
     // images' activations staying in cache from call to call measured as fast or faster
     // than reading each weight once per batch (AMD Zen 5, batch 8, two interleaved A/Bs
     // each: ResNet-50 0.96-0.99x the time, ResNet-34 0.92-0.99x, ResNet-101 0.93x; the
-    // host was noisy). So do threads in lockstep, which share each weight stream at once
-    // (ResNet-50, batch 8, 2 threads, against threads not in step: 0.95-0.98x the time
-    // this way, 0.99-1.01x in lockstep with task-major calls over each thread's share).
+    // host was noisy). So do threads with their own shares of the images.
     let split = matches!(team, Team::Pool(pool) if pool.threads() > 1);
     let task_major = |c: &Call| c.order == Order::TaskMajor && split;
     // Images that run one after the other through every call share one arena, the first
@@ -336,11 +328,6 @@ unsafe fn run_images(
         unsafe { run_call(&calls[i], frame, sizes, first, count, slot, team) };
         if let (Some(t), Some(start)) = (timings.as_deref_mut(), start) {
             t[i] += start.elapsed().as_secs_f64();
-        }
-        // Every thread of a lockstep job runs the same calls on as many images, so
-        // each waits here as often as the others.
-        if let Team::Alone(Some(lockstep)) = team {
-            lockstep.wait();
         }
     };
     let mut i = 0;
@@ -638,22 +625,6 @@ mod tests {
                         let before = seqs(k - 1).map(|e| e.3).max().unwrap();
                         let after = seqs(k).map(|e| e.3).min().unwrap();
                         assert!(before < after, "calls out of order: image {image} of {n}, {threads} threads: {log:?}");
-                    }
-                }
-                // Threads with shares of the images keep step: in each round (the r-th
-                // image of every share) a call starts only once the one before has
-                // ended for every image of the round.
-                let share = if threads > 1 { n / threads } else { 0 };
-                for r in 0..share {
-                    let round: Vec<usize> = (0..threads).map(|p| p * share + r).collect();
-                    let round = &round;
-                    let calls_of = |k: usize| log.iter().filter(move |e| e.1 == k && round.contains(&e.0)).map(|e| e.3);
-                    for k in 1..calls.len() {
-                        let (before, after) = (calls_of(k - 1).max().unwrap(), calls_of(k).min().unwrap());
-                        assert!(
-                            before < after,
-                            "threads out of step: round {r} of {n} images, {threads} threads: {log:?}"
-                        );
                     }
                 }
                 assert!(timings.iter().all(|&t| t > 0.0), "every call timed: {timings:?}");

@@ -112,9 +112,8 @@ impl Pool {
     }
 
     /// As [`Pool::run`], but only if the participants run at once, each on its own
-    /// thread, so that they may wait for each other ([`Lockstep`]); `false`, having
-    /// called nothing, with one thread or when the pool is busy.
-    pub fn try_run(&self, f: &(dyn Fn(usize) + Sync)) -> bool {
+    /// thread; `false`, having called nothing, with one thread or when the pool is busy.
+    fn try_run(&self, f: &(dyn Fn(usize) + Sync)) -> bool {
         let n = self.threads();
         let _guard = match self.busy.try_lock() {
             Ok(g) if n > 1 => g,
@@ -228,68 +227,6 @@ impl Pool {
 /// Chunks a participant takes its own share in: small enough that another can take over
 /// the rest when it lags, large enough that a kernel call covers several rows.
 const OWN_CHUNKS: usize = 8;
-
-/// A barrier for the participants of one [`Pool::try_run`] job: `wait` returns once
-/// every one of the `n` participants has called it, and the barrier is then ready for
-/// the next step. Waiters spin, then yield, like the pool's workers: the steps it
-/// separates are kernel calls microseconds long.
-pub struct Lockstep {
-    n: usize,
-    arrived: AtomicUsize,
-    generation: AtomicUsize,
-    broken: AtomicBool,
-    spin: u32,
-}
-
-impl Lockstep {
-    pub fn new(n: usize) -> Lockstep {
-        Lockstep {
-            n,
-            arrived: AtomicUsize::new(0),
-            generation: AtomicUsize::new(0),
-            broken: AtomicBool::new(false),
-            spin: spin_budget(n),
-        }
-    }
-
-    pub fn wait(&self) {
-        // Read before arriving: the step cannot end before this participant arrives.
-        let step = self.generation.load(Ordering::Acquire);
-        if self.arrived.fetch_add(1, Ordering::AcqRel) + 1 >= self.n {
-            // The last to arrive resets the count before releasing the others, so their
-            // next `wait` counts from zero.
-            self.arrived.store(0, Ordering::Relaxed);
-            self.generation.fetch_add(1, Ordering::Release);
-            return;
-        }
-        spin_until(self.spin, || {
-            self.generation.load(Ordering::Acquire) != step || self.broken.load(Ordering::Relaxed)
-        });
-    }
-
-    /// Lets every present and future `wait` return at once: for a participant that
-    /// panicked and will not arrive, so that the others finish and the panic propagates
-    /// (through [`Lockstep::abandon_on_panic`], the one way in).
-    fn abandon(&self) {
-        self.broken.store(true, Ordering::Relaxed);
-    }
-
-    /// A guard that abandons the barrier if dropped while its thread panics.
-    pub fn abandon_on_panic(&self) -> AbandonOnPanic<'_> {
-        AbandonOnPanic(self)
-    }
-}
-
-/// See [`Lockstep::abandon_on_panic`].
-pub struct AbandonOnPanic<'a>(&'a Lockstep);
-
-impl Drop for AbandonOnPanic<'_> {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            self.0.abandon();
-        }
-    }
-}
 
 /// Spins until `done()`, yielding the core after `spin` rounds.
 fn spin_until(spin: u32, done: impl Fn() -> bool) {
@@ -457,63 +394,6 @@ mod tests {
         }
     }
 
-    /// After each `wait`, every participant has finished the step before it: none runs
-    /// ahead. (A participant that sleeps now and then makes a barrier that let others
-    /// through early fail.)
-    #[test]
-    fn lockstep_keeps_participants_in_step() {
-        for threads in [2, 3] {
-            let pool = Pool::new(threads);
-            let lockstep = Lockstep::new(threads);
-            let done: Vec<AtomicUsize> = (0..threads).map(|_| AtomicUsize::new(0)).collect();
-            let ahead = AtomicBool::new(false);
-            let steps = 500;
-            let ran = pool.try_run(&|p| {
-                for step in 1..=steps {
-                    if (step + p) % 97 == 0 {
-                        std::thread::sleep(std::time::Duration::from_millis(1));
-                    }
-                    done[p].store(step, Ordering::Release);
-                    lockstep.wait();
-                    if done.iter().any(|d| d.load(Ordering::Acquire) < step) {
-                        ahead.store(true, Ordering::Relaxed);
-                    }
-                }
-            });
-            assert!(ran, "a free pool of {threads} runs the job at once");
-            assert!(!ahead.load(Ordering::Relaxed), "a participant passed the barrier early, {threads} threads");
-            assert!(done.iter().all(|d| d.load(Ordering::Relaxed) == steps));
-        }
-    }
-
-    /// A participant that panics abandons the barrier (through its guard), the others
-    /// return, and the panic reaches the caller; the pool runs jobs at once afterwards.
-    /// (On a thread of its own, so that a hang fails the test instead of stalling it.)
-    #[test]
-    fn abandoned_lockstep_releases_waiters() {
-        let (done, finished) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let pool = Pool::new(2);
-            let lockstep = Lockstep::new(2);
-            let released = AtomicUsize::new(0);
-            let job = catch_unwind(AssertUnwindSafe(|| {
-                pool.try_run(&|p| {
-                    let _abandon = lockstep.abandon_on_panic();
-                    if p == 1 {
-                        panic!("participant 1 fails");
-                    }
-                    lockstep.wait();
-                    lockstep.wait();
-                    released.fetch_add(1, Ordering::Relaxed);
-                })
-            }));
-            let again = pool.try_run(&|_| {});
-            done.send((job.is_err(), released.load(Ordering::Relaxed), again)).unwrap();
-        });
-        let outcome = finished.recv_timeout(std::time::Duration::from_secs(20)).expect("a waiter hung");
-        assert_eq!(outcome, (true, 1, true), "(panic propagated, waiters released, pool usable)");
-    }
-
     /// Workers that fell asleep between jobs (past their spin) wake for the next one:
     /// the caller notifies whenever one counts itself a sleeper; and for the shutdown of
     /// a pool dropped while they sleep. (On a thread of its own, so that a lost wake-up
@@ -550,7 +430,6 @@ mod tests {
         assert_eq!(spin_budget(1), SPIN);
         assert_eq!(spin_budget(cpus + 1), SPIN_OVERSUBSCRIBED);
         assert_eq!(Pool::new(cpus + 1).shared.spin, SPIN_OVERSUBSCRIBED);
-        assert_eq!(Lockstep::new(cpus + 1).spin, SPIN_OVERSUBSCRIBED);
     }
 
     /// `try_run` runs nothing where the participants could not run at once.

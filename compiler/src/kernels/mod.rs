@@ -44,7 +44,7 @@ fn epilogue_suffix(c: &Conv) -> &'static str {
 /// transforms took 1.2-2.9x and 2 MB convs 1.3-1.7x their batch-1 time per image, and
 /// depth-first they re-read their weights from L3 instead. Threshold measured at 1, 2 and
 /// 4 times L2 (batch 8, 1 and 2 threads): 2 was best. (Since then, a batch on one thread,
-/// and threads in step with their own shares of the images, run these image by image
+/// and threads with their own shares of the images, run these image by image
 /// too: `exec::run_images`; the order matters for images left over, split across the
 /// pool.)
 fn order(t: crate::target::Target, weight_bytes: usize) -> Order {
