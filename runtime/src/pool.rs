@@ -172,15 +172,16 @@ impl Pool {
             (begin, begin + per + usize::from(i < extra))
         };
         // The shares as (begin, end) packed into one word each, so that taking from
-        // either end is one compare-and-swap; on the stack for the usual thread counts.
+        // either end is one compare-and-swap, each word on its own cache lines; on the
+        // stack for the usual thread counts.
         let share = |i: usize| {
             let (b, e) = range(i);
-            AtomicU64::new(pack(b, e))
+            Share(AtomicU64::new(pack(b, e)))
         };
-        let on_stack: [AtomicU64; STACK_SHARES];
-        let on_heap: Vec<AtomicU64>;
-        let shares: &[AtomicU64] = if n <= STACK_SHARES {
-            on_stack = std::array::from_fn(|i| if i < n { share(i) } else { AtomicU64::new(0) });
+        let on_stack: [Share; STACK_SHARES];
+        let on_heap: Vec<Share>;
+        let shares: &[Share] = if n <= STACK_SHARES {
+            on_stack = std::array::from_fn(|i| if i < n { share(i) } else { Share(AtomicU64::new(0)) });
             &on_stack[..n]
         } else {
             on_heap = (0..n).map(share).collect();
@@ -192,11 +193,11 @@ impl Pool {
             }
             let (b, e) = range(i);
             let chunk = (e - b).div_ceil(OWN_CHUNKS);
-            while let Some((b, e)) = take(&shares[i], |b, e| (b, (b + chunk).min(e))) {
+            while let Some((b, e)) = take(&shares[i].0, |b, e| (b, (b + chunk).min(e))) {
                 f(b, e);
             }
             for k in (1..n).map(|k| (i + k) % n) {
-                while let Some((b, e)) = take(&shares[k], |b, e| (e - (e - b).div_ceil(2), e)) {
+                while let Some((b, e)) = take(&shares[k].0, |b, e| (e - (e - b).div_ceil(2), e)) {
                     f(b, e);
                 }
             }
@@ -243,6 +244,14 @@ fn spin_until(spin: u32, done: impl Fn() -> bool) {
 
 /// Participants whose shares [`Pool::split`] keeps on the stack.
 const STACK_SHARES: usize = 16;
+
+/// One participant's share of a [`Pool::split`], alone on its (pair of) cache lines: its
+/// owner takes a chunk from it several times per call, and with the shares of two
+/// participants on one line each of those takes would move the line between their cores
+/// (false sharing), a round trip of 0.1-0.4 us on the Zen 5 VM (`bench/core_rtt.c`).
+/// 128 bytes, as the core's adjacent-line prefetcher fetches lines in pairs.
+#[repr(align(128))]
+struct Share(AtomicU64);
 
 fn pack(begin: usize, end: usize) -> u64 {
     (begin as u64) << 32 | end as u64
