@@ -127,8 +127,8 @@ fn jit_matches_reference_on_200_random_specs() {
 /// Batches run weight-heavy calls task-major (every image per task, see
 /// `exec::Order`), the rest depth-first: each image of a batch must come out bit-identical
 /// to the same image run alone: at one thread (where the whole batch runs image by
-/// image), at two (each thread's two images image by image, the threads in lockstep,
-/// the fifth split across both) and at three (one image per thread, then the last two
+/// image), at two (each thread its own two images, image by image, then the fifth
+/// split across both) and at three (one image per thread, then the last two
 /// across all three, task-major calls task by task for both images).
 #[test]
 fn batch_orders_match_single_images_bit_for_bit() {

@@ -6,8 +6,10 @@ use crate::jit_model::JitModel;
 use crate::spec::{self, Spec};
 use crate::weights;
 use anyhow::{bail, Context, Result};
+use resnetc_runtime::stdout;
 use resnetc_runtime::{idx, image, preprocess, Tensor};
-use std::io::Write;
+use std::fmt::Write as _;
+use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -83,20 +85,23 @@ pub fn eval(model: &JitModel, dir: &Path, compare: Option<&Path>, batch: usize) 
     eprintln!(" in {:.2} s", start.elapsed().as_secs_f64());
     let correct = preds.iter().zip(&labels).filter(|(p, l)| **p == **l as usize).count();
     let accuracy = correct as f64 / n as f64;
-    println!("accuracy {:.2}% ({correct}/{n})", 100.0 * accuracy);
-    println!("confusion matrix (rows: true class, columns: predicted):");
-    print!("{:>12}", "");
+    // (Writing to a String cannot fail.)
+    let mut report = format!("accuracy {:.2}% ({correct}/{n})\n", 100.0 * accuracy);
+    report += "confusion matrix (rows: true class, columns: predicted):\n";
+    let _ = write!(report, "{:>12}", "");
     for j in 0..10 {
-        print!("{j:>6}");
+        let _ = write!(report, "{j:>6}");
     }
-    println!();
+    report += "\n";
     for (i, name) in CLASSES.iter().enumerate() {
-        print!("{:>9} {i:>2}", &name[..name.len().min(9)]);
+        let _ = write!(report, "{:>9} {i:>2}", &name[..name.len().min(9)]);
         for j in 0..10 {
-            print!("{:>6}", preds.iter().zip(&labels).filter(|(p, l)| **l as usize == i && **p == j).count());
+            let count = preds.iter().zip(&labels).filter(|(p, l)| **l as usize == i && **p == j).count();
+            let _ = write!(report, "{count:>6}");
         }
-        println!();
+        report += "\n";
     }
+    stdout::write(&report)?;
     let agree = match compare {
         None => None,
         Some(path) => {
@@ -112,7 +117,7 @@ pub fn eval(model: &JitModel, dir: &Path, compare: Option<&Path>, batch: usize) 
                 bail!("{}: {} predictions for {n} test images", path.display(), theirs.len());
             }
             let same = preds.iter().zip(&theirs).filter(|(a, b)| a == b).count();
-            println!("agrees with PyTorch on {same}/{n} predictions");
+            stdout::write(&format!("agrees with PyTorch on {same}/{n} predictions\n"))?;
             Some(same)
         }
     };
@@ -142,12 +147,12 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
     let t = Instant::now();
     let model = JitModel::new(&spec, &tensors, threads)?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    println!(
-        "compiled {} ({} kernels, {} KiB of machine code) with Cranelift in {compile_ms:.1} ms",
+    stdout::write(&format!(
+        "compiled {} ({} kernels, {} KiB of machine code) with Cranelift in {compile_ms:.1} ms\n",
         spec.name,
         model.program.kernels.len(),
         model.stats.code_bytes / 1024
-    );
+    ))?;
     let labels_path = dir.join("images/labels.txt");
     let text =
         std::fs::read_to_string(&labels_path).with_context(|| format!("{}: cannot read", labels_path.display()))?;
@@ -170,7 +175,7 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
         let sum: f64 = row.iter().map(|&v| ((v - max) as f64).exp()).sum();
         results.push(Classified { file: file.to_string(), label, predicted, confidence: 1.0 / sum, pytorch });
     }
-    println!("{:<28} {:<12} {:<12} {:>10}  ", "image", "label", "predicted", "confidence");
+    let mut table = format!("{:<28} {:<12} {:<12} {:>10}  \n", "image", "label", "predicted", "confidence");
     for r in &results {
         let mark = if r.predicted == r.label { "right" } else { "WRONG" };
         let torch = match r.pytorch {
@@ -178,7 +183,8 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
             Some(p) => format!("(PyTorch: {})", CLASSES[p]),
             None => String::new(),
         };
-        println!(
+        let _ = writeln!(
+            table,
             "{:<28} {:<12} {:<12} {:>9.1}%  {mark} {torch}",
             r.file,
             CLASSES[r.label],
@@ -187,10 +193,15 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
         );
     }
     let right = results.iter().filter(|r| r.predicted == r.label).count();
-    println!("accuracy {right}/{} ({:.1}%)", results.len(), 100.0 * right as f64 / results.len().max(1) as f64);
+    let share = 100.0 * right as f64 / results.len().max(1) as f64;
+    let _ = writeln!(table, "accuracy {right}/{} ({share:.1}%)", results.len());
+    stdout::write(&table)?;
     let x = weights::seeded_input(spec.input, 1, 0);
     let mut y = vec![0.0f32; 10];
     let stats = bench::measure(5, 50, 2000, 0.5, || model.forward_into(x.data(), &mut y, 1))?;
-    println!("latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)", stats.median, stats.min);
+    stdout::write(&format!(
+        "latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)\n",
+        stats.median, stats.min
+    ))?;
     Ok(results)
 }

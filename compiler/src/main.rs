@@ -8,7 +8,7 @@ use resnetc::{
     spec, target::Target, weights,
 };
 use resnetc::{rust_build, rustgen};
-use resnetc_runtime::runner::write_stdout;
+use resnetc_runtime::stdout;
 use resnetc_runtime::{classes, image, npy, preprocess, safetensors};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -280,15 +280,15 @@ fn execute(command: Command) -> Result<()> {
                 if c < 4 {
                     bail!("--compare-blocks: need at least 4 channels (the bottleneck width is C/4), got {c}");
                 }
-                write_stdout(&inspect::compare_blocks(c))?;
+                stdout::write(&inspect::compare_blocks(c))?;
                 return Ok(());
             }
             let name = name.expect("clap requires a model");
             let (spec, graph) = model(&name)?;
             if json {
-                write_stdout(&(serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))? + "\n"))?;
+                stdout::write(&(serde_json::to_string_pretty(&inspect::json(&spec.name, &graph))? + "\n"))?;
             } else {
-                write_stdout(&inspect::table(&spec.name, &graph))?;
+                stdout::write(&inspect::table(&spec.name, &graph))?;
             }
         }
         Command::Run { model: name, weights: wpath, input, output, image: img, backend, threads } => {
@@ -321,7 +321,7 @@ fn execute(command: Command) -> Result<()> {
                         (_, _, Some(i)) => args.push(path(i)),
                         _ => unreachable!("checked above"),
                     }
-                    write_stdout(&rust_build::run_executable(&spec, &tensors, &args)?)?;
+                    stdout::write(&rust_build::run_executable(&spec, &tensors, &args)?)?;
                     return Ok(());
                 }
             }
@@ -337,7 +337,7 @@ fn execute(command: Command) -> Result<()> {
                         out.display()
                     );
                 }
-                None => write_stdout(&classes::top5_text(y.data(), spec.num_classes))?,
+                None => stdout::write(&classes::top5_text(y.data(), spec.num_classes))?,
             }
         }
         Command::Build { model: name, weights: wpath, output, emit: kind, backend, max_weight_mb } => {
@@ -407,7 +407,7 @@ fn execute(command: Command) -> Result<()> {
                 }
                 (_, true) => bail!("--json is available for the fused and memory stages"),
             };
-            write_stdout(&text)?;
+            stdout::write(&text)?;
         }
         Command::Bench { model: name, backend, threads, batch, weights: wpath, per_layer, runs, json } => {
             let (spec, graph) = model(&name)?;
@@ -421,9 +421,9 @@ fn execute(command: Command) -> Result<()> {
                 Backend::Rust => bench_rust(&spec, &tensors, threads as usize, batch as usize, runs)?,
             };
             if json {
-                write_stdout(&(serde_json::to_string_pretty(&report.json())? + "\n"))?;
+                stdout::write(&(serde_json::to_string_pretty(&report.json())? + "\n"))?;
             } else {
-                write_stdout(&report.text())?;
+                stdout::write(&report.text())?;
             }
         }
         Command::Demo { threads } => {

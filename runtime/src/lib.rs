@@ -17,6 +17,7 @@ pub mod runner;
 pub mod safetensors;
 pub mod seeded;
 pub mod simd;
+pub mod stdout;
 pub mod strassen;
 pub mod tensor;
 pub mod timing;

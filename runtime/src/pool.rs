@@ -249,7 +249,9 @@ const STACK_SHARES: usize = 16;
 /// owner takes a chunk from it several times per call, and with the shares of two
 /// participants on one line each of those takes would move the line between their cores
 /// (false sharing), a round trip of 0.1-0.4 us on the Zen 5 VM (`bench/core_rtt.c`).
-/// 128 bytes, as the core's adjacent-line prefetcher fetches lines in pairs.
+/// 128 bytes, as the core's adjacent-line prefetcher fetches lines in pairs. (Measured:
+/// ResNet-50 at 2 threads, batch 1, twenty interleaved A/Bs, 1.00x the time while the
+/// two vCPUs share a cache, 0.99x while not: kept for being right at no cost.)
 #[repr(align(128))]
 struct Share(AtomicU64);
 

@@ -201,7 +201,7 @@ fn parse(args: &[String]) -> Result<Options> {
 fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usize) -> Result<Model>) -> Result<()> {
     let o = parse(args)?;
     if o.help {
-        return write_stdout(&format!("{USAGE}\n"));
+        return crate::stdout::write(&format!("{USAGE}\n"));
     }
     if let Some(runs) = o.bench {
         let start = std::time::Instant::now();
@@ -221,7 +221,7 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
                 eprintln!("call {i:>3}: {:9.4} ms", s * 1e3 / runs as f64);
             }
         }
-        write_stdout(&format!(
+        crate::stdout::write(&format!(
             "{{\"median_ms\": {}, \"min_ms\": {}, \"max_ms\": {}, \"runs\": {}, \"batch\": {}, \"threads\": {}, \"setup_ms\": {setup_ms}, \"peak_rss_mb\": {}}}\n",
             stats.median,
             stats.min,
@@ -246,18 +246,7 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
     let y = model.forward(&x)?;
     match &o.output {
         Some(p) => npy::write(p, &y),
-        None => write_stdout(&classes::top5_text(y.data(), classes)),
-    }
-}
-
-/// Writes `text` to stdout; a closed pipe (`./model --bench 10 | head -c 0`) ends the
-/// process quietly with status 0, as a command-line tool's output cut short should.
-pub fn write_stdout(text: &str) -> Result<()> {
-    use std::io::Write;
-    let mut out = std::io::stdout().lock();
-    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
-        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => std::process::exit(0),
-        r => r.context("cannot write to stdout"),
+        None => crate::stdout::write(&classes::top5_text(y.data(), classes)),
     }
 }
 
