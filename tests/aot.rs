@@ -1,14 +1,17 @@
 //! Ahead-of-time outputs: a C program compiled against the generated header and linked
 //! with the object file, and the `--emit exe` executable run from a temporary directory,
-//! both match the JIT (and so the reference).
+//! both match the JIT (and so the reference); Rust-backend executables of random specs
+//! match the reference.
 
 mod support;
 
+use resnetc::graph::Op;
 use resnetc::jit_model::JitModel;
-use resnetc::{from_spec, spec, weights};
+use resnetc::{from_spec, passes, reference, rustgen, spec, weights};
 use resnetc_runtime::{npy, safetensors, Tensor};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use support::random_spec::{random_toml_sized, Rng};
 
 const SPEC: &str = "block = \"bottleneck\"\nlayers = [1, 2]\nwidths = [8, 12]\nstem = \"imagenet\"\nstem_width = 6\ngroups = 2\nwidth_per_group = 32\nnum_classes = 7\ninput = [3, 45, 39]\n";
 
@@ -178,4 +181,54 @@ fn rust_backend_executable_matches_the_jit() {
     let rel = support::agree(&y, &want).unwrap();
     eprintln!("rust executable vs JIT: rel err {rel:.2e}");
     output_cut_short_is_quiet(&exe, false);
+}
+
+/// Executables of the Rust backend (AVX-512 kernels where the machine has them, each
+/// spec's own crate built by rustc) on random specs larger than the JIT's differential
+/// test takes (widths up to 128, sides up to 96: raw Winograd weights, bands, wide
+/// register tiles), at 1 and 2 threads on batches of 1 to 3, against the reference
+/// executor.
+#[test]
+fn rust_backend_executables_match_reference_on_random_specs() {
+    let mut rng = Rng::new(0x5eed_2057);
+    // Winograd convs of the specs' plans (all, with raw weights).
+    let (mut winograd, mut raw) = (0, 0);
+    for i in 0..6 {
+        let dir = scratch(&format!("random{i}"));
+        let text = random_toml_sized(&mut rng, 128, 96);
+        let spec_path = dir.join("random.toml");
+        std::fs::write(&spec_path, &text).unwrap();
+        let s = spec::load(&spec_path).unwrap();
+        let graph = from_spec::build(&s).unwrap();
+        let mut fused = passes::fuse(&graph).0;
+        passes::Pass::run(&passes::ChooseAlgorithm { target: rustgen::TARGET }, &mut fused);
+        for node in fused.g.node_weights() {
+            if let Op::Conv(c) = &node.op {
+                winograd += c.winograd.is_some() as usize;
+                raw += c.winograd.is_some_and(|w| w.raw) as usize;
+            }
+        }
+        let w = weights::seeded(&graph, i);
+        let wpath = dir.join("w.safetensors");
+        safetensors::write(&wpath, &w).unwrap();
+        let x = weights::seeded_input(s.input, rng.range(1, 3), i + 50);
+        npy::write(&dir.join("x.npy"), &x).unwrap();
+        let want = reference::run(&graph, &w, &x).unwrap();
+        let exe = dir.join("random");
+        build(&spec_path, &wpath, &exe, &["--backend", "rust"]);
+        let threads = rng.range(1, 2).to_string();
+        let run = Command::new(&exe)
+            .current_dir(&dir)
+            .args(["--input", "x.npy", "--output", "y.npy", "--threads", &threads])
+            .output()
+            .unwrap();
+        assert!(run.status.success(), "random spec {i}: {}\n{text}", String::from_utf8_lossy(&run.stderr));
+        let y = npy::read(&dir.join("y.npy")).unwrap();
+        let rel =
+            support::agree(&y, &want).unwrap_or_else(|e| panic!("random spec {i}, {threads} threads: {e}\n{text}"));
+        eprintln!("random spec {i}: rel err {rel:.2e}, {threads} thread(s)");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+    eprintln!("Winograd convs: {winograd}, with raw weights: {raw}");
+    assert!(winograd >= 6 && raw >= 1, "too few Winograd convs in the random specs: {winograd} ({raw} raw)");
 }

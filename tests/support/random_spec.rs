@@ -30,11 +30,19 @@ impl Rng {
 
 /// The TOML text of a random valid spec.
 pub fn random_toml(rng: &mut Rng) -> String {
+    random_toml_sized(rng, 32, 40)
+}
+
+/// The TOML text of a random valid spec with stage widths up to `max_width` and input
+/// sides up to `max_side`: larger ones reach the kernels small specs do not (Winograd
+/// with raw weights, bands, wide register tiles).
+pub fn random_toml_sized(rng: &mut Rng, max_width: usize, max_side: usize) -> String {
     let bottleneck = rng.range(0, 1) == 1;
     let stages = rng.range(1, 4);
     let layers: Vec<usize> = (0..stages).map(|_| rng.range(1, 2)).collect();
-    // Up to 32 channels, so that many specs have layers wide enough for Winograd.
-    let widths: Vec<usize> = (0..stages).map(|_| rng.range(1, 32)).collect();
+    // Up to 32 channels (`random_toml`), so that many specs have layers wide enough for
+    // Winograd.
+    let widths: Vec<usize> = (0..stages).map(|_| rng.range(1, max_width)).collect();
     let imagenet = rng.range(0, 2) == 0;
     let mut t = format!(
         "block = \"{}\"\nlayers = {layers:?}\nwidths = {widths:?}\nstem = \"{}\"\n",
@@ -55,7 +63,7 @@ pub fn random_toml(rng: &mut Rng) -> String {
         t += &format!("groups = {groups}\nwidth_per_group = {wpg}\nstride_in = \"{}\"\n", rng.pick(&["3x3", "1x1"]));
     }
     let (c, lo) = (rng.range(1, 4), if imagenet { 5 } else { 1 });
-    let (h, w) = (rng.range(lo, 40), rng.range(lo, 40));
+    let (h, w) = (rng.range(lo, max_side), rng.range(lo, max_side));
     t += &format!("num_classes = {}\ninput = [{c}, {h}, {w}]\n", rng.range(1, 20));
     t
 }
