@@ -18,7 +18,7 @@ fn model() -> JitModel {
 
 #[test]
 fn bundled_images_get_pytorchs_predictions() {
-    let results = fashion::demo(1).unwrap();
+    let results = fashion::demo(1, &|_| Ok(())).unwrap();
     assert_eq!(results.len(), 20);
     for r in &results {
         assert_eq!(Some(r.predicted), r.pytorch, "{}: resnetc {} vs PyTorch {:?}", r.file, r.predicted, r.pytorch);
@@ -33,7 +33,7 @@ fn whole_test_set_agrees_with_pytorch_when_installed() {
         return;
     }
     let preds = support::root().join("examples/fashion/test_predictions.txt");
-    let (accuracy, agree) = fashion::eval(&model(), dir, Some(&preds), 250).unwrap();
+    let (accuracy, agree) = fashion::eval(&model(), dir, Some(&preds), 250, &|_| Ok(())).unwrap();
     assert_eq!(agree, Some(10_000), "every prediction must match PyTorch's");
     assert!(accuracy >= 0.91, "accuracy {accuracy}");
 }

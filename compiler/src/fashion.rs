@@ -6,7 +6,6 @@ use crate::jit_model::JitModel;
 use crate::spec::{self, Spec};
 use crate::weights;
 use anyhow::{bail, Context, Result};
-use resnetc_runtime::stdout;
 use resnetc_runtime::{idx, image, preprocess, Tensor};
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -60,10 +59,19 @@ fn check_model(spec: &Spec) -> Result<()> {
     Ok(())
 }
 
-/// Runs the whole test set; prints accuracy, the confusion matrix and, given PyTorch's
-/// predictions (one class per line), how many predictions agree. Returns (accuracy,
-/// agreements) for tests.
-pub fn eval(model: &JitModel, dir: &Path, compare: Option<&Path>, batch: usize) -> Result<(f64, Option<usize>)> {
+/// Where a report's text goes: `stdout::write` from the CLI, anything from tests.
+pub type Say<'a> = &'a dyn Fn(&str) -> Result<()>;
+
+/// Runs the whole test set; reports (`say`) accuracy, the confusion matrix and, given
+/// PyTorch's predictions (one class per line), how many predictions agree. Returns
+/// (accuracy, agreements) for tests.
+pub fn eval(
+    model: &JitModel,
+    dir: &Path,
+    compare: Option<&Path>,
+    batch: usize,
+    say: Say,
+) -> Result<(f64, Option<usize>)> {
     check_model(&model.spec)?;
     let (x, labels) = test_set(dir)?;
     let n = labels.len();
@@ -101,7 +109,7 @@ pub fn eval(model: &JitModel, dir: &Path, compare: Option<&Path>, batch: usize) 
         }
         report += "\n";
     }
-    stdout::write(&report)?;
+    say(&report)?;
     let agree = match compare {
         None => None,
         Some(path) => {
@@ -117,7 +125,7 @@ pub fn eval(model: &JitModel, dir: &Path, compare: Option<&Path>, batch: usize) 
                 bail!("{}: {} predictions for {n} test images", path.display(), theirs.len());
             }
             let same = preds.iter().zip(&theirs).filter(|(a, b)| a == b).count();
-            stdout::write(&format!("agrees with PyTorch on {same}/{n} predictions\n"))?;
+            say(&format!("agrees with PyTorch on {same}/{n} predictions\n"))?;
             Some(same)
         }
     };
@@ -137,8 +145,9 @@ pub struct Classified {
     pub pytorch: Option<usize>,
 }
 
-/// Compiles the bundled model with the JIT and classifies the bundled images.
-pub fn demo(threads: usize) -> Result<Vec<Classified>> {
+/// Compiles the bundled model with the JIT and classifies the bundled images; reports
+/// (`say`) the compile time, a table of the results and the latency.
+pub fn demo(threads: usize, say: Say) -> Result<Vec<Classified>> {
     let dir = bundled_dir()?;
     let spec = spec::load(&dir.join("model.toml"))?;
     check_model(&spec)?;
@@ -147,7 +156,7 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
     let t = Instant::now();
     let model = JitModel::new(&spec, &tensors, threads)?;
     let compile_ms = t.elapsed().as_secs_f64() * 1e3;
-    stdout::write(&format!(
+    say(&format!(
         "compiled {} ({} kernels, {} KiB of machine code) with Cranelift in {compile_ms:.1} ms\n",
         spec.name,
         model.program.kernels.len(),
@@ -195,13 +204,10 @@ pub fn demo(threads: usize) -> Result<Vec<Classified>> {
     let right = results.iter().filter(|r| r.predicted == r.label).count();
     let share = 100.0 * right as f64 / results.len().max(1) as f64;
     let _ = writeln!(table, "accuracy {right}/{} ({share:.1}%)", results.len());
-    stdout::write(&table)?;
+    say(&table)?;
     let x = weights::seeded_input(spec.input, 1, 0);
     let mut y = vec![0.0f32; 10];
     let stats = bench::measure(5, 50, 2000, 0.5, || model.forward_into(x.data(), &mut y, 1))?;
-    stdout::write(&format!(
-        "latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)\n",
-        stats.median, stats.min
-    ))?;
+    say(&format!("latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)\n", stats.median, stats.min))?;
     Ok(results)
 }

@@ -427,14 +427,14 @@ fn execute(command: Command) -> Result<()> {
             }
         }
         Command::Demo { threads } => {
-            fashion::demo(threads as usize)?;
+            fashion::demo(threads as usize, &stdout::write)?;
         }
         Command::Eval { model: name, weights: wpath, dataset: Dataset::FashionMnist, dir, compare, threads, batch } => {
             let (spec, graph) = model(&name)?;
             let tensors = weights::load(&graph, &wpath)?;
             let m = JitModel::new(&spec, &tensors, threads as usize)?;
             let dir = dir.unwrap_or_else(|| PathBuf::from(fashion::DEFAULT_DIR));
-            fashion::eval(&m, &dir, compare.as_deref(), batch as usize)?;
+            fashion::eval(&m, &dir, compare.as_deref(), batch as usize, &stdout::write)?;
         }
         Command::Seed { model: name, what, output, seed, batch } => {
             let (spec, graph) = model(&name)?;

@@ -204,11 +204,11 @@ unsafe impl Sync for Frame {}
 /// hand-off after every call, and each image's activations stay in one core's cache.
 /// The threads run free, each at its own pace. (They used to keep step call by call, a
 /// barrier after each, so that they would read the same weights at the same time: one
-/// stream from memory through a shared L3. Eleven interleaved A/Bs on the Zen 5,
-/// ResNet-50 batch 8 at 2 threads, measured free threads 0.98-0.99x the time while the
-/// two vCPUs shared a cache and 0.96-0.98x while they did not, ResNet-18 0.96-1.01x,
-/// ResNet-101 0.98-1.05x, batch 2 0.94-1.07x: the waits for the slower thread at every
-/// call cost more than the shared stream saved.) The images left over (all of them when
+/// stream from memory through a shared L3. Interleaved A/Bs on the Zen 5, ResNet-50
+/// batch 8 at 2 threads: free threads 0.96-1.00x the time in seven pairs while the two
+/// vCPUs shared a cache, 0.95-0.98x in four while they did not (or the host moved
+/// them); ResNet-18 0.95-1.01x, ResNet-101 0.97-1.05x, ResNet-50 batch 2 0.98-1.07x:
+/// the waits for the slower thread at every call cost more than the shared stream saved.) The images left over (all of them when
 /// `n < T`) run with each call split across the pool.
 ///
 /// # Safety

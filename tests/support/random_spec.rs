@@ -1,4 +1,5 @@
-//! Random valid specs for differential tests: small enough to run in milliseconds, varied
+//! Random valid specs for differential tests: small enough to run in milliseconds
+//! (`random_toml`; `random_toml_sized` makes larger ones), varied
 //! enough to hit every block kind, stem, pool, stride placement, group count, channel
 //! count that is not a multiple of any vector width, odd or tiny input sizes, and convs
 //! the cost model runs as Winograd.
