@@ -208,8 +208,9 @@ unsafe impl Sync for Frame {}
 /// batch 8 at 2 threads: free threads 0.96-1.00x the time in seven pairs while the two
 /// vCPUs shared a cache, 0.95-0.98x in four while they did not (or the host moved
 /// them); ResNet-18 0.95-1.01x, ResNet-101 0.97-1.05x, ResNet-50 batch 2 0.98-1.07x:
-/// the waits for the slower thread at every call cost more than the shared stream saved.) The images left over (all of them when
-/// `n < T`) run with each call split across the pool.
+/// the waits for the slower thread at every call cost more than the shared stream saved.)
+/// The images left over (all of them when `n < T`) run with each call split across the
+/// pool.
 ///
 /// # Safety
 /// The kernels must be valid functions of the ABI above, generated for these sizes: they
