@@ -1,8 +1,9 @@
 //! `resnetc build --backend rust`: the generated Rust code in a small crate, built by
 //! cargo into an executable with the same interface as the Cranelift one. The weights are
 //! packed here, at build time, and the blob is embedded 64-byte aligned with
-//! `include_bytes!` (never spliced into tokens): the executable runs on it in place, so
-//! its memory holds the weights once.
+//! `include_bytes!` (never spliced into tokens): a run of one forward call uses it in
+//! place; `--bench` copies it into huge pages, dropping the blob's own pages behind the
+//! copy (`Weights::from_embedded`). Either way its memory holds the weights once.
 
 use crate::kernels::Program;
 use crate::rustgen;
@@ -41,12 +42,13 @@ fn main_rs(spec: &Spec, p: &Program) -> Result<String> {
          static WEIGHTS: &Blob<[u8]> = &Blob(*include_bytes!(\"../weights.bin\"));\n\n\
          fn main() {{\n    \
              let args: Vec<String> = std::env::args().skip(1).collect();\n    \
-             let code = resnetc_runtime::runner::main_with(&args, Model::INPUT, Model::CLASSES, |threads| {{\n        \
+             let code = resnetc_runtime::runner::main_with(&args, Model::INPUT, Model::CLASSES, |setup| {{\n        \
                  let bytes = &WEIGHTS.0;\n        \
                  // SAFETY: the blob is 64-byte aligned (so f32-aligned) and bytes.len() / 4 floats long.\n        \
                  let blob = unsafe {{ std::slice::from_raw_parts(bytes.as_ptr().cast::<f32>(), bytes.len() / 4) }};\n        \
-                 let m = Model::from_packed_static(blob)?;\n        \
-                 Ok(m.with_threads(threads).into_model())\n    \
+                 // SAFETY: the blob is include_bytes! data, read-only in the executable's file.\n        \
+                 let m = unsafe {{ Model::from_embedded(blob, setup.many_calls)? }};\n        \
+                 Ok(m.with_threads(setup.threads).into_model())\n    \
              }});\n    \
              std::process::exit(code);\n\
          }}\n",

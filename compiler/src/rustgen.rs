@@ -322,8 +322,24 @@ impl {ty} {{
     /// length is checked; a blob of that length packed from other weights gives other
     /// (wrong) logits, never an access outside it.
     pub fn from_packed_static(blob: &'static [f32]) -> {rt}::anyhow::Result<Self> {{
+        Self::from_packed({rt}::model::Weights::from_static(blob)?)
+    }}
+
+    /// [`Self::from_packed_static`] for a blob embedded in the executable's file (as
+    /// `include_bytes!` embeds it). For a process that makes `many_calls`, copied into
+    /// huge pages where the system offers them (faster weight streams), dropping the
+    /// blob's own resident pages behind the copy.
+    ///
+    /// # Safety
+    /// `blob` must be read-only data of the executable's file, never memory the program
+    /// allocated (which the copy would zero).
+    pub unsafe fn from_embedded(blob: &'static [f32], many_calls: bool) -> {rt}::anyhow::Result<Self> {{
+        // SAFETY: forwarded from the caller.
+        Self::from_packed(unsafe {{ {rt}::model::Weights::from_embedded(blob, many_calls)? }})
+    }}
+
+    fn from_packed(weights: {rt}::model::Weights) -> {rt}::anyhow::Result<Self> {{
         let (isa, kernels) = {m}::kernels();
-        let weights = {rt}::model::Weights::from_static(blob)?;
         // SAFETY: the kernels were generated together with DEF and read the blob only at
         // offsets below its length, which `from_def_packed` checks.
         let model = unsafe {{ {rt}::model::Model::from_def_packed(&{m}::DEF, kernels, weights, 1)? }};

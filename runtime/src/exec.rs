@@ -6,6 +6,7 @@
 //! Kernel ABI: `extern "C" fn(args: *const *mut f32, begin: i64, end: i64)` runs tasks
 //! `begin..end`; `args[i]` is the kernel's i-th pointer argument (see [`Arg`]).
 
+use crate::hugepages;
 use crate::pool::Pool;
 use anyhow::{bail, Result};
 
@@ -99,12 +100,15 @@ impl Order {
     }
 }
 
-/// A 64-byte aligned, zero-initialized float buffer.
+/// A 64-byte aligned, zero-initialized float buffer, on huge pages if asked for
+/// ([`Aligned::zeroed_huge`]).
 pub struct Aligned {
     ptr: *mut f32,
     len: usize,
     /// Bytes from the allocation's start to `ptr`.
     skew: usize,
+    /// On huge pages ([`Aligned::zeroed_huge`]).
+    huge: bool,
 }
 
 // SAFETY: plain owned memory.
@@ -115,29 +119,72 @@ unsafe impl Sync for Aligned {}
 const ALIGN: usize = 64;
 
 impl Aligned {
-    /// The allocation is requested 16-byte aligned, with room to align it to 64 by hand:
-    /// at 16 bytes the system allocator zeroes through `calloc`, which leaves fresh pages
-    /// untouched (a blob costs memory only as it is filled); at 64 it writes every byte.
-    fn layout(len: usize) -> std::alloc::Layout {
-        std::alloc::Layout::from_size_align(len.max(1) * 4 + ALIGN, 16).expect("buffer size fits in memory")
+    /// Where `ptr` is aligned (to a huge page for a buffer on huge pages, else to
+    /// `ALIGN`), and the bytes from `ptr` that are the buffer's (whole huge pages for the
+    /// first).
+    fn geometry(len: usize, huge: bool) -> (usize, usize) {
+        let bytes = len.max(1) * 4;
+        if huge {
+            (hugepages::SIZE, bytes.next_multiple_of(hugepages::SIZE))
+        } else {
+            (ALIGN, bytes)
+        }
+    }
+
+    /// The allocation is requested 16-byte aligned, with room to align it by hand: at 16
+    /// bytes the system allocator zeroes through `calloc`, which leaves fresh pages
+    /// untouched (a blob costs memory only as it is filled, and huge pages can still be
+    /// asked for); at 64 it writes every byte.
+    fn layout(len: usize, huge: bool) -> std::alloc::Layout {
+        let (align, bytes) = Self::geometry(len, huge);
+        std::alloc::Layout::from_size_align(bytes + align, 16).expect("buffer size fits in memory")
     }
 
     /// Allocates `len` zeroed floats; an error (not an abort) when memory runs out.
     pub fn zeroed(len: usize) -> Result<Aligned> {
+        Self::allocate(len, false)
+    }
+
+    /// [`Aligned::zeroed`] on huge pages, where the buffer is large and the system offers
+    /// them ([`hugepages::wanted`]): for weights, which every forward call streams. Not for
+    /// arenas: a huge page is resident whole once touched (ResNet-50's 9 MB arena would
+    /// take 10 MB) and their accesses stay within a few pages at a time.
+    pub fn zeroed_huge(len: usize) -> Result<Aligned> {
+        Self::allocate(len, hugepages::wanted(len * 4))
+    }
+
+    fn allocate(len: usize, huge: bool) -> Result<Aligned> {
         // SAFETY: non-zero size layout.
-        let base = unsafe { std::alloc::alloc_zeroed(Self::layout(len)) };
+        let base = unsafe { std::alloc::alloc_zeroed(Self::layout(len, huge)) };
         if base.is_null() {
             bail!("cannot allocate {} MiB", (len * 4) >> 20);
         }
-        let skew = (ALIGN - base as usize % ALIGN) % ALIGN;
-        // SAFETY: `skew < ALIGN`, and the allocation has `ALIGN` spare bytes.
-        let ptr = unsafe { base.add(skew) } as *mut f32;
-        Ok(Aligned { ptr, len, skew })
+        let (align, bytes) = Self::geometry(len, huge);
+        let skew = (align - base as usize % align) % align;
+        // SAFETY: `skew < align`, and the allocation has `align` spare bytes.
+        let ptr = unsafe { base.add(skew) };
+        if huge {
+            // Before the first touch: the pages then fault in huge.
+            hugepages::advise(ptr, bytes);
+        }
+        Ok(Aligned { ptr: ptr as *mut f32, len, skew, huge })
     }
 
     pub fn from_slice(data: &[f32]) -> Result<Aligned> {
         let mut a = Aligned::zeroed(data.len())?;
         a.as_mut_slice().copy_from_slice(data);
+        Ok(a)
+    }
+
+    /// [`Aligned::from_slice`] of a blob embedded in the executable, whose resident pages
+    /// are dropped behind the copy ([`hugepages::copy_releasing`]).
+    ///
+    /// # Safety
+    /// `data` must be read-only, file-backed memory (an executable's embedded data).
+    pub unsafe fn from_embedded(data: &[f32]) -> Result<Aligned> {
+        let mut a = Aligned::zeroed_huge(data.len())?;
+        // SAFETY: forwarded from the caller.
+        unsafe { hugepages::copy_releasing(a.as_mut_slice(), data) };
         Ok(a)
     }
 
@@ -167,7 +214,7 @@ impl Aligned {
 impl Drop for Aligned {
     fn drop(&mut self) {
         // SAFETY: the allocation `zeroed` made, with the same layout.
-        unsafe { std::alloc::dealloc((self.ptr as *mut u8).sub(self.skew), Self::layout(self.len)) }
+        unsafe { std::alloc::dealloc((self.ptr as *mut u8).sub(self.skew), Self::layout(self.len, self.huge)) }
     }
 }
 
@@ -742,5 +789,22 @@ mod tests {
         }
         let copy = Aligned::from_slice(&[1.0, 2.0, 3.0]).unwrap();
         assert_eq!(copy.as_slice(), &[1.0, 2.0, 3.0]);
+    }
+
+    /// A large buffer on huge pages starts on one where the system offers them (so that
+    /// its pages can be huge), and every float of it can be written and read back.
+    #[test]
+    fn large_buffers_start_on_a_huge_page() {
+        let n = hugepages::MIN_BYTES / 4 + 12345;
+        let mut b = Aligned::zeroed_huge(n).unwrap();
+        let align = if hugepages::available() { hugepages::SIZE } else { ALIGN };
+        assert_eq!(b.as_ptr() as usize % align, 0);
+        for (i, v) in b.as_mut_slice().iter_mut().enumerate() {
+            *v = i as f32;
+        }
+        assert!(b.as_slice().iter().enumerate().all(|(i, &v)| v == i as f32));
+        // Just below the threshold: the usual alignment is enough.
+        let small = Aligned::zeroed_huge(hugepages::MIN_BYTES / 4 - 1).unwrap();
+        assert_eq!(small.as_ptr() as usize % ALIGN, 0);
     }
 }

@@ -6,6 +6,7 @@ pub mod check;
 pub mod classes;
 pub mod exec;
 pub mod fold;
+pub mod hugepages;
 pub mod idx;
 pub mod image;
 pub mod model;

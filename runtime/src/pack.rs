@@ -300,9 +300,10 @@ fn tensor_names(r: &Recipe) -> Vec<String> {
 }
 
 /// Builds the weight blob of `floats` floats from torchvision tensors, straight into the
-/// 64-byte aligned buffer the model runs on (no further copy).
+/// 64-byte aligned buffer the model runs on (no further copy), on huge pages where the
+/// system offers them ([`crate::hugepages`]).
 pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Result<Aligned> {
-    let mut blob = Aligned::zeroed(floats)?;
+    let mut blob = Aligned::zeroed_huge(floats)?;
     for r in recipes {
         pack(r, tensors, blob.as_mut_slice())?;
     }
@@ -313,7 +314,7 @@ pub fn build_blob(recipes: &[Recipe], floats: usize, tensors: &Tensors) -> Resul
 /// of the tensors and the blob instead of their sum (the blob's pages are untouched zeros
 /// until packed).
 pub fn build_blob_consuming(recipes: &[Recipe], floats: usize, mut tensors: Tensors) -> Result<Aligned> {
-    let mut blob = Aligned::zeroed(floats)?;
+    let mut blob = Aligned::zeroed_huge(floats)?;
     for r in recipes {
         pack(r, &tensors, blob.as_mut_slice())?;
         for name in tensor_names(r) {

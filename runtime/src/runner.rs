@@ -78,7 +78,7 @@ pub unsafe extern "C" fn resnetc_runner_main(
     // SAFETY: guaranteed by the caller.
     let m = unsafe { &*model };
     let shape = [m.input_c as usize, m.input_h as usize, m.input_w as usize];
-    main_with(&args, shape, m.classes as usize, |threads| {
+    main_with(&args, shape, m.classes as usize, |setup| {
         if m.version != DESC_VERSION {
             bail!("model descriptor version {} is not the runtime's {DESC_VERSION}", m.version);
         }
@@ -104,23 +104,35 @@ pub unsafe extern "C" fn resnetc_runner_main(
                 })
             })
             .collect::<Result<Vec<Call>>>()?;
-        // SAFETY: as above; the kernels were generated for these sizes and weights.
+        // SAFETY: as above; the kernels were generated for these sizes and weights, which
+        // lie in the object's read-only data.
         unsafe {
             let weights = std::slice::from_raw_parts(m.weights, m.weight_floats as usize);
-            let weights = crate::model::Weights::from_static(weights)?;
-            Model::new("model", shape, m.classes as usize, calls, weights, m.arena_floats as usize, threads)
+            let weights = crate::model::Weights::from_embedded(weights, setup.many_calls)?;
+            Model::new("model", shape, m.classes as usize, calls, weights, m.arena_floats as usize, setup.threads)
         }
     })
 }
 
-/// The command line of a model executable: parses `args`, builds the model with `make`
-/// (given the thread count), runs it, and returns the process exit code. Errors are one
-/// line on stderr; a panic never escapes.
+/// What a model executable's run asks of the model it builds.
+#[derive(Clone, Copy, Debug)]
+pub struct Setup {
+    /// Threads per forward call, the caller's included.
+    pub threads: usize,
+    /// Whether the run makes many forward calls (`--bench`): they pay back copying
+    /// embedded weights into huge pages ([`crate::model::Weights::from_embedded`]), which
+    /// one call does not.
+    pub many_calls: bool,
+}
+
+/// The command line of a model executable: parses `args`, builds the model with `make`,
+/// runs it, and returns the process exit code. Errors are one line on stderr; a panic
+/// never escapes.
 pub fn main_with(
     args: &[String],
     shape: [usize; 3],
     classes: usize,
-    make: impl FnOnce(usize) -> Result<Model>,
+    make: impl FnOnce(Setup) -> Result<Model>,
 ) -> c_int {
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| run(args, shape, classes, make)));
     match result {
@@ -198,14 +210,14 @@ fn parse(args: &[String]) -> Result<Options> {
     }
 }
 
-fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usize) -> Result<Model>) -> Result<()> {
+fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(Setup) -> Result<Model>) -> Result<()> {
     let o = parse(args)?;
     if o.help {
         return crate::stdout::write(&format!("{USAGE}\n"));
     }
     if let Some(runs) = o.bench {
         let start = std::time::Instant::now();
-        let model = make(o.threads)?;
+        let model = make(Setup { threads: o.threads, many_calls: true })?;
         let setup_ms = start.elapsed().as_secs_f64() * 1e3;
         let x = vec![0.5f32; o.batch * shape.iter().product::<usize>()];
         let mut y = vec![0.0f32; o.batch * classes];
@@ -240,7 +252,7 @@ fn run(args: &[String], shape: [usize; 3], classes: usize, make: impl FnOnce(usi
         }
         (None, None) => unreachable!("checked by parse"),
     };
-    let model = make(o.threads)?;
+    let model = make(Setup { threads: o.threads, many_calls: false })?;
     let name = o.input.as_ref().or(o.image.as_ref()).expect("checked by parse").display().to_string();
     crate::check::check_input(&x, shape).with_context(|| name)?;
     let y = model.forward(&x)?;
