@@ -318,11 +318,11 @@ impl {ty} {{
     }}
 
     /// Runs on a weight blob that resnetc packed for exactly this model at build time
-    /// (`resnetc build --backend rust` embeds one), in place: no parsing, no copy. Its
+    /// (as `resnetc build --backend rust` embeds one), in place: no parsing, no copy. Its
     /// length is checked; a blob of that length packed from other weights gives other
     /// (wrong) logits, never an access outside it.
     pub fn from_packed_static(blob: &'static [f32]) -> {rt}::anyhow::Result<Self> {{
-        Self::from_packed({rt}::model::Weights::from_static(blob)?)
+        Self::__resnetc_from_packed({rt}::model::Weights::from_static(blob)?)
     }}
 
     /// [`Self::from_packed_static`] for a blob embedded in the executable's file (as
@@ -335,10 +335,10 @@ impl {ty} {{
     /// allocated (which the copy would zero).
     pub unsafe fn from_embedded(blob: &'static [f32], many_calls: bool) -> {rt}::anyhow::Result<Self> {{
         // SAFETY: forwarded from the caller.
-        Self::from_packed(unsafe {{ {rt}::model::Weights::from_embedded(blob, many_calls)? }})
+        Self::__resnetc_from_packed(unsafe {{ {rt}::model::Weights::from_embedded(blob, many_calls)? }})
     }}
 
-    fn from_packed(weights: {rt}::model::Weights) -> {rt}::anyhow::Result<Self> {{
+    fn __resnetc_from_packed(weights: {rt}::model::Weights) -> {rt}::anyhow::Result<Self> {{
         let (isa, kernels) = {m}::kernels();
         // SAFETY: the kernels were generated together with DEF and read the blob only at
         // offsets below its length, which `from_def_packed` checks.

@@ -164,7 +164,7 @@ impl Aligned {
         // SAFETY: `skew < align`, and the allocation has `align` spare bytes.
         let ptr = unsafe { base.add(skew) };
         if huge {
-            // Before the first touch: the pages then fault in huge.
+            // Fresh memory (`calloc` of this size maps it) faults in huge pages.
             hugepages::advise(ptr, bytes);
         }
         Ok(Aligned { ptr: ptr as *mut f32, len, skew, huge })
@@ -176,8 +176,9 @@ impl Aligned {
         Ok(a)
     }
 
-    /// [`Aligned::from_slice`] of a blob embedded in the executable, whose resident pages
-    /// are dropped behind the copy ([`hugepages::copy_releasing`]).
+    /// [`Aligned::from_slice`] of a blob embedded in the executable, into huge pages
+    /// where [`hugepages::wanted`], dropping the blob's resident pages behind the copy
+    /// ([`hugepages::copy_releasing`]).
     ///
     /// # Safety
     /// `data` must be read-only, file-backed memory (an executable's embedded data).
@@ -213,7 +214,8 @@ impl Aligned {
 
 impl Drop for Aligned {
     fn drop(&mut self) {
-        // SAFETY: the allocation `zeroed` made, with the same layout.
+        // SAFETY: the allocation `allocate` made, with the same layout (`huge` and `len`
+        // never change).
         unsafe { std::alloc::dealloc((self.ptr as *mut u8).sub(self.skew), Self::layout(self.len, self.huge)) }
     }
 }
@@ -803,6 +805,25 @@ mod tests {
             *v = i as f32;
         }
         assert!(b.as_slice().iter().enumerate().all(|(i, &v)| v == i as f32));
+        // A copy of read-only data (this test binary's), on huge pages, as executables
+        // copy their embedded weights.
+        // Rows of 977 (prime) distinct floats: a copy step off by any offset shows.
+        const ROW: [f32; 977] = {
+            let mut a = [0.0; 977];
+            let mut i = 0;
+            while i < a.len() {
+                a[i] = i as f32 - 400.0;
+                i += 1;
+            }
+            a
+        };
+        static DATA: [[f32; 977]; 2200] = [ROW; 2200];
+        let data = DATA.as_flattened();
+        assert!(data.len() * 4 >= hugepages::MIN_BYTES);
+        // SAFETY: DATA is an immutable static, in the binary's read-only data.
+        let copy = unsafe { Aligned::from_embedded(data) }.unwrap();
+        assert_eq!(copy.as_ptr() as usize % align, 0);
+        assert!(copy.as_slice() == data);
         // Just below the threshold: the usual alignment is enough.
         let small = Aligned::zeroed_huge(hugepages::MIN_BYTES / 4 - 1).unwrap();
         assert_eq!(small.as_ptr() as usize % ALIGN, 0);

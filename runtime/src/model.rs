@@ -9,8 +9,9 @@ use crate::tensor::Tensor;
 use anyhow::{bail, Result};
 use std::sync::Mutex;
 
-/// A model's packed weight blob: built at load time, or compiled into the executable
-/// (the AOT object's data, the Rust executable's embedded blob) and used in place.
+/// A model's packed weight blob: built at load time (`Owned`), or compiled into the
+/// executable (the AOT object's data, the Rust executable's embedded blob) and used in
+/// place (`Static`) or copied into huge pages (`Owned`, [`Weights::from_embedded`]).
 pub enum Weights {
     Owned(Aligned),
     Static(&'static [f32]),

@@ -64,7 +64,9 @@ pub struct ModelDesc {
 /// Entry point called by the generated `main`.
 ///
 /// # Safety
-/// `argv` holds `argc` C strings and `model` points to a descriptor written by resnetc.
+/// `argv` holds `argc` C strings and `model` points to a descriptor written by resnetc,
+/// whose weights are read-only data of the executable's file (`--bench` drops their
+/// resident pages once copied, [`crate::model::Weights::from_embedded`]).
 #[no_mangle]
 pub unsafe extern "C" fn resnetc_runner_main(
     argc: c_int,
@@ -116,6 +118,7 @@ pub unsafe extern "C" fn resnetc_runner_main(
 
 /// What a model executable's run asks of the model it builds.
 #[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
 pub struct Setup {
     /// Threads per forward call, the caller's included.
     pub threads: usize,
