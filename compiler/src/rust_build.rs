@@ -2,8 +2,9 @@
 //! cargo into an executable with the same interface as the Cranelift one. The weights are
 //! packed here, at build time, and the blob is embedded 64-byte aligned with
 //! `include_bytes!` (never spliced into tokens): a run of one forward call uses it in
-//! place; `--bench` copies it into huge pages, dropping the blob's own pages behind the
-//! copy (`Weights::from_embedded`). Either way its memory holds the weights once.
+//! place; `--bench`, where the system offers huge pages, copies it into them, dropping
+//! the blob's own pages behind the copy (`Weights::from_embedded`). Either way its
+//! memory holds the weights once.
 
 use crate::kernels::Program;
 use crate::rustgen;

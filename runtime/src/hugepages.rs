@@ -1,6 +1,6 @@
 //! Transparent huge pages for buffers of packed weights.
 //!
-//! A forward call streams every weight once, ResNet-50's 100 MB mostly from DRAM. With
+//! A forward call streams every weight once, ResNet-50's 120 MB mostly from DRAM. With
 //! 4 KB pages that stream crosses a page, a TLB miss, every 4 KB, and the hardware
 //! prefetchers stop at each page boundary. With 2 MB pages ResNet-50's layer-4 1x1 conv
 //! (4 MB of weights, from DRAM) took 0.67-0.75 ms instead of 0.85-0.90 (Xeon, AVX-512,

@@ -31,8 +31,8 @@ impl Weights {
     /// A blob embedded in the executable (the Rust executable's, the AOT object's). For a
     /// process that makes `many_calls`, copied into huge pages where the system offers
     /// them ([`crate::hugepages`]), dropping the blob's own resident pages behind the copy:
-    /// ResNet-50's 100 MB take 30-160 ms to copy on a 2-vCPU VM, for forward calls 7%
-    /// faster (42.5 against 45.8 ms, 1 thread). Else as [`Weights::from_static`].
+    /// ResNet-50's 120 MB took 30-340 ms to copy on a 2-vCPU Xeon VM, for forward calls
+    /// 4-7% faster there (1 thread). Else as [`Weights::from_static`].
     ///
     /// # Safety
     /// `blob` must be read-only, file-backed memory (data of the executable's file).
