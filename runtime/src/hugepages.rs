@@ -95,13 +95,11 @@ pub fn advise(ptr: *mut u8, bytes: usize) {
 /// `MADV_DONTNEED` leaves reading the same; never anonymous memory, which it would zero.
 pub unsafe fn copy_releasing(dst: &mut [f32], src: &[f32]) {
     assert_eq!(dst.len(), src.len(), "copy_releasing: lengths differ");
-    let step = SIZE / 4;
-    let start = src.as_ptr() as usize;
-    let mut released = start; // the pages below this are released
-    for (i, (d, s)) in dst.chunks_mut(step).zip(src.chunks(step)).enumerate() {
+    let mut released = src.as_ptr() as usize; // the pages below this are released
+    for (d, s) in dst.chunks_mut(SIZE / 4).zip(src.chunks(SIZE / 4)) {
         d.copy_from_slice(s);
-        let copied_end = start + 4 * (i * step + s.len());
-        if let Some((first, last)) = whole_pages(released, copied_end) {
+        // `src` is copied up to the end of this chunk.
+        if let Some((first, last)) = whole_pages(released, s.as_ptr_range().end as usize) {
             // SAFETY: whole pages of `src`, already copied; the caller promises `src`
             // read-only and file-backed.
             unsafe { sys::dontneed(first, last - first) };
