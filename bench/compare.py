@@ -100,15 +100,18 @@ def git_describe() -> str:
 
 
 class CpuMeter:
-    """CPU time used by *other* processes while a measurement runs, as a percentage of
-    the whole machine: busy time from /proc/stat minus this process's and its waited-for
-    children's CPU time. Shows when a background job competed with a measurement."""
+    """What else used the machine while a measurement ran, as percentages of the whole
+    machine's time (/proc/stat): CPU time of *other* processes (busy time minus this
+    process's and its waited-for children's), which shows a background job competing for
+    the cores; and steal time, which a hypervisor reports when it ran another guest on
+    one of this VM's CPUs (a 2-thread run then waits on the CPU that was taken away)."""
 
     def __init__(self) -> None:
         self.tick = os.sysconf("SC_CLK_TCK")
         self.ncpu = os.cpu_count() or 1
 
-    def _busy_seconds(self) -> float | None:
+    def _stat_seconds(self) -> tuple[float, float] | None:
+        """(busy, steal) seconds of the whole machine since boot."""
         try:
             with open("/proc/stat") as f:
                 fields = f.readline().split()
@@ -116,8 +119,8 @@ class CpuMeter:
             return None
         # user nice system idle iowait irq softirq steal ...
         values = [int(v) for v in fields[1:9]]
-        user, nice, system, _idle, _iowait, irq, softirq, _steal = values
-        return (user + nice + system + irq + softirq) / self.tick
+        user, nice, system, _idle, _iowait, irq, softirq, steal = values
+        return (user + nice + system + irq + softirq) / self.tick, steal / self.tick
 
     @staticmethod
     def _own_seconds() -> float:
@@ -126,16 +129,18 @@ class CpuMeter:
         return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
     def start(self) -> tuple:
-        return (time.perf_counter(), self._busy_seconds(), self._own_seconds())
+        return (time.perf_counter(), self._stat_seconds(), self._own_seconds())
 
-    def stop(self, mark: tuple) -> float | None:
-        wall0, busy0, own0 = mark
+    def stop(self, mark: tuple) -> tuple[float | None, float | None]:
+        """(other CPU %, steal %) since `mark`."""
+        wall0, stat0, own0 = mark
         wall = time.perf_counter() - wall0
-        busy1 = self._busy_seconds()
-        if busy0 is None or busy1 is None or wall <= 0:
-            return None
-        other = (busy1 - busy0) - (self._own_seconds() - own0)
-        return max(0.0, 100.0 * other / (wall * self.ncpu))
+        stat1 = self._stat_seconds()
+        if stat0 is None or stat1 is None or wall <= 0:
+            return None, None
+        whole = wall * self.ncpu
+        other = (stat1[0] - stat0[0]) - (self._own_seconds() - own0)
+        return max(0.0, 100.0 * other / whole), max(0.0, 100.0 * (stat1[1] - stat0[1]) / whole)
 
 
 @dataclass
@@ -406,6 +411,20 @@ def core_rtt_us(probe: Path | None) -> float | None:
         return None
 
 
+def settle(probe: Path | None, limit_us: float, max_seconds: float) -> tuple[float | None, float]:
+    """Waits, up to `max_seconds`, while the core RTT probe reads above `limit_us`: a round
+    trip of microseconds means the host has taken one of the two vCPUs away (the partner
+    thread is not running), and any multi-threaded measurement then waits on it. Every
+    engine's round waits alike. Returns the last reading and the seconds waited."""
+    rtt = core_rtt_us(probe)
+    waited = 0.0
+    while rtt is not None and limit_us > 0 and rtt > limit_us and waited < max_seconds:
+        time.sleep(2.0)
+        waited += 2.0
+        rtt = core_rtt_us(probe)
+    return rtt, waited
+
+
 def fmt(value, digits=2, default="–"):
     if value is None:
         return default
@@ -421,20 +440,20 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
         f"- Protocol: {meta['protocol']}",
         f"- Load average at start / end: {meta['loadavg_start']} / {meta['loadavg_end']}",
         "",
-        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | peak RSS MB | other CPU % | core RTT µs |",
-        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|",
+        "| model | threads | batch | engine | median ms | min–max ms | images/s | vs ORT | compile ms | peak RSS MB | other CPU % | steal % | core RTT µs |",
+        "|---|---:|---:|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         if r.get("failed"):
             lines.append(
-                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – | – | – |"
+                f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | – | – | – | – | – | – | – | – | – |"
             )
             continue
         ratio = r.get("ratio_to_ort")
         lines.append(
             f"| {r['model']} | {r['threads']} | {r['batch']} | {r['engine']} | {fmt(r['median_ms'])}"
             f" | {fmt(r['min_ms'])}–{fmt(r['max_ms'])} | {fmt(r['images_per_s'], 1)}"
-            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('rss_mb'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} | {fmt(r.get('core_rtt_us'), 2)} |"
+            f" | {fmt(ratio)} | {fmt(r.get('compile_ms'), 0)} | {fmt(r.get('rss_mb'), 0)} | {fmt(r.get('other_cpu_pct'), 0)} | {fmt(r.get('steal_pct'), 1)} | {fmt(r.get('core_rtt_us'), 2)} |"
         )
     lines += [
         "",
@@ -443,6 +462,8 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
         "executable process; ORT/OpenVINO: a fresh Python process that loads only that engine and runs it).",
         "other CPU % = CPU time of other processes during the measurement, share of the whole machine "
         "(a background job competing for the cores shows up here).",
+        "steal % = time the hypervisor ran something else on this VM's CPUs during the measurement, share of the "
+        "whole machine (/proc/stat); mean over the rounds.",
         "core RTT µs = a cache line's round trip between two threads just before each round (`bench/core_rtt.c`), "
         "median over the rounds. On a 2-vCPU Zen 5 VM it read 0.05-0.14 µs while the host kept the two vCPUs "
         "on cores that share a cache, about 0.35-0.41 µs while it did not; 2-thread runs that pass data between "
@@ -491,6 +512,11 @@ def main() -> int:
     parser.add_argument("--rtt-probe", type=Path, default=None,
                         help="the core_rtt executable (bench/core_rtt.c): a cache line's round trip between "
                              "two threads, measured before every round (bench/run.sh builds and passes it)")
+    parser.add_argument("--settle-rtt-us", type=float, default=1.0,
+                        help="with --rtt-probe: before each round, wait while the probe reads above this many "
+                             "microseconds (the host has taken a vCPU away); 0 never waits (default: 1.0)")
+    parser.add_argument("--settle-max-s", type=float, default=60.0,
+                        help="longest wait for --settle-rtt-us before measuring anyway, seconds (default: 60)")
     parser.add_argument("--jit-max-batch", type=int, default=1 << 30,
                         help="measure the Cranelift backends (cranelift, aot) only up to this batch size")
     args = parser.parse_args()
@@ -540,6 +566,7 @@ def main() -> int:
     rows: list[dict] = []
     checks: list[dict] = []
     rejected: dict[str, str] = {}  # backend -> resnetc's message
+    settled: list[float] = []  # seconds waited before rounds for the host to settle
 
     for model in args.models:
         log(f"## {model}: seeding weights, exporting ONNX")
@@ -616,7 +643,10 @@ def main() -> int:
                     for engine in order:
                         if engine.failed:
                             continue
-                        rtt = core_rtt_us(args.rtt_probe)
+                        rtt, waited = settle(args.rtt_probe, args.settle_rtt_us, args.settle_max_s)
+                        if waited > 0:
+                            settled.append(waited)
+                            log(f"   waited {waited:.0f} s for the host to settle (core RTT now {fmt(rtt, 2)} us)")
                         mark = meter.start()
                         try:
                             stats, extra = engine.measure()
@@ -626,11 +656,12 @@ def main() -> int:
                                 rejected[engine.name.split(" ", 1)[1]] = str(e)
                             log(f"   {engine.name}: skipped ({e})")
                             continue
-                        other = meter.stop(mark)
-                        engine.rounds.append({**stats.__dict__, **extra, "other_cpu_pct": other, "core_rtt_us": rtt})
+                        other, steal = meter.stop(mark)
+                        engine.rounds.append({**stats.__dict__, **extra, "other_cpu_pct": other, "steal_pct": steal,
+                                              "core_rtt_us": rtt})
                         log(f"   round {rnd + 1}: {engine.name:<22} median {stats.median_ms:8.2f} ms"
                             f"  (min {stats.min_ms:.2f}, max {stats.max_ms:.2f}, {stats.runs} runs,"
-                            f" other CPU {fmt(other, 0)}%, core RTT {fmt(rtt, 2)} us)")
+                            f" other CPU {fmt(other, 0)}%, steal {fmt(steal, 1)}%, core RTT {fmt(rtt, 2)} us)")
 
                 ort_median = None
                 for engine in engines:
@@ -641,6 +672,7 @@ def main() -> int:
                         continue
                     median = statistics.median(r["median_ms"] for r in engine.rounds)
                     others = [r["other_cpu_pct"] for r in engine.rounds if r["other_cpu_pct"] is not None]
+                    steals = [r["steal_pct"] for r in engine.rounds if r["steal_pct"] is not None]
                     rtts = [r["core_rtt_us"] for r in engine.rounds if r["core_rtt_us"] is not None]
                     rss = [r["rss_mb"] for r in engine.rounds if r.get("rss_mb") is not None]
                     if engine.name.startswith("onnxruntime"):
@@ -658,6 +690,7 @@ def main() -> int:
                         "compile_ms": engine.compile_ms,
                         "rss_mb": max(rss) if rss else None,
                         "other_cpu_pct": statistics.mean(others) if others else None,
+                        "steal_pct": statistics.mean(steals) if steals else None,
                         "core_rtt_us": statistics.median(rtts) if rtts else None,
                         "rounds": engine.rounds,
                     })
@@ -666,6 +699,9 @@ def main() -> int:
                     rows.append(row)
                 del engines
 
+    if settled:
+        notes.append(f"{len(settled)} round(s) waited for the host to settle (core RTT above {args.settle_rtt_us:g} us: "
+                     f"a vCPU taken away), {sum(settled):.0f} s in all, before measuring")
     for backend, message in rejected.items():
         notes.append(f"resnetc backend `{backend}` skipped: {message}")
     for row in rows:
