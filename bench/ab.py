@@ -3,9 +3,10 @@
 
     bench/ab.py ROUNDS THREADS BATCH EXE_A EXE_B [RUNS]
 
-Runs `EXE --bench RUNS --threads THREADS --batch BATCH` for A then B, then B then A, and so
-on for ROUNDS rounds, so that drift on a shared host falls on both alike. Prints each
-round's medians and, at the end, the median of round medians of each and their ratio B/A.
+Runs `EXE --bench RUNS --threads THREADS --batch BATCH` (RUNS: 20 unless given) for A then
+B, then B then A, and so on for ROUNDS rounds, so that drift on a shared host falls on both
+alike. Prints each round's medians and, at the end, the median of round medians of each
+and their ratio B/A. A and B may be the same executable (an A/A run shows the noise).
 """
 import json
 import statistics
@@ -15,7 +16,8 @@ import sys
 
 def median_ms(exe: str, runs: int, threads: int, batch: int) -> float:
     cmd = [exe, "--bench", str(runs), "--threads", str(threads), "--batch", str(batch)]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+    # stderr passes through, so an executable's error message reaches the user.
+    out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True).stdout
     # The executable prints one JSON object (its last line of output).
     return json.loads(out.strip().splitlines()[-1])["median_ms"]
 
@@ -23,16 +25,21 @@ def median_ms(exe: str, runs: int, threads: int, batch: int) -> float:
 def main() -> None:
     if len(sys.argv) not in (6, 7):
         sys.exit(__doc__)
-    rounds, threads, batch = (int(a) for a in sys.argv[1:4])
+    try:
+        rounds, threads, batch = (int(a) for a in sys.argv[1:4])
+        runs = int(sys.argv[6]) if len(sys.argv) == 7 else 20
+    except ValueError:
+        sys.exit(__doc__)
+    if min(rounds, threads, batch, runs) < 1:
+        sys.exit("ROUNDS, THREADS, BATCH and RUNS must be at least 1")
     exes = sys.argv[4:6]
-    runs = int(sys.argv[6]) if len(sys.argv) == 7 else 20
-    times: dict[str, list[float]] = {e: [] for e in exes}
+    # By position, not by path: A and B may be the same file.
+    times: list[list[float]] = [[], []]
     for r in range(rounds):
-        order = exes if r % 2 == 0 else exes[::-1]
-        for e in order:
-            times[e].append(median_ms(e, runs, threads, batch))
-        print(f"round {r + 1}: " + "  ".join(f"{e}: {times[e][-1]:.3f} ms" for e in exes), flush=True)
-    a, b = (statistics.median(times[e]) for e in exes)
+        for i in (0, 1) if r % 2 == 0 else (1, 0):
+            times[i].append(median_ms(exes[i], runs, threads, batch))
+        print(f"round {r + 1}: A {times[0][-1]:.3f} ms  B {times[1][-1]:.3f} ms", flush=True)
+    a, b = (statistics.median(t) for t in times)
     print(f"A {exes[0]}: {a:.3f} ms   B {exes[1]}: {b:.3f} ms   B/A {b / a:.4f}")
 
 

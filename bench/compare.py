@@ -411,18 +411,21 @@ def core_rtt_us(probe: Path | None) -> float | None:
         return None
 
 
-def settle(probe: Path | None, limit_us: float, max_seconds: float) -> tuple[float | None, float]:
-    """Waits, up to `max_seconds`, while the core RTT probe reads above `limit_us`: a round
-    trip of microseconds means the host has taken one of the two vCPUs away (the partner
-    thread is not running), and any multi-threaded measurement then waits on it. Every
-    engine's round waits alike. Returns the last reading and the seconds waited."""
+def settle(probe: Path | None, limit_us: float, max_seconds: float) -> tuple[float | None, float, bool]:
+    """Waits, for about `max_seconds` at most, while the core RTT probe reads above
+    `limit_us`: a round trip of microseconds means the host has taken one of the two vCPUs
+    away (the partner thread is not running), and any multi-threaded measurement then
+    waits on it. Every engine's measurement waits alike. Returns the last reading, the
+    seconds waited, and whether the probe still read above the limit (measured anyway)."""
     rtt = core_rtt_us(probe)
     waited = 0.0
     while rtt is not None and limit_us > 0 and rtt > limit_us and waited < max_seconds:
-        time.sleep(2.0)
-        waited += 2.0
+        step = min(2.0, max_seconds - waited)
+        time.sleep(step)
+        waited += step
         rtt = core_rtt_us(probe)
-    return rtt, waited
+    unsettled = rtt is not None and limit_us > 0 and rtt > limit_us
+    return rtt, waited, unsettled
 
 
 def fmt(value, digits=2, default="–"):
@@ -464,7 +467,8 @@ def markdown(meta: dict, rows: list[dict], checks: list[dict], notes: list[str])
         "(a background job competing for the cores shows up here).",
         "steal % = time the hypervisor ran something else on this VM's CPUs during the measurement, share of the "
         "whole machine (/proc/stat); mean over the rounds.",
-        "core RTT µs = a cache line's round trip between two threads just before each round (`bench/core_rtt.c`), "
+        "core RTT µs = a cache line's round trip between two threads just before each round, after any wait for "
+        "the host to settle (`bench/core_rtt.c`), "
         "median over the rounds. On a 2-vCPU Zen 5 VM it read 0.05-0.14 µs while the host kept the two vCPUs "
         "on cores that share a cache, about 0.35-0.41 µs while it did not; 2-thread runs that pass data between "
         "cores were then slower (a resnetc ResNet-50 executable: 13.2-13.7 against 15.4-15.5 ms). On a 2-vCPU "
@@ -513,10 +517,11 @@ def main() -> int:
                         help="the core_rtt executable (bench/core_rtt.c): a cache line's round trip between "
                              "two threads, measured before every round (bench/run.sh builds and passes it)")
     parser.add_argument("--settle-rtt-us", type=float, default=1.0,
-                        help="with --rtt-probe: before each round, wait while the probe reads above this many "
-                             "microseconds (the host has taken a vCPU away); 0 never waits (default: 1.0)")
+                        help="with --rtt-probe: before each engine's round, wait while the probe reads above this "
+                             "many microseconds (the host has taken a vCPU away); 0 never waits (default: 1.0)")
     parser.add_argument("--settle-max-s", type=float, default=60.0,
-                        help="longest wait for --settle-rtt-us before measuring anyway, seconds (default: 60)")
+                        help="longest wait for --settle-rtt-us before measuring anyway, about this many seconds "
+                             "(default: 60)")
     parser.add_argument("--jit-max-batch", type=int, default=1 << 30,
                         help="measure the Cranelift backends (cranelift, aot) only up to this batch size")
     args = parser.parse_args()
@@ -556,6 +561,8 @@ def main() -> int:
             f"{args.rounds} interleaved round(s) per configuration, figures are medians of round medians; "
             f"ORT/OpenVINO: {args.warmup} warm-up runs, then >= {args.runs} runs and >= {args.min_seconds:g} s per round; "
             f"resnetc: `resnetc bench --runs {args.runs}` (JIT) or `EXE --bench {args.runs}` (rust, rust-lean, aot): 3 warm-up runs, then >= {args.runs} runs and >= 2 s"
+            + (f"; before each engine's round, a wait (at most about {args.settle_max_s:g} s) while the core RTT probe "
+               f"reads above {args.settle_rtt_us:g} us" if args.rtt_probe and args.settle_rtt_us > 0 else "")
         ),
         "loadavg_start": load_average(),
         "seed": args.seed,
@@ -566,7 +573,8 @@ def main() -> int:
     rows: list[dict] = []
     checks: list[dict] = []
     rejected: dict[str, str] = {}  # backend -> resnetc's message
-    settled: list[float] = []  # seconds waited before rounds for the host to settle
+    # Measurements that waited for the host to settle: (where, seconds, still unsettled).
+    settled: list[tuple[str, float, bool]] = []
 
     for model in args.models:
         log(f"## {model}: seeding weights, exporting ONNX")
@@ -643,10 +651,12 @@ def main() -> int:
                     for engine in order:
                         if engine.failed:
                             continue
-                        rtt, waited = settle(args.rtt_probe, args.settle_rtt_us, args.settle_max_s)
+                        rtt, waited, unsettled = settle(args.rtt_probe, args.settle_rtt_us, args.settle_max_s)
                         if waited > 0:
-                            settled.append(waited)
-                            log(f"   waited {waited:.0f} s for the host to settle (core RTT now {fmt(rtt, 2)} us)")
+                            where = f"{model} threads={threads} batch={batch} round {rnd + 1} {engine.name}"
+                            settled.append((where, waited, unsettled))
+                            log(f"   waited {waited:.0f} s for the host to settle (core RTT now {fmt(rtt, 2)} us"
+                                f"{', measured anyway' if unsettled else ''})")
                         mark = meter.start()
                         try:
                             stats, extra = engine.measure()
@@ -700,8 +710,11 @@ def main() -> int:
                 del engines
 
     if settled:
-        notes.append(f"{len(settled)} round(s) waited for the host to settle (core RTT above {args.settle_rtt_us:g} us: "
-                     f"a vCPU taken away), {sum(settled):.0f} s in all, before measuring")
+        unsettled = [where for where, _, still in settled if still]
+        notes.append(f"{len(settled)} measurement(s) waited for the host to settle (core RTT above {args.settle_rtt_us:g} us: "
+                     f"a vCPU taken away), {sum(w for _, w, _ in settled):.0f} s in all"
+                     + (f"; measured with the probe still above the limit after {args.settle_max_s:g} s: "
+                        + ", ".join(unsettled) if unsettled else ""))
     for backend, message in rejected.items():
         notes.append(f"resnetc backend `{backend}` skipped: {message}")
     for row in rows:

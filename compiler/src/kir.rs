@@ -175,8 +175,10 @@ pub enum Stmt {
     },
 }
 
-/// Floats in a cache line (64 bytes). The packed weights, the only memory the kernels
-/// prefetch, start at line boundaries, each conv's too (`kernels::WeightAlloc`).
+/// Floats in a cache line (64 bytes). What the kernels prefetch starts at line boundaries:
+/// the packed weights, each conv's too (`kernels::WeightAlloc`), and the residuals
+/// (arena buffers start at lines, and a residual is read a vector, 16 floats, at a time
+/// on the one target that prefetches it).
 pub const LINE_FLOATS: usize = 16;
 
 /// One kernel shape.

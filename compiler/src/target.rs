@@ -41,11 +41,13 @@ pub struct Target {
     /// Whether the kernels prefetch streamed weights (`Stmt::Prefetch`): an instruction in
     /// Rust, a call to a helper on Cranelift's x86-64 (dropped where it has none).
     pub prefetch: bool,
-    /// Whether a direct conv with a residual prefetches each register tile's residual
-    /// (one line per accumulator) before the tile's reduction, so the epilogue's loads
-    /// find it in cache: the residual was written a whole block earlier and sits in L3 or
-    /// memory, and its loads otherwise wait at the end of every tile. Where a prefetch is
-    /// an instruction (Rust); on Cranelift it is a helper call per line, not measured.
+    /// Whether a direct conv with a residual also prefetches each register tile's
+    /// residual (one line per accumulator) before the tile's reduction, so the epilogue's
+    /// loads find it in cache: the residual was written calls earlier (a block's input, or
+    /// the downsample branch's output before the block's other convs) and has left L2,
+    /// and its loads otherwise wait at the end of every tile. Only with `prefetch`, where
+    /// a prefetch is an instruction (Rust); on Cranelift it is a helper call per line,
+    /// not measured.
     pub prefetch_residual: bool,
     /// Whether convs with scattered reads (some 1x1 convs, strided k x k convs) first
     /// gather their input into a panel ([`crate::plan::panel_layout`]). In the
@@ -154,6 +156,8 @@ impl Target {
         prefetch: true,
         // ResNet-50 on an AMD EPYC (Zen 4), 1 thread: its 1x1 convs with a residual 0.94-1.00x
         // the time (per-call minima), the whole model 0.995x (six interleaved A/B rounds).
+        // Not measured on other machines, at 2 threads, or on 3x3 direct convs with a
+        // residual (ResNet-18/34 add theirs in Winograd output transforms).
         prefetch_residual: true,
         panels: false,
         raw_winograd: true,

@@ -705,7 +705,7 @@ pub fn generate(
             init(b);
             // The residual's lines, on their way while the reduction runs
             // ([`Target::prefetch_residual`]).
-            if let (Some(rb), true) = (res, t.prefetch_residual) {
+            if let (Some(rb), true) = (res, t.prefetch && t.prefetch_residual) {
                 for (oh, ow, _) in pixels {
                     for jj in 0..j {
                         b.prefetch(Addr { arg: 4, index: pixel(&rb.layout, &out_block(jj), oh, ow) });
