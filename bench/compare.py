@@ -652,7 +652,7 @@ def main() -> int:
                         if engine.failed:
                             continue
                         rtt, waited, unsettled = settle(args.rtt_probe, args.settle_rtt_us, args.settle_max_s)
-                        if waited > 0:
+                        if waited > 0 or unsettled:
                             where = f"{model} threads={threads} batch={batch} round {rnd + 1} {engine.name}"
                             settled.append((where, waited, unsettled))
                             log(f"   waited {waited:.0f} s for the host to settle (core RTT now {fmt(rtt, 2)} us"

@@ -45,9 +45,9 @@ pub struct Target {
     /// residual (one line per accumulator) before the tile's reduction, so the epilogue's
     /// loads find it in cache: the residual was written calls earlier (a block's input, or
     /// the downsample branch's output before the block's other convs) and has left L2,
-    /// and its loads otherwise wait at the end of every tile. Only with `prefetch`, where
-    /// a prefetch is an instruction (Rust); on Cranelift it is a helper call per line,
-    /// not measured.
+    /// and its loads otherwise wait at the end of every tile. Takes effect only with
+    /// `prefetch`; set on the Rust target only (on Cranelift each prefetch is a helper
+    /// call per line; not measured there).
     pub prefetch_residual: bool,
     /// Whether convs with scattered reads (some 1x1 convs, strided k x k convs) first
     /// gather their input into a panel ([`crate::plan::panel_layout`]). In the
