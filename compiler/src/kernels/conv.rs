@@ -688,6 +688,12 @@ pub fn generate(
         assert_eq!(pb.layout.w, shape.tiles(lo.w, lo.h) * shape.slots(), "panel sized for the register tiles");
         Panel { tiles: shape.tiles(lo.w, lo.h), k, cblocks: li.cblocks() }
     });
+    // Where the residual of output vector `jj` of the tile lies at pixel (oh, ow): read by
+    // the epilogue, prefetched before the reduction.
+    let residual_at = |rb: &Buffer, jj: usize, oh: &Index, ow: &Index| Addr {
+        arg: 4,
+        index: pixel(&rb.layout, &out_block(jj), oh, ow),
+    };
     // One register tile (the `tix`-th of its task row): output pixel (row, column) of
     // each accumulator, and its slot in the tile's panel block.
     let emit_tile = |b: &mut Builder, tix: &Index, pixels: &[(Index, Index, usize)], chunk: &Index| {
@@ -708,7 +714,7 @@ pub fn generate(
             if let (Some(rb), true) = (res, t.prefetch && t.prefetch_residual) {
                 for (oh, ow, _) in pixels {
                     for jj in 0..j {
-                        b.prefetch(Addr { arg: 4, index: pixel(&rb.layout, &out_block(jj), oh, ow) });
+                        b.prefetch(residual_at(rb, jj, oh, ow));
                     }
                 }
             }
@@ -772,8 +778,7 @@ pub fn generate(
             for ((oh, ow, _), a) in pixels.iter().zip(&acc) {
                 for (jj, &r) in a.iter().enumerate() {
                     if let (true, Some(rb)) = (last, res) {
-                        let at = pixel(&rb.layout, &out_block(jj), oh, ow);
-                        b.set(r, Expr::Add(r, Src::Load(Addr { arg: 4, index: at })));
+                        b.set(r, Expr::Add(r, Src::Load(residual_at(rb, jj, oh, ow))));
                     }
                     if c.relu && last {
                         b.set(r, Expr::Relu(r));
