@@ -307,38 +307,39 @@ fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
     let k = Consts::new(&mut b, tr.bt);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
-    let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    // The row pass's results, `s[i * n + c]`: more than the registers with F(4,3) (36), so
+    // the backend spills some to the stack, which stays in L1. Passing them through `V`
+    // instead (the row pass storing there, the column pass reading them back) took
+    // 1.2-1.7x the time on ResNet-18's input transforms (Rust, 1 thread; the model 0.994x
+    // with the output transform's alike, Cranelift 0.99x). Each line of `V` is also stored
+    // once instead of twice: with two threads the other one's products read part of `V`,
+    // and storing to a line another core has read waits for its copy there to be dropped
+    // (`bench/cross_write.c`: about 70 ns a line, one at a time, while the two vCPUs had no
+    // cache in common).
+    let s: Vec<VReg> = (0..n * n).map(|_| b.vreg()).collect();
+    let dst = b.vreg();
     b.for_loop(g.tw, |b, tx| {
         let tile = ty.scaled(g.tw as i64).plus(&tx);
-        // Position `i * n + j` of the tile, `i` and `j` loop variables or constants.
-        let v_at = |i: &Index, j: &Index| Addr {
-            arg: 0,
-            index: g.scratch(g.v_tiles, &i.scaled(n as i64).plus(j), cblocks, &cb, &tile),
-        };
-        // Both passes loop over the tile's rows / columns instead of unrolling them: six
-        // times less code for rustc to optimize (three ISAs per kernel).
-        // Rows: s[i][c] = sum_j d[i][j] B[j][c], into V.
-        b.for_loop(n, |b, i| {
+        // Rows: s[i][c] = sum_j d[i][j] B[j][c].
+        for i in 0..n {
             for (jx, &r) in d.iter().enumerate() {
-                let y = ty.scaled(m).plus(&i).offset(-1);
+                let y = ty.scaled(m).offset(i as i64 - 1);
                 let x = tx.scaled(m).offset(jx as i64 - 1);
                 b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index: pixel(li, &cb, &y, &x) })));
             }
-            for (col, &dst) in s.iter().enumerate() {
-                k.combine(b, dst, None, (0..n).map(|jx| (tr.bt[col * n + jx], d[jx])));
-                b.push(Stmt::Store { addr: v_at(&i, &Index::constant(col as i64)), src: dst });
+            for col in 0..n {
+                k.combine(b, s[i * n + col], None, (0..n).map(|jx| (tr.bt[col * n + jx], d[jx])));
             }
-        });
-        // Columns: V[r][c] = sum_i B^T[r][i] s[i][c], in place.
-        b.for_loop(n, |b, col| {
-            for (i, &r) in d.iter().enumerate() {
-                b.set(r, Expr::Src(Src::Load(v_at(&Index::constant(i as i64), &col))));
+        }
+        // Columns: V[r][c] = sum_i B^T[r][i] s[i][c], position `r * n + c` of the tile.
+        for col in 0..n {
+            for row in 0..n {
+                k.combine(b, dst, None, (0..n).map(|i| (tr.bt[row * n + i], s[i * n + col])));
+                let xi = Index::constant((row * n + col) as i64);
+                let index = g.scratch(g.v_tiles, &xi, cblocks, &cb, &tile);
+                b.push(Stmt::Store { addr: Addr { arg: 0, index }, src: dst });
             }
-            for (row, &dst) in s.iter().enumerate() {
-                k.combine(b, dst, None, (0..n).map(|i| (tr.bt[row * n + i], d[i])));
-                b.push(Stmt::Store { addr: v_at(&Index::constant(row as i64), &col), src: dst });
-            }
-        });
+        }
     });
     let name = format!("{}_in_{shape}", prefix(g));
     b.finish(name, vec!["v", "in"], lanes, vec![cblocks, g.th])
@@ -1093,7 +1094,10 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
     let k = Consts::new(&mut b, at);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
-    let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    // The row pass's results, `s[i * m + c]`, stay in registers (or the stack) rather than
+    // going back through `M`: as in `input_transform`.
+    let s: Vec<VReg> = (0..n * m).map(|_| b.vreg()).collect();
+    let dst = b.vreg();
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
     // The last tile row and column may hang over the output: rows `>= rows_last` of the
     // last tile row and columns `>= cols_last` of the last tile column are not stored.
@@ -1101,30 +1105,24 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let not_last_row = Cond::lt(ty.clone(), g.th as i64 - 1);
     let emit_tile = |b: &mut Builder, tx: &Index, cols: usize| {
         let tile = ty.scaled(g.tw as i64).plus(tx);
-        let m_at = |i: &Index, j: &Index| Addr {
-            arg: 1,
-            index: g.scratch(g.count(), &i.scaled(n as i64).plus(j), cblocks, &cb, &tile),
-        };
-        // Rows: s[i][c] = sum_j M[i][j] A[j][c], into M[i][c] (c < cols).
-        b.for_loop(n, |b, i| {
+        // Rows: s[i][c] = sum_j M[i][j] A[j][c] (c < cols).
+        for i in 0..n {
             for (jx, &r) in d.iter().enumerate() {
-                b.set(r, Expr::Src(Src::Load(m_at(&i, &Index::constant(jx as i64)))));
+                let xi = Index::constant((i * n + jx) as i64);
+                let index = g.scratch(g.count(), &xi, cblocks, &cb, &tile);
+                b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index })));
             }
-            for (col, &dst) in s.iter().take(cols).enumerate() {
-                k.combine(b, dst, None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
-                b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: dst });
+            for col in 0..cols {
+                k.combine(b, s[i * m + col], None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
             }
-        });
+        }
         // Columns: y[r][c] = bias + sum_i A^T[r][i] s[i][c], then the epilogue.
-        b.for_loop(cols, |b, col| {
-            for (i, &r) in d.iter().enumerate() {
-                b.set(r, Expr::Src(Src::Load(m_at(&Index::constant(i as i64), &col))));
-            }
-            for (row, &dst) in s.iter().take(m).enumerate() {
+        for col in 0..cols {
+            for row in 0..m {
                 let y = ty.scaled(m as i64).offset(row as i64);
-                let x = tx.scaled(m as i64).plus(&col);
+                let x = tx.scaled(m as i64).offset(col as i64);
                 let emit_row = |b: &mut Builder| {
-                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (at[row * n + i], d[i])));
+                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (at[row * n + i], s[i * m + col])));
                     epilogue(b, c, lo, res, dst, &cb, &y, &x);
                 };
                 if row < rows_last {
@@ -1133,7 +1131,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
                     b.when(not_last_row.clone(), emit_row);
                 }
             }
-        });
+        }
     };
     tile_columns(&mut b, g, cols_last, emit_tile);
     for row in 0..m {
