@@ -80,7 +80,7 @@ int main(int argc, char **argv) {
         for (int it = 0; it < ITERS; it++) {
             double t0 = now();
             for (int l = 0; l < LINES; l++) {
-                if (mode == 2) __builtin_prefetch(buf + 16 * (l + 8), 1, 3);
+                if (mode == 2 && l + 8 < LINES) __builtin_prefetch(buf + 16 * (l + 8), 1, 3);
                 if (mode == 4)
                     _mm512_stream_ps(buf + 16 * l, v);
                 else

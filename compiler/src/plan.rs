@@ -242,8 +242,9 @@ const LINE_FLOATS: usize = crate::memory::ALIGN / 4;
 /// plane's `cblocks x tiles` vectors rounded up to an odd number of cache lines. A
 /// transform touches one tile's `n x n` positions (`n` along rows), a plane apart;
 /// planes a power-of-two multiple of lines apart put those vectors in a few L1 sets,
-/// which evict each other between the row and column passes (512x7x7 at F(2,3): 512 lines apart, one set for
-/// all 16). With odd strides they fall in distinct sets. Measured, 1 thread: Rust
+/// which evict each other within a tile (512x7x7 at F(2,3): 512 lines apart, one set for
+/// all 16). With odd strides they fall in distinct sets. Measured when both transforms
+/// passed their rows through the scratch (the output transform still does), 1 thread: Rust
 /// ResNet-18 input transforms 0.50x (512x7x7), 0.84x (64x56x56), 0.95x (128x28x28) the
 /// time; JIT ResNet-50 input and output transforms 0.33-0.96x, 38.90 -> 37.07 ms over all
 /// Winograd kernels (products unchanged).

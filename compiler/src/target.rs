@@ -16,6 +16,8 @@ pub struct Target {
     /// Sustained single-thread memory bandwidth for streamed weights, GB/s.
     pub weight_gbytes: u32,
     /// Effective bandwidth of the Winograd transforms over their scratch buffers, GB/s.
+    /// (Calibrated when the input transform passed its rows through `V`; it now stores
+    /// only its results, so the cost model overestimates its time a little.)
     pub transform_gbytes: u32,
     /// Bandwidth of weights re-read from L2 by a kernel whose per-tile weights miss L1, GB/s.
     pub l2_gbytes: u32,

@@ -21,8 +21,11 @@
 //! The weight side `U = G g G^T` (along rows `G g_r` per kernel row) is packed once at
 //! load (`runtime::pack::pack_winograd`), or with raw weights (`Winograd::raw`) computed
 //! by the products themselves from the packed 3x3 filters ([`RawPipeline`]).
-//! With square tiles both transforms run separably (rows, then columns) through the
-//! scratch buffer itself, which keeps the live registers to about `2n` plus the constants.
+//! With square tiles both transforms run separably, rows then columns, per tile. The
+//! input transform keeps the row pass's `n x n` vectors in registers (the backend spills
+//! what does not fit to the stack) and stores only the results in `V`; the output
+//! transform passes its rows through `M` itself, in loops (less code for rustc), which
+//! keeps its live registers to about `2n` plus the constants.
 //!
 //! A large conv runs in bands of tile rows (`plan::winograd_band_rows`): the three kernels
 //! of one band, then the next band's, so `V` and `M` stay in L2. A band's kernels index
@@ -307,15 +310,17 @@ fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
     let k = Consts::new(&mut b, tr.bt);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
-    // The row pass's results, `s[i * n + c]`: more than the registers with F(4,3) (36), so
-    // the backend spills some to the stack, which stays in L1. Passing them through `V`
-    // instead (the row pass storing there, the column pass reading them back) took
-    // 1.2-1.7x the time on ResNet-18's input transforms (Rust, 1 thread; the model 0.994x
-    // with the output transform's alike, Cranelift 0.99x). Each line of `V` is also stored
-    // once instead of twice: with two threads the other one's products read part of `V`,
-    // and storing to a line another core has read waits for its copy there to be dropped
-    // (`bench/cross_write.c`: about 70 ns a line, one at a time, while the two vCPUs had no
-    // cache in common).
+    // The row pass's results, `s[i * n + c]`, stay in registers: more than there are (36 at
+    // F(4,3); AVX-512 has 32, Cranelift's x86 16), so the backend spills some to the stack,
+    // which stays in L1. Passing them through `V` instead, as the output transform does
+    // through `M`, took 1.2-1.7x the time on ResNet-18's input transforms (Rust AVX-512, 1
+    // thread; the model 0.994x; Cranelift 0.99x; the Rust AVX2 and portable versions not
+    // measured). It also stores each vector of `V` once: with two threads on cores without
+    // a shared cache the first store to a line the other thread's products read waits
+    // about 70 ns (`bench/cross_write.c`), and ResNet-18 took 0.975-0.985x the time there.
+    // The cost: registers are named per row and column, so the kernel is unrolled, and
+    // rustc took 59.8 s instead of 48.7 for the ResNet-152 executable (67.6 with the
+    // output transform unrolled too, for 1.08x on its time: not done).
     let s: Vec<VReg> = (0..n * n).map(|_| b.vreg()).collect();
     let dst = b.vreg();
     b.for_loop(g.tw, |b, tx| {
@@ -1094,10 +1099,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let (cb, ty) = (Index::var(0, 1), Index::var(1, 1));
     let k = Consts::new(&mut b, at);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
-    // The row pass's results, `s[i * m + c]`, stay in registers (or the stack) rather than
-    // going back through `M`: as in `input_transform`.
-    let s: Vec<VReg> = (0..n * m).map(|_| b.vreg()).collect();
-    let dst = b.vreg();
+    let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
     // The last tile row and column may hang over the output: rows `>= rows_last` of the
     // last tile row and columns `>= cols_last` of the last tile column are not stored.
@@ -1105,24 +1107,30 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let not_last_row = Cond::lt(ty.clone(), g.th as i64 - 1);
     let emit_tile = |b: &mut Builder, tx: &Index, cols: usize| {
         let tile = ty.scaled(g.tw as i64).plus(tx);
-        // Rows: s[i][c] = sum_j M[i][j] A[j][c] (c < cols).
-        for i in 0..n {
+        let m_at = |i: &Index, j: &Index| Addr {
+            arg: 1,
+            index: g.scratch(g.count(), &i.scaled(n as i64).plus(j), cblocks, &cb, &tile),
+        };
+        // Rows: s[i][c] = sum_j M[i][j] A[j][c], into M[i][c] (c < cols).
+        b.for_loop(n, |b, i| {
             for (jx, &r) in d.iter().enumerate() {
-                let xi = Index::constant((i * n + jx) as i64);
-                let index = g.scratch(g.count(), &xi, cblocks, &cb, &tile);
-                b.set(r, Expr::Src(Src::Load(Addr { arg: 1, index })));
+                b.set(r, Expr::Src(Src::Load(m_at(&i, &Index::constant(jx as i64)))));
             }
-            for col in 0..cols {
-                k.combine(b, s[i * m + col], None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
+            for (col, &dst) in s.iter().take(cols).enumerate() {
+                k.combine(b, dst, None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
+                b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: dst });
             }
-        }
+        });
         // Columns: y[r][c] = bias + sum_i A^T[r][i] s[i][c], then the epilogue.
-        for col in 0..cols {
-            for row in 0..m {
+        b.for_loop(cols, |b, col| {
+            for (i, &r) in d.iter().enumerate() {
+                b.set(r, Expr::Src(Src::Load(m_at(&Index::constant(i as i64), &col))));
+            }
+            for (row, &dst) in s.iter().take(m).enumerate() {
                 let y = ty.scaled(m as i64).offset(row as i64);
-                let x = tx.scaled(m as i64).offset(col as i64);
+                let x = tx.scaled(m as i64).plus(&col);
                 let emit_row = |b: &mut Builder| {
-                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (at[row * n + i], s[i * m + col])));
+                    k.combine(b, dst, Some(bias.clone()), (0..n).map(|i| (at[row * n + i], d[i])));
                     epilogue(b, c, lo, res, dst, &cb, &y, &x);
                 };
                 if row < rows_last {
@@ -1131,7 +1139,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
                     b.when(not_last_row.clone(), emit_row);
                 }
             }
-        }
+        });
     };
     tile_columns(&mut b, g, cols_last, emit_tile);
     for row in 0..m {
