@@ -314,10 +314,10 @@ fn input_transform(g: &Tiles, li: &crate::plan::Layout, shape: &str) -> Kernel {
     // F(4,3); AVX-512 has 32, Cranelift's x86 16), so the backend spills some to the stack,
     // which stays in L1. Passing them through `V` instead, as the output transform does
     // through `M`, took 1.2-1.7x the time on ResNet-18's input transforms (Rust AVX-512, 1
-    // thread; the model 0.994x; Cranelift 0.99x; the Rust AVX2 and portable versions not
-    // measured). It also stores each vector of `V` once: with two threads on cores without
-    // a shared cache the first store to a line the other thread's products read waits
-    // about 70 ns (`bench/cross_write.c`), and ResNet-18 took 0.975-0.985x the time there.
+    // thread). With them in registers the model takes 0.994x the time (Cranelift 0.99x; the
+    // Rust AVX2 and portable versions not measured), and 0.975-0.985x at 2 threads while
+    // the vCPUs shared no cache (where the first store to each line of `V` that the other
+    // thread's products read still waits, about 70 ns: `bench/cross_write.c`).
     // The cost: registers are named per row and column, so the kernel is unrolled, and
     // rustc took 59.8 s instead of 48.7 for the ResNet-152 executable (67.6 with the
     // output transform unrolled too, for 1.08x on its time: not done).
