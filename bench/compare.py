@@ -417,15 +417,17 @@ def settle(probe: Path | None, limit_us: float, max_seconds: float) -> tuple[flo
     away (the partner thread is not running), and any multi-threaded measurement then
     waits on it. Every engine's measurement waits alike. Returns the last reading, the
     seconds waited, and whether the probe still read above the limit (measured anyway)."""
+    def high(rtt: float | None) -> bool:
+        return rtt is not None and limit_us > 0 and rtt > limit_us
+
     rtt = core_rtt_us(probe)
     waited = 0.0
-    while rtt is not None and limit_us > 0 and rtt > limit_us and waited < max_seconds:
+    while high(rtt) and waited < max_seconds:
         step = min(2.0, max_seconds - waited)
         time.sleep(step)
         waited += step
         rtt = core_rtt_us(probe)
-    unsettled = rtt is not None and limit_us > 0 and rtt > limit_us
-    return rtt, waited, unsettled
+    return rtt, waited, high(rtt)
 
 
 def fmt(value, digits=2, default="–"):
