@@ -1,16 +1,22 @@
 // What it costs a core to write lines that another core has read since its last write.
 //
-//     cc -O2 -mavx512f -mprfchw -o cross_write bench/cross_write.c -lpthread && ./cross_write [MODE]
+//     cc -O2 -mavx512f -mprfchw -mclflushopt -o cross_write bench/cross_write.c -lpthread && ./cross_write [MODE]
 //
 // Two threads, pinned to CPUs 0 and 1, share a 900 KB buffer (the size of a Winograd conv's
 // transformed input on ResNet's 28x28x128 convs). Per iteration thread A writes every line
 // of it (one 64-byte vector each) and is timed; then thread B touches a quarter of the lines
-// (every fourth), and A writes again. Modes, what B does and how A writes:
+// (every fourth; its pass is timed too), and A writes again. Modes, what B does and how A
+// writes:
 //   0: B idle                    (A's lines stay its own: the baseline)
 //   1: B reads a quarter         (those lines are then shared; A's store must take them back)
 //   2: as 1, A prefetches each line with write intent (`prefetchw`) eight lines ahead
 //   3: B writes a quarter        (those lines are then B's alone)
 //   4: as 1, A writes with non-temporal stores (past the caches)
+// and, with A's plain stores, ways for B to read that might leave A's next store cheap:
+//   5: B reads each line after a write-intent prefetch of it (`prefetchw`)
+//   6: B reads each line, then flushes it from every cache (`clflushopt`)
+//   7: B reads each line after an atomic OR of zero into it (`lock or`: the line is B's)
+//   8: B reads each line after a non-temporal prefetch of it (`prefetchnta`)
 // Run it with the core RTT probe (`core_rtt.c`) beside it: on a 2-vCPU AMD EPYC VM the
 // figures depend on whether the host placed the vCPUs on cores that share a cache.
 #define _GNU_SOURCE
@@ -32,6 +38,8 @@ static int mode;
 // Even: A's turn; odd: B's; negative: stop.
 static atomic_int turn;
 static volatile float sink;
+// B's seconds over all iterations.
+static double b_seconds;
 
 static double now(void) {
     struct timespec t;
@@ -54,24 +62,38 @@ static void *thread_b(void *arg) {
         while ((t = atomic_load(&turn)) >= 0 && t % 2 == 0) {
         }
         if (t < 0) return NULL;
+        double t0 = now();
         __m512 acc = _mm512_setzero_ps();
         for (int l = 0; l < LINES; l += 4) {
-            if (mode == 3)
-                _mm512_store_ps(buf + 16 * l, acc);
-            else if (mode != 0)
-                acc = _mm512_add_ps(acc, _mm512_load_ps(buf + 16 * l));
+            float *line = buf + 16 * l;
+            if (mode == 0) continue;
+            if (mode == 3) {
+                _mm512_store_ps(line, acc);
+                continue;
+            }
+            if (mode == 5) __builtin_prefetch(line, 1, 3);
+            if (mode == 7) __atomic_fetch_or((int *)line, 0, __ATOMIC_RELAXED);
+            if (mode == 8) _mm_prefetch((const char *)line, _MM_HINT_NTA);
+            acc = _mm512_add_ps(acc, _mm512_load_ps(line));
+            if (mode == 6) _mm_clflushopt(line);
         }
         sink = _mm512_reduce_add_ps(acc);
+        b_seconds += now() - t0;
         atomic_store(&turn, t + 1);
     }
 }
 
 int main(int argc, char **argv) {
-    for (mode = 0; mode <= 4; mode++) {
+    if (argc > 2 || (argc == 2 && (strlen(argv[1]) != 1 || argv[1][0] < '0' || argv[1][0] > '8'))) {
+        fprintf(stderr, "usage: cross_write [MODE]   (MODE from 0 to 8; all of them without it)\n");
+        return 1;
+    }
+    for (mode = 0; mode <= 8; mode++) {
         if (argc > 1 && atoi(argv[1]) != mode) continue;
         buf = aligned_alloc(64, BYTES);
         memset(buf, 0, BYTES);
         atomic_store(&turn, 0);
+        b_seconds = 0;
         pin(0);
         pthread_t b;
         pthread_create(&b, NULL, thread_b, NULL);
@@ -96,7 +118,8 @@ int main(int argc, char **argv) {
         atomic_store(&turn, -2);
         pthread_join(b, NULL);
         free(buf);
-        printf("mode %d: %.1f us per write of %d KB (mean over %d)\n", mode, total / ITERS * 1e6, BYTES / 1024, ITERS);
+        printf("mode %d: %.1f us per write of %d KB, B %.1f us per pass (means over %d)\n", mode, total / ITERS * 1e6,
+               BYTES / 1024, b_seconds / ITERS * 1e6, ITERS);
     }
     return 0;
 }
