@@ -17,6 +17,8 @@
 //   6: B reads each line, then flushes it from every cache (`clflushopt`)
 //   7: B reads each line after an atomic OR of zero into it (`lock or`: the line is B's)
 //   8: B reads each line after a non-temporal prefetch of it (`prefetchnta`)
+//   9: B reads each line, then stores another value to it (the line is then B's, as in 3;
+//      what the Winograd products do to the `V` they have read)
 // Run it with the core RTT probe (`core_rtt.c`) beside it: on a 2-vCPU AMD EPYC VM the
 // figures depend on whether the host placed the vCPUs on cores that share a cache.
 #define _GNU_SOURCE
@@ -76,6 +78,8 @@ static void *thread_b(void *arg) {
             if (mode == 8) _mm_prefetch((const char *)line, _MM_HINT_NTA);
             acc = _mm512_add_ps(acc, _mm512_load_ps(line));
             if (mode == 6) _mm_clflushopt(line);
+            // Another value than the one read: a store of the same value could be left out.
+            if (mode == 9) _mm512_store_ps(line, _mm512_add_ps(acc, _mm512_set1_ps(1.0f)));
         }
         sink = _mm512_reduce_add_ps(acc);
         b_seconds += now() - t0;
@@ -84,11 +88,11 @@ static void *thread_b(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 2 || (argc == 2 && (strlen(argv[1]) != 1 || argv[1][0] < '0' || argv[1][0] > '8'))) {
-        fprintf(stderr, "usage: cross_write [MODE]   (MODE from 0 to 8; all of them without it)\n");
+    if (argc > 2 || (argc == 2 && (strlen(argv[1]) != 1 || argv[1][0] < '0' || argv[1][0] > '9'))) {
+        fprintf(stderr, "usage: cross_write [MODE]   (MODE from 0 to 9; all of them without it)\n");
         return 1;
     }
-    for (mode = 0; mode <= 8; mode++) {
+    for (mode = 0; mode <= 9; mode++) {
         if (argc > 1 && atoi(argv[1]) != mode) continue;
         buf = aligned_alloc(64, BYTES);
         memset(buf, 0, BYTES);

@@ -257,7 +257,7 @@ pub fn generate(
                     }
                     [
                         input_transform(&g, &li, &band),
-                        products(t, &g, &pt, li.cblocks(), lo.cblocks(), &band),
+                        products(t, &g, &pt, li.cblocks(), lo.cblocks(), false, &band),
                         output_transform(&g, c, &lo, res, &edges),
                     ]
                 }
@@ -267,7 +267,7 @@ pub fn generate(
                         assert_eq!(pt.j, 1, "raw weights only with every tile in registers (`raw_fits`)");
                         products_raw(t, &g, li.cblocks(), lo.cblocks(), &shape)
                     } else {
-                        products(t, &g, pt, li.cblocks(), lo.cblocks(), &shape)
+                        products(t, &g, pt, li.cblocks(), lo.cblocks(), true, &shape)
                     },
                     output_transform(&g, c, &lo, res, &shape),
                 ],
@@ -422,9 +422,22 @@ pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: 
 }
 
 /// `M[xi] = V[xi] U[xi]`: tiles of `p` tiles x `j` output vectors in registers, reduced
-/// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: (position, output tile),
-/// each running every block of tiles; or (position, block of tiles), each running every
-/// output tile, where a position's `V` misses L1 with 16 registers.
+/// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: positions, each running
+/// every output tile over every block of tiles; or (position, block of tiles), each
+/// running every output tile, where a position's `V` misses L1 with 16 registers.
+///
+/// With `claim_v` (a conv not in bands, whose tasks are split across threads), a task then
+/// stores zeros over the `V` it has read, which nothing reads again. The next conv's input
+/// transform stores to the same lines, from channel blocks split across the threads, and
+/// a store to a line the other core has only read waits for it, about 70 ns per line one
+/// after another when the two vCPUs share no cache; to a line the other core wrote it
+/// costs about what a store to its own does (`bench/cross_write.c`, modes 1 and 9). Rust
+/// ResNet-18 at 2 threads (with the output transform's zeros over `M`): 0.935x the time
+/// without a shared cache (10.14 against 10.84 ms, eight runs each), 1.00x with one; 1
+/// thread 0.99x (its input transforms 0.5-0.9x: their stores find the lines just
+/// written); ResNet-50 1.00x at 1 thread, 1.004x at 2 with a shared cache.
+/// (So a task runs all output tiles of its positions: a position's `V` is read by all of
+/// them. With 25 positions a two-way split is 13 against 12.)
 ///
 /// Where positions share their weights (the strided transform: `Transform::weight_slots`)
 /// a task's position is a weight slot instead, in two task dimensions (slot of the row,
@@ -434,7 +447,7 @@ pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: 
 /// them per slot.) The strided transform's last slot row holds twice the others' work, so
 /// a two-way split of the tasks starts 10 against 15 positions; the pool's stealing
 /// evens it out (ResNet-50 at 2 threads: the same time as with 25 positions' tasks).
-fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shape: &str) -> Kernel {
+fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, claim_v: bool, shape: &str) -> Kernel {
     let j = pt.j;
     let (n, lanes) = (g.tr.n, t.lanes);
     let jl = (j * lanes) as i64;
@@ -443,7 +456,6 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let cin_pad = cbi * lanes;
     let (slots, distinct) = g.tr.weight_slots();
     let shared = distinct < n;
-    let mut b = Builder::new(if shared { 3 } else { 2 });
     let unroll = channel_unroll(t, lanes);
     let p_max = pt.tiles;
     // With one broadcast per FMA (16 registers), the broadcasts of a block wait on L2
@@ -454,9 +466,10 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     // ms.
     let v_bytes = 4 * count * cin_pad;
     let blocks_outer = t.vregs < 32 && v_bytes > t.l1_bytes && count > p_max;
-    // Task variables: the position (or the row's and column's weight slots), then the
-    // output tile (or block of tiles).
-    let task = Index::var(if shared { 2 } else { 1 }, 1);
+    // Task variables: the position (or the row's and column's weight slots), then, with
+    // blocks outermost, the block of tiles.
+    let mut b = Builder::new(1 + usize::from(shared) + usize::from(blocks_outer));
+    let block_task = Index::var(if shared { 2 } else { 1 }, 1);
     // A block of fewer tiles than the FMA pipeline needs chains ([`FMA_CHAINS`]; the
     // JIT's F(4,3) over 7x7 outputs: 4 tiles of one vector) sums the input channels of
     // an unrolled step into as many accumulator sets as make up the difference and the
@@ -531,36 +544,61 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
     let full = count / p_max;
     let rest = count % p_max;
     let blocks = full + usize::from(rest > 0);
+    // Zeros over `V` of positions `xis`, `tiles` tiles from `tile0`, once the task has
+    // read them for the last time ([`products`]' doc: `claim_v`).
+    // (Set where it is used: live through the products it would take one of the JIT's 16
+    // registers.)
+    let zero = claim_v.then(|| b.vreg());
+    let claim = |b: &mut Builder, xis: &[Index], tile0: &Index, tiles: usize| {
+        let Some(zero) = zero else { return };
+        b.set(zero, Expr::Zero);
+        for xi in xis {
+            b.for_loop(cbi, |b, cb| {
+                b.for_loop(tiles, |b, tl| {
+                    let index = g.scratch(g.v_tiles, xi, cbi, &cb, &tile0.plus(&tl));
+                    b.push(Stmt::Store { addr: Addr { arg: 1, index }, src: zero });
+                });
+            });
+        }
+    };
     // The task's work on positions `xis`, which share the weights at slot `ws`.
     let body = |b: &mut Builder, xis: &[Index], ws: &Index| {
         if blocks_outer {
-            // Task `task` is block `task` of the tiles; the last may be short.
+            // Task `block_task` is that block of the tiles; the last may be short.
+            let tile0 = block_task.scaled(p_max as i64);
             let block = |b: &mut Builder, p: usize| {
                 for (i, xi) in xis.iter().enumerate() {
-                    b.for_loop(ktiles, |b, kt| emit(b, xi, ws, i == 0, &kt, &task.scaled(p_max as i64), p));
+                    b.for_loop(ktiles, |b, kt| emit(b, xi, ws, i == 0, &kt, &tile0, p));
                 }
+                claim(b, xis, &tile0, p);
             };
             if rest == 0 {
                 block(b, p_max);
             } else {
-                b.when(Cond::lt(task.clone(), full as i64), |b| block(b, p_max));
-                b.when(Cond::eq(task.clone(), full as i64), |b| block(b, rest));
+                b.when(Cond::lt(block_task.clone(), full as i64), |b| block(b, p_max));
+                b.when(Cond::eq(block_task.clone(), full as i64), |b| block(b, rest));
             }
         } else {
-            for (i, xi) in xis.iter().enumerate() {
-                b.for_loop(full, |b, q| emit(b, xi, ws, i == 0, &task, &q.scaled(p_max as i64), p_max));
-                if rest > 0 {
-                    emit(b, xi, ws, i == 0, &task, &Index::constant((full * p_max) as i64), rest);
+            b.for_loop(ktiles, |b, kt| {
+                for (i, xi) in xis.iter().enumerate() {
+                    b.for_loop(full, |b, q| emit(b, xi, ws, i == 0, &kt, &q.scaled(p_max as i64), p_max));
+                    if rest > 0 {
+                        emit(b, xi, ws, i == 0, &kt, &Index::constant((full * p_max) as i64), rest);
+                    }
                 }
-            }
+            });
+            claim(b, xis, &Index::constant(0), g.v_tiles);
         }
     };
     let name = format!("{}_gemm_{shape}", prefix(g));
-    let tasks = if blocks_outer { blocks } else { ktiles };
+    let mut dims = if shared { vec![distinct, distinct] } else { vec![n * n] };
+    if blocks_outer {
+        dims.push(blocks);
+    }
     if !shared {
         let xi = Index::var(0, 1);
         body(&mut b, std::slice::from_ref(&xi), &xi);
-        return b.finish(name, vec!["m", "v", "u"], lanes, vec![n * n, tasks]);
+        return b.finish(name, vec!["m", "v", "u"], lanes, dims);
     }
     // Along each axis: slots `0..lead` hold one row each, the row of the slot's number;
     // each later slot its rows, constants.
@@ -590,7 +628,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, shap
             }
         });
     }
-    b.finish(name, vec!["m", "v", "u"], lanes, vec![distinct, distinct, tasks])
+    b.finish(name, vec!["m", "v", "u"], lanes, dims)
 }
 
 /// The register block of a row product ([`products_row`]): `rows` output rows by `cols`
@@ -1100,6 +1138,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let k = Consts::new(&mut b, at);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
+    let zero = b.vreg();
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
     // The last tile row and column may hang over the output: rows `>= rows_last` of the
     // last tile row and columns `>= cols_last` of the last tile column are not stored.
@@ -1119,6 +1158,14 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
             for (col, &dst) in s.iter().take(cols).enumerate() {
                 k.combine(b, dst, None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
                 b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: dst });
+            }
+            // The rest of the row is dead: zeros make its lines this core's for the next
+            // conv's products, which store to them (`products`' doc: `claim_v`).
+            if cols < n {
+                b.set(zero, Expr::Zero);
+            }
+            for col in cols..n {
+                b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: zero });
             }
         });
         // Columns: y[r][c] = bias + sum_i A^T[r][i] s[i][c], then the epilogue.
