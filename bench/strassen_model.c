@@ -188,8 +188,16 @@ static void strassen_tasks(float **t7, float **s7, int m2, int k2, int n2, float
 }
 
 int main(int argc, char **argv) {
+    if (argc < 4 || argc > 5) {
+        fprintf(stderr, "usage: strassen_model M K N [RUNS]   (N a multiple of %d)\n", 2 * P);
+        return 1;
+    }
     int M = atoi(argv[1]), K = atoi(argv[2]), N = atoi(argv[3]);
     int reps = argc > 4 ? atoi(argv[4]) : 20;
+    if (M <= 0 || K <= 0 || N <= 0 || N % (2 * P) != 0 || reps <= 0) {
+        fprintf(stderr, "strassen_model: M, K, N and RUNS must be positive, N a multiple of %d\n", 2 * P);
+        return 1;
+    }
     int M2 = M / 2, K2 = K / 2, N2 = N / 2;
     float *w = malloc(sizeof(float) * M * K), *x = malloc(sizeof(float) * K * N);
     float *bias = malloc(sizeof(float) * M);
