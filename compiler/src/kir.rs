@@ -5,8 +5,8 @@
 //!
 //! A kernel is a function `fn(args: *const *mut f32, begin: i64, end: i64)`: it runs tasks
 //! `begin..end` of its task space (a row-major product of `task_dims`), binding the task
-//! coordinates to variables `0..task_dims.len()`. Tasks write disjoint memory, so any
-//! split of `0..tasks()` over threads is correct.
+//! coordinates to variables `0..task_dims.len()`. Tasks write disjoint memory, and no task
+//! writes what another reads, so any split of `0..tasks()` over threads is correct.
 //!
 //! Every backend (Cranelift, Rust) lowers this IR, and [`interpret`] executes it: no
 //! kernel logic is written twice.

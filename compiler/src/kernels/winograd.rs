@@ -258,7 +258,7 @@ pub fn generate(
                     [
                         input_transform(&g, &li, &band),
                         products(t, &g, &pt, li.cblocks(), lo.cblocks(), false, &band),
-                        output_transform(&g, c, &lo, res, &edges),
+                        output_transform(&g, c, &lo, res, false, &edges),
                     ]
                 }
                 Some(pt) => [
@@ -269,7 +269,7 @@ pub fn generate(
                     } else {
                         products(t, &g, pt, li.cblocks(), lo.cblocks(), true, &shape)
                     },
-                    output_transform(&g, c, &lo, res, &shape),
+                    output_transform(&g, c, &lo, res, true, &shape),
                 ],
             };
             Band { kernels, row0: g.rows.start, tile_rows: rows }
@@ -422,16 +422,20 @@ pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: 
 }
 
 /// `M[xi] = V[xi] U[xi]`: tiles of `p` tiles x `j` output vectors in registers, reduced
-/// over input channels. Arguments: 0 `M`, 1 `V`, 2 `U`. Tasks: positions, each running
-/// every output tile over every block of tiles; or (position, block of tiles), each
-/// running every output tile, where a position's `V` misses L1 with 16 registers.
+/// over input channels. Arguments: 0 `M`, 1 `V` (written too with `claim_v`), 2 `U`.
+/// Tasks: positions, each running every output tile over every block of tiles; or
+/// (position, block of tiles), each running every output tile, where a position's `V`
+/// misses L1 with 16 registers. (In bands too, for one structure: a band's calls are split
+/// across threads only with other than `exec::BAND_SLOTS` threads, not measured at this
+/// grain.)
 ///
 /// With `claim_v` (a conv not in bands, whose tasks are split across threads), a task then
 /// stores zeros over the `V` it has read, which nothing reads again. The next conv's input
 /// transform stores to the same lines, from channel blocks split across the threads, and
 /// a store to a line the other core has only read waits for it, about 70 ns per line one
 /// after another when the two vCPUs share no cache; to a line the other core wrote it
-/// costs about what a store to its own does (`bench/cross_write.c`, modes 1 and 9). Rust
+/// costs a tenth of that (`bench/cross_write.c`: 900 KB with a quarter of its lines so,
+/// 260 µs after mode 1's reads, 28-30 after mode 9's reads and stores, 13 alone). Rust
 /// ResNet-18 at 2 threads (with the output transform's zeros over `M`): 0.935x the time
 /// without a shared cache (10.14 against 10.84 ms, eight runs each), 1.00x with one; 1
 /// thread 0.99x (its input transforms 0.5-0.9x: their stores find the lines just
@@ -469,7 +473,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, clai
     // Task variables: the position (or the row's and column's weight slots), then, with
     // blocks outermost, the block of tiles.
     let mut b = Builder::new(1 + usize::from(shared) + usize::from(blocks_outer));
-    let block_task = Index::var(if shared { 2 } else { 1 }, 1);
+    let block_task = blocks_outer.then(|| Index::var(if shared { 2 } else { 1 }, 1));
     // A block of fewer tiles than the FMA pipeline needs chains ([`FMA_CHAINS`]; the
     // JIT's F(4,3) over 7x7 outputs: 4 tiles of one vector) sums the input channels of
     // an unrolled step into as many accumulator sets as make up the difference and the
@@ -565,6 +569,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, clai
     let body = |b: &mut Builder, xis: &[Index], ws: &Index| {
         if blocks_outer {
             // Task `block_task` is that block of the tiles; the last may be short.
+            let block_task = block_task.as_ref().expect("a task variable for blocks outermost");
             let tile0 = block_task.scaled(p_max as i64);
             let block = |b: &mut Builder, p: usize| {
                 for (i, xi) in xis.iter().enumerate() {
@@ -1129,7 +1134,14 @@ fn products_raw(t: Target, g: &Tiles, cbi: usize, cbo: usize, shape: &str) -> Ke
 /// `y = A^T M A + bias (+ residual) (ReLU)` per tile and output channel block, then the
 /// output's halo. Arguments: 0 output, 1 `M`, 2 bias, 3 residual. Tasks: (channel block,
 /// tile row).
-fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&Buffer>, shape: &str) -> Kernel {
+fn output_transform(
+    g: &Tiles,
+    c: &Conv,
+    lo: &crate::plan::Layout,
+    res: Option<&Buffer>,
+    claim_m: bool,
+    shape: &str,
+) -> Kernel {
     let (tr, lanes) = (&g.tr, g.lanes);
     let (n, m, at) = (tr.n, tr.m, &g.at);
     let cblocks = lo.cblocks();
@@ -1138,7 +1150,7 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
     let k = Consts::new(&mut b, at);
     let d: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
     let s: Vec<VReg> = (0..n).map(|_| b.vreg()).collect();
-    let zero = b.vreg();
+    let zero = claim_m.then(|| b.vreg());
     let bias = Src::Load(Addr { arg: 2, index: cb.scaled(lanes as i64) });
     // The last tile row and column may hang over the output: rows `>= rows_last` of the
     // last tile row and columns `>= cols_last` of the last tile column are not stored.
@@ -1159,13 +1171,14 @@ fn output_transform(g: &Tiles, c: &Conv, lo: &crate::plan::Layout, res: Option<&
                 k.combine(b, dst, None, (0..n).map(|jx| (at[col * n + jx], d[jx])));
                 b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: dst });
             }
-            // The rest of the row is dead: zeros make its lines this core's for the next
-            // conv's products, which store to them (`products`' doc: `claim_v`).
-            if cols < n {
+            // The rest of the row (`cols <= m < n`) is dead: zeros make its lines this
+            // core's for the next conv's products, which store to them (`products`' doc:
+            // `claim_v`). Not in bands, whose `M` stays on one thread.
+            if let Some(zero) = zero {
                 b.set(zero, Expr::Zero);
-            }
-            for col in cols..n {
-                b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: zero });
+                for col in cols..n {
+                    b.push(Stmt::Store { addr: m_at(&i, &Index::constant(col as i64)), src: zero });
+                }
             }
         });
         // Columns: y[r][c] = bias + sum_i A^T[r][i] s[i][c], then the epilogue.
