@@ -147,7 +147,9 @@ pub struct Plan {
     pub buffers: Vec<Buffer>,
     /// Arena bytes for one image.
     pub arena_bytes: usize,
-    /// The largest total of bytes live at any step: no planner can do better.
+    /// The largest total of activation bytes live at any step plus the largest total of
+    /// scratch bytes live at any step: no planner that keeps the two apart (as
+    /// `memory::assign` does) can do better.
     pub lower_bound_bytes: usize,
     pub num_classes: usize,
     pub input: Shape,
