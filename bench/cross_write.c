@@ -19,6 +19,11 @@
 //   8: B reads each line after a non-temporal prefetch of it (`prefetchnta`)
 //   9: B reads each line, then stores another value to it (the line is then B's, as in 3;
 //      what the Winograd products do to the `V` they have read)
+// and what becomes of B's copies later:
+//  10: as 3, then B streams 4 MB of its own memory (B's lines leave its L2)
+//  11: as 1, then the same stream (B's read copies leave its L2)
+//  12: B only streams (the baseline of 10 and 11)
+//  13: B writes a quarter, then reads it back (its own lines, read by their writer)
 // Run it with the core RTT probe (`core_rtt.c`) beside it: on a 2-vCPU AMD EPYC VM the
 // figures depend on whether the host placed the vCPUs on cores that share a cache.
 #define _GNU_SOURCE
@@ -34,8 +39,10 @@
 #define BYTES (900 * 1024)
 #define LINES (BYTES / 64)
 #define ITERS 2000
+// Modes 10-12's stream of B's own memory.
+#define EVICT_BYTES (4 << 20)
 
-static float *buf;
+static float *buf, *evict;
 static int mode;
 // Even: A's turn; odd: B's; negative: stop.
 static atomic_int turn;
@@ -68,9 +75,10 @@ static void *thread_b(void *arg) {
         __m512 acc = _mm512_setzero_ps();
         for (int l = 0; l < LINES; l += 4) {
             float *line = buf + 16 * l;
-            if (mode == 0) continue;
-            if (mode == 3) {
+            if (mode == 0 || mode == 12) continue;
+            if (mode == 3 || mode == 10 || mode == 13) {
                 _mm512_store_ps(line, acc);
+                if (mode == 13) acc = _mm512_add_ps(acc, _mm512_load_ps(line));
                 continue;
             }
             if (mode == 5) __builtin_prefetch(line, 1, 3);
@@ -81,6 +89,10 @@ static void *thread_b(void *arg) {
             // Another value than the one read: a store of the same value could be left out.
             if (mode == 9) _mm512_store_ps(line, _mm512_add_ps(acc, _mm512_set1_ps(1.0f)));
         }
+        if (mode >= 10 && mode <= 12) {
+            for (int i = 0; i < EVICT_BYTES / 4; i += 16) acc = _mm512_add_ps(acc, _mm512_load_ps(evict + i));
+            for (int i = 0; i < EVICT_BYTES / 4; i += 16) _mm512_store_ps(evict + i, acc);
+        }
         sink = _mm512_reduce_add_ps(acc);
         b_seconds += now() - t0;
         atomic_store(&turn, t + 1);
@@ -88,12 +100,16 @@ static void *thread_b(void *arg) {
 }
 
 int main(int argc, char **argv) {
-    if (argc > 2 || (argc == 2 && (strlen(argv[1]) != 1 || argv[1][0] < '0' || argv[1][0] > '9'))) {
-        fprintf(stderr, "usage: cross_write [MODE]   (MODE from 0 to 9; all of them without it)\n");
+    char *end = NULL;
+    long only = argc == 2 ? strtol(argv[1], &end, 10) : -1;
+    if (argc > 2 || (argc == 2 && (end == argv[1] || *end || only < 0 || only > 13))) {
+        fprintf(stderr, "usage: cross_write [MODE]   (MODE from 0 to 13; all of them without it)\n");
         return 1;
     }
-    for (mode = 0; mode <= 9; mode++) {
-        if (argc > 1 && atoi(argv[1]) != mode) continue;
+    evict = aligned_alloc(64, EVICT_BYTES);
+    memset(evict, 0, EVICT_BYTES);
+    for (mode = 0; mode <= 13; mode++) {
+        if (only >= 0 && only != mode) continue;
         buf = aligned_alloc(64, BYTES);
         memset(buf, 0, BYTES);
         atomic_store(&turn, 0);
