@@ -78,7 +78,6 @@ static void *thread_b(void *arg) {
             if (mode == 0 || mode == 12) continue;
             if (mode == 3 || mode == 10 || mode == 13) {
                 _mm512_store_ps(line, acc);
-                if (mode == 13) acc = _mm512_add_ps(acc, _mm512_load_ps(line));
                 continue;
             }
             if (mode == 5) __builtin_prefetch(line, 1, 3);
@@ -88,6 +87,12 @@ static void *thread_b(void *arg) {
             if (mode == 6) _mm_clflushopt(line);
             // Another value than the one read: a store of the same value could be left out.
             if (mode == 9) _mm512_store_ps(line, _mm512_add_ps(acc, _mm512_set1_ps(1.0f)));
+        }
+        if (mode == 13) {
+            // A second pass, so that the loads come from the cache, not the stores'
+            // values forwarded (the barrier keeps the compiler from doing the same).
+            __asm__ volatile("" ::: "memory");
+            for (int l = 0; l < LINES; l += 4) acc = _mm512_add_ps(acc, _mm512_load_ps(buf + 16 * l));
         }
         if (mode >= 10 && mode <= 12) {
             for (int i = 0; i < EVICT_BYTES / 4; i += 16) acc = _mm512_add_ps(acc, _mm512_load_ps(evict + i));

@@ -7,15 +7,17 @@
 //! Why two regions: on a Zen 4 VM whose two vCPUs shared no cache, a store to a line that
 //! the other core has read since its last write waited for that copy to go (tens of ns a
 //! line, barely overlapped; `bench/cross_write.c`), and a store to a line only the other
-//! core has written did not. The scratch kernels leave their lines written last (the
+//! core has written did not. The Winograd kernels leave `V` and `M` written last (the
 //! products store zeros over the `V` they read, the output transform over the part of `M`
-//! it does not reuse), while activations are read across threads wherever one call's
-//! split differs from the next one's: a Winograd conv whose `V` landed on the stem's
-//! activations (ResNet-18's first strided conv) took 0.25 ms for its input transform at
-//! 2 threads against 0.05 with `V` elsewhere. ResNet-18 at 2 threads without a shared
-//! cache: 0.963x the time (9.77 against 10.15 ms, eight alternating runs each), the same
-//! with one (8.35 against 8.37); ResNet-50 unchanged. The cost: ResNet-18's arena 8.1
-//! MB instead of 5.7, ResNet-50's 11.8 instead of 8.9.
+//! it does not reuse; panels and raw-weight scratch are written and read within one
+//! step), while activations are read across threads wherever one call's split differs
+//! from the next one's: ResNet-18's layer2.0.conv1, whose `V` landed on the stem's
+//! activations, took 0.25 ms for its input transform at 2 threads against 0.05 with `V`
+//! elsewhere. ResNet-18 (Rust, AVX-512) at 2 threads without a shared cache: 0.963x the
+//! time (9.77 against 10.15 ms, eight alternating runs each), the same with one (8.35
+//! against 8.37); ResNet-50 unchanged. The cost, in the AVX-512 plans: ResNet-18's arena
+//! 8.1 MB instead of 5.7, ResNet-50's 11.8 instead of 8.9 (its peak RSS 128.6 MB instead
+//! of 126.6).
 //!
 //! **Architecture Invariant:** two buffers whose intervals `[first, last]` intersect never
 //! share bytes, except a buffer and the residual operand it `reuses` in place: each output
@@ -98,7 +100,8 @@ pub fn assign(plan: &mut Plan) {
     // first, earliest first, and seeded shuffles of the first (deterministic). Largest
     // first alone leaves a big short-lived scratch (a strided 3x3 conv's panel, 9/4 of its
     // input) above a gap nothing else fills: wide_resnet50_2 on Cranelift needed 1.16x its
-    // lower bound, the first 8 shuffles already reach it.
+    // lower bound, the first 8 shuffles already reach it (measured while scratch and
+    // activations shared one region).
     let by_size = |s: &usize| (std::cmp::Reverse(storages[*s].bytes), storages[*s].first);
     let by_life =
         |s: &usize| (std::cmp::Reverse(storages[*s].last - storages[*s].first), std::cmp::Reverse(storages[*s].bytes));
@@ -146,9 +149,9 @@ fn scratch_buffers(plan: &Plan) -> Vec<bool> {
     is_scratch
 }
 
-/// Places `storages` in `order` (offsets of the others are left at 0), each into the smallest gap between the storages placed
+/// Places the storages in `order`, each into the smallest gap between the storages placed
 /// before it that it overlaps in time, or above them all. Returns the arena size and the
-/// offsets.
+/// offsets (those of storages not in `order` are left at 0).
 fn best_fit(storages: &[Storage], order: &[usize]) -> (usize, Vec<usize>) {
     let mut offset = vec![0usize; storages.len()];
     let mut placed: Vec<usize> = Vec::new();
