@@ -1,8 +1,8 @@
 //! The memory planner: liveness intervals over the plan's schedule, in-place reuse of a
 //! residual operand that dies where its block's output is written, and best-fit offsets
-//! in one arena (the best of a few fixed placement orders and some seeded shuffles),
-//! whose steps' scratch buffers (Winograd `V`, `M` and raw-weight scratch, input panels)
-//! have a region of their own above the activations.
+//! in one arena (the best of a few fixed placement orders and some seeded shuffles), in
+//! which the steps' scratch buffers (Winograd `V`, `M` and raw-weight scratch, input
+//! panels) have a region of their own above the activations.
 //!
 //! Why two regions: on a Zen 4 VM whose two vCPUs shared no cache, a store to a line that
 //! the other core has read since its last write waited for that copy to go (tens of ns a
