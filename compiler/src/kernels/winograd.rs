@@ -37,7 +37,7 @@
 use super::conv::{
     blocks_per_iteration, channel_unroll, pixel_budget, tile_pixels, FMA_CHAINS, PREFETCH_FLOATS, WIDE_TILE,
 };
-use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row};
+use super::simple::{pixel, zero_halo_of_band_row, zero_halo_of_row, zero_span};
 use super::WeightAlloc;
 use crate::graph::{Conv, Winograd};
 use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt, VReg};
@@ -548,21 +548,16 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, clai
     let full = count / p_max;
     let rest = count % p_max;
     let blocks = full + usize::from(rest > 0);
-    // Zeros over `V` of positions `xis`, `tiles` tiles from `tile0`, once the task has
-    // read them for the last time ([`products`]' doc: `claim_v`).
-    // (Set where it is used: live through the products it would take one of the JIT's 16
-    // registers.)
-    let zero = claim_v.then(|| b.vreg());
+    // Zeros over `V` of positions `xis`, `tiles` tiles from `tile0` (contiguous in each
+    // channel block), once the task has read them for the last time ([`products`]' doc:
+    // `claim_v`). (Zeroed where stored: live through the products, the zero would take
+    // one of the JIT's 16 registers.)
     let claim = |b: &mut Builder, xis: &[Index], tile0: &Index, tiles: usize| {
-        let Some(zero) = zero else { return };
-        b.set(zero, Expr::Zero);
+        if !claim_v {
+            return;
+        }
         for xi in xis {
-            b.for_loop(cbi, |b, cb| {
-                b.for_loop(tiles, |b, tl| {
-                    let index = g.scratch(g.v_tiles, xi, cbi, &cb, &tile0.plus(&tl));
-                    b.push(Stmt::Store { addr: Addr { arg: 1, index }, src: zero });
-                });
-            });
+            b.for_loop(cbi, |b, cb| zero_span(b, lanes, 1, &g.scratch(g.v_tiles, xi, cbi, &cb, tile0), tiles * lanes));
         }
     };
     // The task's work on positions `xis`, which share the weights at slot `ws`.
