@@ -9,7 +9,7 @@ use resnetc::jit_model::JitModel;
 use resnetc::passes::Pass;
 use resnetc::target::Target;
 use resnetc::{from_spec, passes, reference, spec, weights};
-use support::random_spec::{random_spec, Rng};
+use support::random_spec::{random_spec, random_toml_sized, Rng};
 
 /// Winograd convs of `graph` on the Cranelift target: F(2,3), F(3,3), F(4,3), and any
 /// tile along rows; then 1x1 convs run as Strassen.
@@ -104,6 +104,7 @@ fn jit_matches_reference_on_200_random_specs() {
         }
         let got = m.forward(&x).unwrap();
         support::agree(&got, &want)
+            .and_then(|_| support::agree_features(&got, &want, &w))
             .unwrap_or_else(|e| panic!("random spec {i} (batch {batch}, {threads} threads): {e}\n{s}"));
     }
     // ... and 1x1 and k x k convs that read their input from a panel.
@@ -122,6 +123,37 @@ fn jit_matches_reference_on_200_random_specs() {
     // convs got faster, along rows since there is that choice); the goldens cover F(2,3)
     // (`jit_matches_every_golden`), `tests/kernel_ir.rs` every tile along rows.
     assert!(f2 + row >= 1 && f3 >= 5 && f4 >= 5, "too few Winograd convs in the random specs: {winograd:?}");
+}
+
+/// A longer differential run on larger random specs (widths up to 128, sides up to 96,
+/// the sizes where plans take every Winograd variant, bands and wide register tiles),
+/// batch 1-3 at 1 or 2 threads: `cargo test --release --test cranelift -- --ignored`
+/// runs `RESNETC_STRESS_SPECS` of them (default 40) from seed `RESNETC_STRESS_SEED`.
+#[test]
+#[ignore = "minutes; run by hand, see the doc comment"]
+fn jit_matches_reference_on_larger_random_specs() {
+    let count = support::env_usize("RESNETC_STRESS_SPECS", 40);
+    let mut rng = Rng::new(support::env_usize("RESNETC_STRESS_SEED", 0x57e55) as u64);
+    let mut algorithms = [0usize; 5];
+    for i in 0..count {
+        let text = random_toml_sized(&mut rng, 128, 96);
+        let s = spec::parse(&text, &format!("large{i}")).unwrap_or_else(|e| panic!("invalid spec: {e:#}\n{text}"));
+        let graph = from_spec::build(&s).unwrap();
+        for (total, c) in algorithms.iter_mut().zip(algorithm_counts(&graph)) {
+            *total += c;
+        }
+        let w = weights::seeded(&graph, i as u64);
+        let (batch, threads) = (rng.range(1, 3), rng.range(1, 2));
+        let x = weights::seeded_input(s.input, batch, 2000 + i as u64);
+        let want = reference::run(&graph, &w, &x).unwrap();
+        let got = JitModel::new(&s, &w, threads).unwrap().forward(&x).unwrap();
+        let rel = support::agree(&got, &want)
+            .unwrap_or_else(|e| panic!("large spec {i} (batch {batch}, {threads} threads): {e}\n{text}"));
+        let share = support::agree_features(&got, &want, &w)
+            .unwrap_or_else(|e| panic!("large spec {i} (batch {batch}, {threads} threads): {e}\n{text}"));
+        eprintln!("large spec {i}: rel err {rel:.2e}, {share:.1e} of the features (batch {batch}, {threads} threads)");
+    }
+    eprintln!("Winograd convs F(2,3), F(3,3), F(4,3), along rows; Strassen: {algorithms:?}");
 }
 
 /// Batches run weight-heavy calls task-major (every image per task, see

@@ -5,6 +5,7 @@ pub mod random_spec;
 
 use resnetc::graph::Graph;
 use resnetc::spec::Spec;
+use resnetc_runtime::safetensors::Tensors;
 use resnetc_runtime::{npy, Tensor};
 use std::path::PathBuf;
 
@@ -68,6 +69,22 @@ pub fn goldens() -> Vec<Golden> {
         .collect()
 }
 
+/// An unsigned integer from the environment variable `name` (decimal, or hex with `0x`),
+/// or `default` where it is unset; a value that does not parse is an error, not the
+/// default (a stress run asked for must not silently shrink).
+pub fn env_usize(name: &str, default: usize) -> usize {
+    match std::env::var(name) {
+        Err(_) => default,
+        Ok(v) => {
+            let parsed = match v.strip_prefix("0x") {
+                Some(hex) => usize::from_str_radix(hex, 16),
+                None => v.parse(),
+            };
+            parsed.unwrap_or_else(|e| panic!("{name}={v}: {e}"))
+        }
+    }
+}
+
 /// The contract: `max|y - y_ref| / max(1, max|y_ref|) <= 1e-4` and the same argmax per row.
 /// Returns the relative error, or a description of the failure.
 pub fn agree(y: &Tensor, y_ref: &Tensor) -> Result<f64, String> {
@@ -86,6 +103,25 @@ pub fn agree(y: &Tensor, y_ref: &Tensor) -> Result<f64, String> {
         if argmax(a) != argmax(b) {
             return Err(format!("row {r}: argmax {} vs reference {}", argmax(a), argmax(b)));
         }
+    }
+    Ok(rel)
+}
+
+/// A check stricter than the contract's, for differential tests on seeded weights: the
+/// error against the size of the logits less the classifier's bias `fc.bias` (which the
+/// convs do not touch), at most 1e-3. Where the features are small beside the bias, the
+/// contract's bound alone would pass wrong convs. Returns that relative error.
+pub fn agree_features(y: &Tensor, y_ref: &Tensor, weights: &Tensors) -> Result<f64, String> {
+    if y.shape() != y_ref.shape() {
+        return Err(format!("shape {:?} vs reference {:?}", y.shape(), y_ref.shape()));
+    }
+    let bias = weights.get("fc.bias").ok_or("no tensor fc.bias")?.data();
+    let features = y_ref.data().chunks(bias.len()).flat_map(|row| row.iter().zip(bias).map(|(v, b)| (v - b).abs()));
+    let size = features.fold(0.0f64, |m, v| m.max(v as f64));
+    let diff = y.data().iter().zip(y_ref.data()).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    let rel = if y.data().iter().any(|v| !v.is_finite()) { f64::INFINITY } else { diff / size.max(f64::MIN_POSITIVE) };
+    if rel > 1e-3 {
+        return Err(format!("error {diff:.3e} is {rel:.3e} of the features' size {size:.3e} (> 1e-3)"));
     }
     Ok(rel)
 }
