@@ -67,10 +67,13 @@ fn interpreted_kernels_match_reference_on_random_specs() {
         let graph = from_spec::build(&spec).unwrap();
         let batch = rng.range(1, 2);
         let x = weights::seeded_input(spec.input, batch, i);
-        let want = reference::run(&graph, &weights::seeded(&graph, i), &x).unwrap();
+        let w = weights::seeded(&graph, i);
+        let want = reference::run(&graph, &w, &x).unwrap();
+        let agree =
+            |y: &resnetc_runtime::Tensor| support::agree(y, &want).and_then(|_| support::agree_features(y, &want, &w));
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, target, i, &x));
-            support::agree(&y, &want).unwrap_or_else(|e| panic!("random spec {i} {}: {e}\n{spec}", target.name));
+            agree(&y).unwrap_or_else(|e| panic!("random spec {i} {}: {e}\n{spec}", target.name));
         }
         // Every 1x1 conv the kernels can run as Strassen, whatever the cost model says
         // (it takes only long reductions, which specs this small rarely have).
@@ -79,7 +82,7 @@ fn interpreted_kernels_match_reference_on_random_specs() {
             strassen += n;
             let prog = kernels::lower(&plan::build_chosen(&fused, Target::CRANELIFT_X64).unwrap()).unwrap();
             let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), interpret(&graph, &prog, i, &x));
-            support::agree(&y, &want).unwrap_or_else(|e| panic!("random spec {i} with Strassen: {e}\n{spec}"));
+            agree(&y).unwrap_or_else(|e| panic!("random spec {i} with Strassen: {e}\n{spec}"));
         }
     }
     eprintln!("1x1 convs forced to Strassen: {strassen}");
@@ -387,6 +390,7 @@ fn strided_winograd_matches_reference() {
         // Cranelift (blocks of tiles outside output tiles: 7 of 10, then one of 7).
         (bottleneck("[16, 128]", "[3, 26, 43]"), 1, "wino2s2_gemm_128x26x43_to128x13x22"),
     ];
+    let mut strided_bands = 0;
     for (text, strided, kernel) in cases {
         let spec = resnetc::spec::parse(&text, "strided_winograd").unwrap();
         let graph = from_spec::build(&spec).unwrap();
@@ -405,8 +409,29 @@ fn strided_winograd_matches_reference() {
             }
             let rel = agrees_with_reference(&spec, &graph, &prog, 8, 5);
             eprintln!("strided F(2x2,3x3) {kernel} {} rel err {rel:.2e}", target.name);
+            // In bands of tile rows too (each band's input starts twice its first output
+            // row down), forced by small band budgets.
+            for band_kb in [40, 100, 200, 1100, 1300, 1800] {
+                let banded = Target { band_bytes: band_kb << 10, ..target };
+                let prog = kernels::lower(&plan::build_chosen(&fused, banded).unwrap()).unwrap();
+                let groups = prog.calls.iter().filter(|c| c.order == kernels::Order::BandGroup).count();
+                let starts = prog.calls.iter().filter(|c| c.order == kernels::Order::BandStart).count();
+                if !prog.kernels.iter().any(|k| k.name.starts_with("wino2s2_gemm") && k.name.contains("_band")) {
+                    continue;
+                }
+                strided_bands += 1;
+                for interleave in [false, true] {
+                    let rel = agrees_with_reference(&spec, &graph, &reordered_bands(&prog, interleave), 8, 5);
+                    eprintln!(
+                        "strided {kernel} {} {band_kb} KB: {} bands in {groups} groups, interleaved {interleave}, rel err {rel:.2e}",
+                        target.name,
+                        groups + starts
+                    );
+                }
+            }
         }
     }
+    assert!(strided_bands >= 8, "too few strided convs in bands: {strided_bands}");
 }
 
 /// A CIFAR-stem basic-block network of two stages (24 and 40 wide, channels that do not

@@ -176,11 +176,17 @@ pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
 /// 64x56x56 (Rust, 1 thread, per tile): the input transform 0.36x, the output transform
 /// 0.32x, the products 1.02x the time. In ResNet-18 (four such convs, bands of one tile
 /// row, per-kernel minima): transforms 0.55-0.75x and 0.42x, products 1.2x (each band
-/// re-reads the weights from L2), 0.84-0.93x over the three kernels.
+/// re-reads the weights from L2), 0.84-0.93x over the three kernels. Strided convs too
+/// (ResNet-18/34's 64x56x56 one at F(2x2,3x3,s2), 512 KB of weights: bands of one tile
+/// row): at 2 threads each thread runs its own bands, that conv 0.84x the time with a
+/// shared cache and 0.72x without one, but the next conv's input transform, split by
+/// channel blocks, then reads rows the other thread wrote (1.16-1.2x); whole model
+/// 0.995x (ResNet-18 and ResNet-34, 1 and 2 threads, Rust, Zen 4), and ResNet-18's arena
+/// 6.7 MB instead of 8.1 (its scratch peak was that conv's whole `V` and `M`).
 pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize {
     let (tw, th) = w.grid(out.h, out.w);
-    // (A strided conv's bands would start `m * stride` input rows apart: not generated.)
-    if w.row || w.stride > 1 {
+    // (Tiles along rows are not generated in bands.)
+    if w.row {
         return th;
     }
     let (cin, cout) = (c.cin.div_ceil(t.lanes) * t.lanes, c.cout.div_ceil(t.lanes) * t.lanes);

@@ -157,7 +157,8 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                     // The conv's MACs, shared by tile rows (summing to the whole exactly).
                     let band_macs = macs * (rows_done + band.tile_rows) / tile_rows - macs * rows_done / tile_rows;
                     rows_done += band.tile_rows;
-                    step_calls.push((k_in, vec![v, from_row(step.input, band.row0)], 0, orders[0]));
+                    // The band's first input row: its first output row's, `stride` apart.
+                    step_calls.push((k_in, vec![v, from_row(step.input, band.row0 * wino.stride)], 0, orders[0]));
                     let mut gemm_args = vec![mm, v, ArgRef::Weights(g.packing.offset)];
                     if wino.raw {
                         // The products' own scratch (`plan::winograd_raw_layout`).
