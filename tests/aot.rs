@@ -187,12 +187,12 @@ fn rust_backend_executable_matches_the_jit() {
 /// spec's own crate built by rustc) on random specs larger than the JIT's differential
 /// test takes (widths up to 128, sides up to 96, so that their plans take Winograd, raw
 /// weights among them), at 1 and 2 threads on batches of 1 to 3, against the reference
-/// executor. `RESNETC_STRESS_SPECS` and `RESNETC_STRESS_SEED` run more of them, or
+/// executor. `RESNETC_STRESS_EXES` and `RESNETC_STRESS_EXE_SEED` run more of them, or
 /// others (default 6 from the seed below; about half a minute each).
 #[test]
 fn rust_backend_executables_match_reference_on_random_specs() {
-    let count = support::env_usize("RESNETC_STRESS_SPECS", 6);
-    let mut rng = Rng::new(support::env_usize("RESNETC_STRESS_SEED", 0x5eed_2057) as u64);
+    let count = support::env_usize("RESNETC_STRESS_EXES", 6);
+    let mut rng = Rng::new(support::env_usize("RESNETC_STRESS_EXE_SEED", 0x5eed_2057) as u64);
     // Winograd convs of the specs' plans (all, with raw weights).
     let (mut winograd, mut raw) = (0, 0);
     for i in 0..count as u64 {
@@ -234,7 +234,7 @@ fn rust_backend_executables_match_reference_on_random_specs() {
     }
     eprintln!("Winograd convs: {winograd}, with raw weights: {raw}");
     // The default run's coverage (other seeds may draw fewer Winograd convs).
-    let default_run = ["RESNETC_STRESS_SPECS", "RESNETC_STRESS_SEED"].iter().all(|v| std::env::var_os(v).is_none());
+    let default_run = ["RESNETC_STRESS_EXES", "RESNETC_STRESS_EXE_SEED"].iter().all(|v| std::env::var_os(v).is_none());
     assert!(
         !default_run || (winograd >= 12 && raw >= 1),
         "too few Winograd convs in the random specs: {winograd} ({raw} raw)"

@@ -126,8 +126,8 @@ fn jit_matches_reference_on_200_random_specs() {
 }
 
 /// A longer differential run on larger random specs (widths up to 128, sides up to 96,
-/// the sizes where plans take every Winograd variant, bands and wide register tiles),
-/// batch 1-3 at 1 or 2 threads: `cargo test --release --test cranelift -- --ignored`
+/// where the JIT's plans take every Winograd tile size, strided and in bands, and
+/// Strassen), batch 1-3 at 1 or 2 threads: `cargo test --release --test cranelift -- --ignored`
 /// runs `RESNETC_STRESS_SPECS` of them (default 40) from seed `RESNETC_STRESS_SEED`.
 #[test]
 #[ignore = "minutes; run by hand, see the doc comment"]
@@ -153,7 +153,7 @@ fn jit_matches_reference_on_larger_random_specs() {
             .unwrap_or_else(|e| panic!("large spec {i} (batch {batch}, {threads} threads): {e}\n{text}"));
         eprintln!("large spec {i}: rel err {rel:.2e}, {share:.1e} of the features (batch {batch}, {threads} threads)");
     }
-    eprintln!("Winograd convs F(2,3), F(3,3), F(4,3), along rows; Strassen: {algorithms:?}");
+    eprintln!("Winograd convs F(2,3) (strided ones too), F(3,3), F(4,3), along rows; Strassen: {algorithms:?}");
 }
 
 /// Batches run weight-heavy calls task-major (every image per task, see

@@ -32,7 +32,7 @@ fn run_ir(spec: &resnetc::spec::Spec, target: Target, weight_seed: u64, x: &resn
 
 /// Two seeded images of `spec` through `prog` (lowered from `graph`) against the
 /// reference executor on the same weights; returns the relative error (panics past the
-/// tolerance).
+/// tolerance, or past 1e-3 of the features: `support::agree_features`).
 fn agrees_with_reference(
     spec: &resnetc::spec::Spec,
     graph: &Graph,
@@ -41,8 +41,10 @@ fn agrees_with_reference(
     input_seed: u64,
 ) -> f64 {
     let x = weights::seeded_input(spec.input, 2, input_seed);
-    let want = reference::run(graph, &weights::seeded(graph, weight_seed), &x).unwrap();
+    let w = weights::seeded(graph, weight_seed);
+    let want = reference::run(graph, &w, &x).unwrap();
     let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), interpret(graph, prog, weight_seed, &x));
+    support::agree_features(&y, &want, &w).unwrap();
     support::agree(&y, &want).unwrap()
 }
 
@@ -368,7 +370,9 @@ fn banded_winograd_matches_reference() {
 /// and even inputs (19x21: the 10x11 output's last tile column hangs over and reads three
 /// columns of halo; 20x20; 9x13: 5x7 then 3x4 outputs), and of bottleneck networks (the
 /// 3x3 conv of their second stage; 128 wide, the Cranelift products keep blocks of tiles
-/// outside output tiles), for both targets, against the reference.
+/// outside output tiles), for both targets, against the reference; and in bands of tile
+/// rows forced by small band budgets (each band's input from twice its first output row;
+/// a shorter last band), run in order and interleaved.
 #[test]
 fn strided_winograd_matches_reference() {
     let basic = |input: &str| {
@@ -400,6 +404,7 @@ fn strided_winograd_matches_reference() {
         assert_eq!(forced, strided, "the stride-2 3x3 convs of {text}");
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
+            let whole = &prog;
             assert_kernels(&prog, &[kernel]);
             if kernel.starts_with("wino2s2_gemm_128") && target == Target::CRANELIFT_X64 {
                 // Tasks (weight slot of the row, of the column, block of tiles): 4 x 4
@@ -420,6 +425,10 @@ fn strided_winograd_matches_reference() {
                     continue;
                 }
                 strided_bands += 1;
+                let last = prog.kernels.iter().any(|k| k.name.starts_with("wino2s2_out") && k.name.contains("_last"));
+                assert!(last, "{kernel} {band_kb} KB: no last band's output transform");
+                let macs = |p: &kernels::Program| p.calls.iter().map(|c| c.macs).sum::<usize>();
+                assert_eq!(macs(&prog), macs(whole), "{kernel} {band_kb} KB: the bands' MACs add up to the conv's");
                 for interleave in [false, true] {
                     let rel = agrees_with_reference(&spec, &graph, &reordered_bands(&prog, interleave), 8, 5);
                     eprintln!(

@@ -31,16 +31,22 @@ fn row_winograd_kernels_of_resnet18() {
     expect_test::expect_file!["snapshots/resnet18.row_winograd.kernels.txt"].assert_eq(&text);
 }
 
-/// The Rust backend's banded Winograd convs: ResNet-18's 64x56x56 convs at F(4,3) in
-/// bands of one tile row (the band kernels, then the first conv's calls with their
-/// pointers advanced band by band and alternating scratch slots).
+/// The Rust backend's banded Winograd convs: ResNet-18's 64x56x56 convs at F(4,3) and its
+/// strided one at F(2x2,3x3,s2) (whose bands read the input from twice their first output
+/// row), in bands of one tile row (the band kernels, then the first conv's calls with
+/// their pointers advanced band by band and alternating scratch slots).
 #[test]
 fn banded_winograd_of_resnet18() {
     let p = program(&spec::preset("resnet18").unwrap(), Target::AVX512);
     let mut text: String = p.kernels.iter().filter(|k| k.name.contains("_band")).map(|k| format!("{k}\n")).collect();
-    assert!(text.contains("wino4_gemm_64x56x56_to64x56x56_band1"), "the bands changed:\n{text}");
+    for band in ["wino4_gemm_64x56x56_to64x56x56_band1", "wino2s2_in_64x56x56_to128x28x28_band1"] {
+        assert!(text.contains(band), "the bands changed:\n{text}");
+    }
     let listing = kernels::to_text(&p);
-    let calls = listing.lines().skip_while(|l| *l != "calls:").filter(|l| l.contains("layer1.0.conv1 "));
+    let calls = listing
+        .lines()
+        .skip_while(|l| *l != "calls:")
+        .filter(|l| l.contains("layer1.0.conv1 ") || l.contains("layer2.0.conv1 "));
     text.extend(calls.map(|l| format!("{l}\n")));
     expect_test::expect_file!["snapshots/resnet18.banded_winograd.kernels.txt"].assert_eq(&text);
 }

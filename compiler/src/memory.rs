@@ -7,11 +7,12 @@
 //! Why two regions: on a Zen 4 VM whose two vCPUs shared no cache, a store to a line that
 //! the other core has read since its last write waited for that copy to go (tens of ns a
 //! line, barely overlapped; `bench/cross_write.c`), and a store to a line only the other
-//! core has written did not. The Winograd kernels leave `V` and `M` written last (the
-//! products store zeros over the `V` they read, the output transform over the part of `M`
-//! it does not reuse; panels and raw-weight scratch are written and read within one
-//! step), while activations are read across threads wherever one call's split differs
-//! from the next one's: ResNet-18's layer2.0.conv1, whose `V` landed on the stem's
+//! core has written did not. The Winograd kernels leave `V` and `M` written last (outside
+//! bands the products store zeros over the `V` they read, the output transform over the
+//! part of `M` it does not reuse; in bands each band's scratch stays on one thread;
+//! panels and raw-weight scratch are written and read within one step), while
+//! activations are read across threads wherever one call's split differs from the next
+//! one's: ResNet-18's layer2.0.conv1 (then not in bands), whose `V` landed on the stem's
 //! activations, took 0.25 ms for its input transform at 2 threads against 0.05 with `V`
 //! elsewhere. ResNet-18 (Rust, AVX-512) at 2 threads without a shared cache: 0.963x the
 //! time (9.77 against 10.15 ms, eight alternating runs each), the same with one (8.35

@@ -119,8 +119,9 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 let res = step.residual.map(|r| buf(Some(r)));
                 let g = winograd::generate(t, c, *wino, buf(step.input), buf(step.output), res, &mut weights);
                 let u_bytes = g.packing.weight_floats() * 4;
-                // A band's kernels read and write from its first output row on, and band
-                // `b` uses slot `band_slot(b, bands)` of the scratch buffers.
+                // A band's kernels write from its first output row on and read the input
+                // from that row times the stride, and band `b` uses slot
+                // `band_slot(b, bands)` of the scratch buffers.
                 let from_row = |b: Option<usize>, row: usize| {
                     let l = buf(b).layout;
                     ArgRef::Arena(buf(b).offset / 4 + row * l.wp() * l.cb)
@@ -157,7 +158,7 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                     // The conv's MACs, shared by tile rows (summing to the whole exactly).
                     let band_macs = macs * (rows_done + band.tile_rows) / tile_rows - macs * rows_done / tile_rows;
                     rows_done += band.tile_rows;
-                    // The band's first input row: its first output row's, `stride` apart.
+                    // The band's first input row: its first output row times the stride.
                     step_calls.push((k_in, vec![v, from_row(step.input, band.row0 * wino.stride)], 0, orders[0]));
                     let mut gemm_args = vec![mm, v, ArgRef::Weights(g.packing.offset)];
                     if wino.raw {
