@@ -371,8 +371,8 @@ fn banded_winograd_matches_reference() {
 /// columns of halo; 20x20; 9x13: 5x7 then 3x4 outputs), and of bottleneck networks (the
 /// 3x3 conv of their second stage; 128 wide, the Cranelift products keep blocks of tiles
 /// outside output tiles), for both targets, against the reference; and in bands of tile
-/// rows forced by small band budgets (each band's input from twice its first output row;
-/// a shorter last band), run in order and interleaved.
+/// rows forced by small band budgets (each band's input from twice its first output row),
+/// run in order and interleaved.
 #[test]
 fn strided_winograd_matches_reference() {
     let basic = |input: &str| {

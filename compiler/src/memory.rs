@@ -9,8 +9,8 @@
 //! line, barely overlapped; `bench/cross_write.c`), and a store to a line only the other
 //! core has written did not. The Winograd kernels leave `V` and `M` written last (outside
 //! bands the products store zeros over the `V` they read, the output transform over the
-//! part of `M` it does not reuse; in bands each band's scratch stays on one thread;
-//! panels and raw-weight scratch are written and read within one step), while
+//! part of `M` it does not reuse; in bands, at two threads, each band's scratch stays on
+//! one thread; panels and raw-weight scratch are written and read within one step), while
 //! activations are read across threads wherever one call's split differs from the next
 //! one's: ResNet-18's layer2.0.conv1 (then not in bands), whose `V` landed on the stem's
 //! activations, took 0.25 ms for its input transform at 2 threads against 0.05 with `V`

@@ -60,7 +60,12 @@ impl Lowerer<'_> {
     /// The pointer for `a`'s variable terms, and its constant part as a byte offset.
     fn address(&mut self, a: &Addr) -> (Value, i32) {
         let var = self.ptrs[&(a.arg, a.index.terms.clone())];
-        (self.b.use_var(var), (a.index.constant * 4) as i32)
+        // Cranelift's address offsets are 32-bit: a constant past 2 GB (one conv's
+        // weights that large) must not wrap into another address.
+        let offset = i32::try_from(a.index.constant * 4).unwrap_or_else(|_| {
+            panic!("a constant offset of {} floats does not fit Cranelift's i32", a.index.constant)
+        });
+        (self.b.use_var(var), offset)
     }
 
     fn restricted(&self, a: &Addr, extra: Option<usize>) -> (usize, Vec<(usize, i64)>) {
