@@ -178,12 +178,12 @@ pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
 /// row, per-kernel minima): transforms 0.55-0.75x and 0.42x, products 1.2x (each band
 /// re-reads the weights from L2), 0.84-0.93x over the three kernels. Strided convs too
 /// (ResNet-18/34's 64x56x56 one at F(2x2,3x3,s2), 512 KB of weights: bands of one tile
-/// row in Rust, two on Cranelift): at 2 threads each thread runs its own bands, that conv 0.84x the time with a
-/// shared cache and 0.72x without one, but the next conv's input transform, split by
-/// channel blocks, then reads rows the other thread wrote (1.16-1.2x); whole model
-/// 0.995x (ResNet-18 and ResNet-34, 1 and 2 threads, Rust, Zen 4), and ResNet-18's arena
-/// 6.7 MB instead of 8.1 on AVX-512, 6.1 instead of 8.1 on Cranelift (its scratch peak
-/// was that conv's whole `V` and `M`).
+/// row in Rust, two on Cranelift): at 2 threads each thread runs its own bands, that conv
+/// 0.84x the time with a shared cache and 0.72x without one, but the next conv's input
+/// transform, split by channel blocks, then reads rows the other thread wrote
+/// (1.16-1.2x); whole model 0.98-0.995x (ResNet-18 and ResNet-34, 1 and 2 threads, Rust,
+/// Zen 4), and ResNet-18's arena 6.7 MB instead of 8.1 on AVX-512, 6.1 instead of 8.1 on
+/// Cranelift (its scratch peak was that conv's whole `V` and `M`).
 pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize {
     let (tw, th) = w.grid(out.h, out.w);
     // (Tiles along rows are not generated in bands.)

@@ -31,9 +31,9 @@
 //! of one band, then the next band's, so `V` and `M` stay in L2. A band's kernels index
 //! the output and residual from the band's first row and the input from that row times
 //! the stride (the calls' pointers are advanced there), and `V` and `M` from its first
-//! tile; only the first and last bands
-//! write the halo rows above and below the output. The runtime runs bands on different
-//! threads at once, each in its own scratch slot (`exec::Order::BandGroup`).
+//! tile; only the first and last bands write the halo rows above and below the output.
+//! The runtime runs bands on different threads at once, each in its own scratch slot
+//! (`exec::Order::BandGroup`).
 
 use super::conv::{
     blocks_per_iteration, channel_unroll, pixel_budget, tile_pixels, FMA_CHAINS, PREFETCH_FLOATS, WIDE_TILE,
