@@ -103,8 +103,7 @@ fn jit_matches_reference_on_200_random_specs() {
             }
         }
         let got = m.forward(&x).unwrap();
-        support::agree(&got, &want)
-            .and_then(|_| support::agree_features(&got, &want, &w))
+        support::agree_seeded(&got, &want, &w)
             .unwrap_or_else(|e| panic!("random spec {i} (batch {batch}, {threads} threads): {e}\n{s}"));
     }
     // ... and 1x1 and k x k convs that read their input from a panel.
@@ -147,9 +146,7 @@ fn jit_matches_reference_on_larger_random_specs() {
         let x = weights::seeded_input(s.input, batch, 2000 + i as u64);
         let want = reference::run(&graph, &w, &x).unwrap();
         let got = JitModel::new(&s, &w, threads).unwrap().forward(&x).unwrap();
-        let rel = support::agree(&got, &want)
-            .unwrap_or_else(|e| panic!("large spec {i} (batch {batch}, {threads} threads): {e}\n{text}"));
-        let share = support::agree_features(&got, &want, &w)
+        let (rel, share) = support::agree_seeded(&got, &want, &w)
             .unwrap_or_else(|e| panic!("large spec {i} (batch {batch}, {threads} threads): {e}\n{text}"));
         eprintln!("large spec {i}: rel err {rel:.2e}, {share:.1e} of the features (batch {batch}, {threads} threads)");
     }

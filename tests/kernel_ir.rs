@@ -32,7 +32,7 @@ fn run_ir(spec: &resnetc::spec::Spec, target: Target, weight_seed: u64, x: &resn
 
 /// Two seeded images of `spec` through `prog` (lowered from `graph`) against the
 /// reference executor on the same weights; returns the relative error (panics past the
-/// tolerance, or past 1e-3 of the features: `support::agree_features`).
+/// tolerance, or past 1e-3 of the features: `support::agree_seeded`).
 fn agrees_with_reference(
     spec: &resnetc::spec::Spec,
     graph: &Graph,
@@ -44,8 +44,7 @@ fn agrees_with_reference(
     let w = weights::seeded(graph, weight_seed);
     let want = reference::run(graph, &w, &x).unwrap();
     let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), interpret(graph, prog, weight_seed, &x));
-    support::agree_features(&y, &want, &w).unwrap();
-    support::agree(&y, &want).unwrap()
+    support::agree_seeded(&y, &want, &w).unwrap().0
 }
 
 #[test]
@@ -71,11 +70,10 @@ fn interpreted_kernels_match_reference_on_random_specs() {
         let x = weights::seeded_input(spec.input, batch, i);
         let w = weights::seeded(&graph, i);
         let want = reference::run(&graph, &w, &x).unwrap();
-        let agree =
-            |y: &resnetc_runtime::Tensor| support::agree(y, &want).and_then(|_| support::agree_features(y, &want, &w));
         for target in [Target::CRANELIFT_X64, Target::AVX512] {
             let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), run_ir(&spec, target, i, &x));
-            agree(&y).unwrap_or_else(|e| panic!("random spec {i} {}: {e}\n{spec}", target.name));
+            support::agree_seeded(&y, &want, &w)
+                .unwrap_or_else(|e| panic!("random spec {i} {}: {e}\n{spec}", target.name));
         }
         // Every 1x1 conv the kernels can run as Strassen, whatever the cost model says
         // (it takes only long reductions, which specs this small rarely have).
@@ -84,7 +82,8 @@ fn interpreted_kernels_match_reference_on_random_specs() {
             strassen += n;
             let prog = kernels::lower(&plan::build_chosen(&fused, Target::CRANELIFT_X64).unwrap()).unwrap();
             let y = resnetc_runtime::Tensor::new(want.shape().to_vec(), interpret(&graph, &prog, i, &x));
-            agree(&y).unwrap_or_else(|e| panic!("random spec {i} with Strassen: {e}\n{spec}"));
+            support::agree_seeded(&y, &want, &w)
+                .unwrap_or_else(|e| panic!("random spec {i} with Strassen: {e}\n{spec}"));
         }
     }
     eprintln!("1x1 convs forced to Strassen: {strassen}");
@@ -323,6 +322,11 @@ fn raw_winograd_matches_reference() {
     }
 }
 
+/// The MACs of all of a program's calls.
+fn total_macs(p: &kernels::Program) -> usize {
+    p.calls.iter().map(|c| c.macs).sum()
+}
+
 /// Winograd convs in bands of tile rows (`plan::winograd_band_rows`), forced by small
 /// band budgets: F(2,3), F(3,3) and F(4,3) on every stride-1 3x3 conv of a 24/40-wide
 /// network on a 19x21 input (tiles hang over the bottom and right borders, so the last
@@ -349,9 +353,8 @@ fn banded_winograd_matches_reference() {
                 band_counts.insert(bands / groups);
                 let last = prog.kernels.iter().filter(|k| k.name.contains("_last")).count();
                 assert!(last > 0, "no last band's output transform at {band_kb} KB");
-                let macs = |p: &kernels::Program| p.calls.iter().map(|c| c.macs).sum::<usize>();
                 let whole = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
-                assert_eq!(macs(&prog), macs(&whole), "the bands' MACs add up to the conv's");
+                assert_eq!(total_macs(&prog), total_macs(&whole), "the bands' MACs add up to the conv's");
                 for interleave in [false, true] {
                     let rel = agrees_with_reference(&spec, &graph, &reordered_bands(&prog, interleave), 8, 5);
                     eprintln!(
@@ -427,8 +430,11 @@ fn strided_winograd_matches_reference() {
                 strided_bands += 1;
                 let last = prog.kernels.iter().any(|k| k.name.starts_with("wino2s2_out") && k.name.contains("_last"));
                 assert!(last, "{kernel} {band_kb} KB: no last band's output transform");
-                let macs = |p: &kernels::Program| p.calls.iter().map(|c| c.macs).sum::<usize>();
-                assert_eq!(macs(&prog), macs(whole), "{kernel} {band_kb} KB: the bands' MACs add up to the conv's");
+                assert_eq!(
+                    total_macs(&prog),
+                    total_macs(whole),
+                    "{kernel} {band_kb} KB: the bands' MACs add up to the conv's"
+                );
                 for interleave in [false, true] {
                     let rel = agrees_with_reference(&spec, &graph, &reordered_bands(&prog, interleave), 8, 5);
                     eprintln!(

@@ -85,6 +85,11 @@ pub fn env_usize(name: &str, default: usize) -> usize {
     parsed.unwrap_or_else(|e| panic!("{name}={v}: {e}"))
 }
 
+/// The largest `|y - y_ref|` over the elements of two tensors of one shape.
+fn max_abs_diff(y: &Tensor, y_ref: &Tensor) -> f64 {
+    y.data().iter().zip(y_ref.data()).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()))
+}
+
 /// The contract: `max|y - y_ref| / max(1, max|y_ref|) <= 1e-4` and the same argmax per row.
 /// Returns the relative error, or a description of the failure.
 pub fn agree(y: &Tensor, y_ref: &Tensor) -> Result<f64, String> {
@@ -92,7 +97,7 @@ pub fn agree(y: &Tensor, y_ref: &Tensor) -> Result<f64, String> {
         return Err(format!("shape {:?} vs reference {:?}", y.shape(), y_ref.shape()));
     }
     let scale = y_ref.data().iter().fold(1.0f64, |m, v| m.max(v.abs() as f64));
-    let diff = y.data().iter().zip(y_ref.data()).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    let diff = max_abs_diff(y, y_ref);
     let rel = if diff.is_nan() || y.data().iter().any(|v| !v.is_finite()) { f64::INFINITY } else { diff / scale };
     if rel > 1e-4 {
         return Err(format!("relative error {rel:.3e} > 1e-4"));
@@ -107,32 +112,31 @@ pub fn agree(y: &Tensor, y_ref: &Tensor) -> Result<f64, String> {
     Ok(rel)
 }
 
-/// A check stricter than the contract's, for differential tests on seeded weights: the
-/// error against the size of the logits less the classifier's bias `fc.bias` (which the
-/// convs do not touch), at most 1e-3, plus a few float32 roundings of the logits
-/// themselves. Where the features are small beside the bias, the contract's bound alone
-/// would pass wrong convs. Returns the error relative to the features' size (infinite
-/// where they are zero and the error is not, within the float32 allowance).
-pub fn agree_features(y: &Tensor, y_ref: &Tensor, weights: &Tensors) -> Result<f64, String> {
-    if y.shape() != y_ref.shape() {
-        return Err(format!("shape {:?} vs reference {:?}", y.shape(), y_ref.shape()));
-    }
+/// [`agree`], then a check stricter than the contract's, for differential tests on seeded
+/// weights: the error against the size of the logits less the classifier's bias
+/// `fc.bias` (which the convs do not touch), at most 1e-3, plus a few float32 roundings
+/// of the logits themselves. Where the features are small beside the bias, the
+/// contract's bound alone would pass wrong convs. Returns the contract's relative error
+/// and the error relative to the features' size (infinite where they are zero and the
+/// error is not, within the float32 allowance).
+pub fn agree_seeded(y: &Tensor, y_ref: &Tensor, weights: &Tensors) -> Result<(f64, f64), String> {
+    let contract = agree(y, y_ref)?;
     let bias = weights.get("fc.bias").ok_or("no tensor fc.bias")?.data();
     let classes = *y_ref.shape().last().ok_or("logits without a shape")?;
     if bias.len() != classes {
         return Err(format!("fc.bias has {} values for {classes} classes", bias.len()));
     }
-    if y.data().iter().chain(y_ref.data()).any(|v| !v.is_finite()) {
-        return Err("logits that are not finite".into());
+    if y_ref.data().iter().any(|v| !v.is_finite()) {
+        return Err("reference logits that are not finite".into());
     }
     let features = y_ref.data().chunks(classes).flat_map(|row| row.iter().zip(bias).map(|(v, b)| (v - b).abs()));
     let size = features.fold(0.0f64, |m, v| m.max(v as f64));
     let scale = y_ref.data().iter().fold(0.0f64, |m, v| m.max(v.abs() as f64));
-    let diff = y.data().iter().zip(y_ref.data()).fold(0.0f64, |m, (a, b)| m.max((*a as f64 - *b as f64).abs()));
+    let diff = max_abs_diff(y, y_ref);
     let bound = 1e-3 * size + 4.0 * f32::EPSILON as f64 * scale;
     let rel = if diff == 0.0 { 0.0 } else { diff / size };
     if diff > bound {
         return Err(format!("error {diff:.3e} ({rel:.3e} of the features' size {size:.3e}) > {bound:.3e}"));
     }
-    Ok(rel)
+    Ok((contract, rel))
 }
