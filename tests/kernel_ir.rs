@@ -449,6 +449,64 @@ fn strided_winograd_matches_reference() {
     assert!(strided_bands >= 8, "too few strided convs in bands: {strided_bands}");
 }
 
+/// The ImageNet stem (7x7, stride 2, padding 3) over its input's four phases
+/// (`Winograd::phases`, F(3x3,4x4)), forced, for both targets, against the reference: one
+/// to four input channels (12 phase channels fill no vector on 16 lanes; 3 of them fill
+/// three blocks on 4), stem widths that do fill whole vectors and that do not, odd and
+/// even input sides down to 5 (a 3x3 output, one tile), with and without the max-pool
+/// after it; and in bands of tile rows forced by small band budgets, run in order and
+/// interleaved.
+#[test]
+fn phased_stem_matches_reference() {
+    let cases = [
+        ("[3, 40, 38]", 64, "torchvision"),
+        ("[1, 5, 5]", 5, "torchvision"),
+        ("[4, 23, 17]", 24, "caffe"),
+        ("[2, 9, 30]", 16, "torchvision"),
+    ];
+    let mut phased_bands = 0;
+    for (input, stem_width, pool) in cases {
+        let text = format!(
+            "block = \"basic\"\nlayers = [1]\nwidths = [8]\nstem = \"imagenet\"\nstem_width = {stem_width}\nstem_pool = \"{pool}\"\nnum_classes = 5\ninput = {input}\n"
+        );
+        let spec = resnetc::spec::parse(&text, "phased_stem").unwrap();
+        let graph = from_spec::build(&spec).unwrap();
+        let mut fused = passes::fuse(&graph).0;
+        let forced = set_algorithms(&mut fused, |c| (c.kernel == 7).then_some(Some(Winograd::phases())));
+        assert_eq!(forced, 1, "the stem of {text}");
+        for target in [Target::CRANELIFT_X64, Target::AVX512] {
+            let prog = kernels::lower(&plan::build_chosen(&fused, target).unwrap()).unwrap();
+            for prefix in ["pack_input_phases_", "wino3ph_in_", "wino3ph_gemm_", "wino3ph_out_"] {
+                assert!(
+                    prog.kernels.iter().any(|k| k.name.starts_with(prefix)),
+                    "{input} {}: no {prefix}",
+                    target.name
+                );
+            }
+            let rel = agrees_with_reference(&spec, &graph, &prog, 11, 3);
+            eprintln!("phased stem {input} x{stem_width} {} rel err {rel:.2e}", target.name);
+            let whole = &prog;
+            for band_kb in [30, 60, 150, 200, 300] {
+                let banded = Target { band_bytes: band_kb << 10, ..target };
+                let prog = kernels::lower(&plan::build_chosen(&fused, banded).unwrap()).unwrap();
+                if !prog.kernels.iter().any(|k| k.name.starts_with("wino3ph_gemm") && k.name.contains("_band")) {
+                    continue;
+                }
+                phased_bands += 1;
+                assert_eq!(total_macs(&prog), total_macs(whole), "{input} {band_kb} KB: the bands' MACs add up");
+                for interleave in [false, true] {
+                    let rel = agrees_with_reference(&spec, &graph, &reordered_bands(&prog, interleave), 11, 3);
+                    eprintln!(
+                        "phased stem {input} {} {band_kb} KB, interleaved {interleave}: rel err {rel:.2e}",
+                        target.name
+                    );
+                }
+            }
+        }
+    }
+    assert!(phased_bands >= 4, "too few phased stems in bands: {phased_bands}");
+}
+
 /// A CIFAR-stem basic-block network of two stages (24 and 40 wide, channels that do not
 /// fill whole vectors) on `input`, and its graph.
 fn basic_24_40(input: &str, name: &str) -> (resnetc::spec::Spec, Graph) {

@@ -14,6 +14,9 @@ pub fn op_name(step: &Step) -> String {
         StepOp::PackInput => "pack_input".into(),
         StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
         StepOp::Conv(Conv { winograd: Some(w), .. }) if w.row => format!("conv3x3/1 F(1x{},3)", w.m),
+        StepOp::Conv(c @ Conv { winograd: Some(w), .. }) if w.phases => {
+            format!("conv{k}x{k}/{} F({},4)ph", c.stride, w.m, k = c.kernel)
+        }
         StepOp::Conv(Conv { winograd: Some(w), .. }) if w.stride > 1 => {
             format!("conv3x3/{} F({},3)s{0}", w.stride, w.m)
         }

@@ -65,6 +65,16 @@ impl Conv {
     pub fn weight_count(&self) -> usize {
         self.weight_shape().iter().product()
     }
+
+    /// The conv that algorithm `w` computes: this one, or over the stem's phases
+    /// (`Winograd::phases`) the stride-1 4x4 conv with padding 1 over its input's four
+    /// phases, `4 cin` channels.
+    pub fn computed_by(&self, w: Option<Winograd>) -> Conv {
+        match w {
+            Some(w) if w.phases => Conv { cin: 4 * self.cin, kernel: 4, stride: 1, pad: 1, ..self.clone() },
+            _ => self.clone(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

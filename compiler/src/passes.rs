@@ -136,8 +136,12 @@ pub const MAX_F4_LAYERS: usize = 16;
 
 /// Error units of one Winograd conv (F(4,3) = 2), against a budget of
 /// `2 * MAX_F4_LAYERS`. Along rows only one dimension is transformed, which errs less;
-/// counted as the square tile all the same.
+/// counted as the square tile all the same. The stem's F(3x3, 4x4) over its phases
+/// interpolates at F(4,3)'s six points: counted as one.
 fn error_units(w: Winograd) -> usize {
+    if w.phases {
+        return 2;
+    }
     match w.m {
         4 => 2,
         3 => 1,
@@ -191,7 +195,7 @@ pub struct ChooseAlgorithm {
 /// Bytes of a conv's weights, direct (`None`) or Winograd, without the padding to whole
 /// vectors.
 fn weight_bytes(c: &Conv, w: Option<Winograd>) -> usize {
-    4 * w.map_or(c.weight_count(), |w| w.stored_weights() * c.cin * c.cout)
+    4 * w.map_or(c.weight_count(), |w| w.stored_weights() * c.computed_by(Some(w)).cin * c.cout)
 }
 
 /// The share of a model's estimated conv time that raw weights (`Winograd::raw`: 9
@@ -289,9 +293,20 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
 /// beats direct convolution's by [`WINOGRAD_MARGIN`]. (On the Cranelift JIT the strided
 /// one measured 0.94x the direct conv's time on ResNet-50's 14x14 output, 0.84-0.92x on
 /// 28x28, both chosen, and 1.18x on 7x7x512, not chosen.)
-fn algorithms(t: Target, c: &Conv, out: Shape) -> Vec<(Option<Winograd>, f64)> {
+///
+/// A stem (`stem`: the model input's only reader) of 7x7 with stride 2 and padding 3 may
+/// run over its input's phases (`Winograd::phases`), estimated as the 4x4 conv it computes.
+fn algorithms(t: Target, c: &Conv, out: Shape, stem: bool) -> Vec<(Option<Winograd>, f64)> {
     let direct = conv_seconds(t, c, out, None);
     let mut options = vec![(None, direct)];
+    let (k, stride, pad) = resnetc_runtime::winograd::PHASE_STEM;
+    if stem && (c.kernel, c.stride, c.pad, c.groups) == (k, stride, pad, 1) {
+        let w = Winograd::phases();
+        let cost = conv_seconds(t, &c.computed_by(Some(w)), out, Some(w));
+        if cost < WINOGRAD_MARGIN * direct {
+            options.push((Some(w), cost));
+        }
+    }
     let eligible = c.kernel == 3 && c.pad == 1 && c.groups == 1 && c.cin >= 16 && c.cout >= 16;
     let candidates: Vec<Winograd> = match c.stride {
         1 => [2, 3, 4].into_iter().flat_map(|m| [Winograd::square(m), Winograd::row(m)]).collect(),
@@ -357,7 +372,10 @@ impl Pass for ChooseAlgorithm {
         let mut convs: Vec<Choice> = vec![];
         for n in graph.schedule() {
             let Op::Conv(c) = &graph.node(n).op else { continue };
-            let options = if disabled { vec![(None, 0.0)] } else { algorithms(self.target, c, graph.node(n).shape) };
+            let input = graph.inputs(n)[0];
+            let stem = graph.node(input).op == Op::Input && graph.users(input).len() == 1;
+            let options =
+                if disabled { vec![(None, 0.0)] } else { algorithms(self.target, c, graph.node(n).shape, stem) };
             // Speed picks among stored weights; raw ones come after (see below).
             let start = (0..options.len())
                 .filter(|&i| units(options[i].0) == 0 && !is_raw(options[i].0))

@@ -283,11 +283,11 @@ pub fn panel_layout(t: Target, c: &Conv, input: &Layout, out: &Layout) -> Option
 fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
     match op {
         // Whole Winograd tiles read past the end: `T` tiles of `m` outputs read input up to
-        // index `(T m - 1) stride + 2 - pad` (stride 1, pad 1: `pad + (T m - size)` past
-        // the last row or column).
+        // index `(T m - 1) stride + k - 1 - pad` for `k` taps (stride 1, pad 1, 3 taps: `pad
+        // + (T m - size)` past the last row or column).
         Op::Conv(Conv { winograd: Some(w), pad, .. }) => {
             let past = |out: usize, input: usize, m: usize| {
-                ((out.div_ceil(m) * m - 1) * w.stride + 3).saturating_sub(pad + input)
+                ((out.div_ceil(m) * m - 1) * w.stride + w.kernel()).saturating_sub(pad + input)
             };
             (*pad).max(past(output.h, input.h, w.tile_rows())).max(past(output.w, input.w, w.m))
         }
@@ -299,6 +299,21 @@ fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
         }
         _ => 0,
     }
+}
+
+/// The layout of the model input's four phases, which the stem reads when it runs over
+/// them (`Winograd::phases`, `c` the stem, `out` its output): phase channel
+/// `resnetc_runtime::winograd::phase_channel(cin, ch, a, b)` holds input channel `ch` at
+/// row parity `a` and column parity `b`, and pixel `(y, x)` input pixel `(2 y + a - 1, 2 x
+/// + b - 1)`, zero outside the input. One more row and column than the output: the
+/// phases' 4x4 conv with padding 1 reads rows `y - 1 ..= y + 2` for output row `y`.
+/// Channel-blocked (the input is otherwise not), with the halo the phases' Winograd tiles
+/// read.
+pub fn phase_layout(t: Target, c: &Conv, out: Shape) -> Layout {
+    let computed = c.computed_by(c.winograd);
+    let input = Shape { c: computed.cin, h: out.h + 1, w: out.w + 1 };
+    let halo = halo_needed(&Op::Conv(computed), input, out);
+    Layout { c: input.c, cb: t.lanes, h: input.h, w: input.w, halo }
 }
 
 /// Builds the plan of a fused graph for `target` and lays out its arena.
@@ -325,7 +340,21 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
             .max()
             .unwrap_or(0);
         let cb = if node.op == Op::Input { 1 } else { target.lanes };
-        let layout = Layout { c: node.shape.c, cb, h: node.shape.h, w: node.shape.w, halo };
+        let mut layout = Layout { c: node.shape.c, cb, h: node.shape.h, w: node.shape.w, halo };
+        // The stem over the input's phases reads them instead (its only reader, as
+        // `ChooseAlgorithm` picks it).
+        for &u in &fused.users(n) {
+            if let Op::Conv(c @ Conv { winograd: Some(w), .. }) = &fused.node(u).op {
+                if w.phases {
+                    anyhow::ensure!(
+                        node.op == Op::Input && fused.users(n).len() == 1,
+                        "{}: phases of other than the model input's only reader",
+                        fused.node(u).name
+                    );
+                    layout = phase_layout(target, c, fused.node(u).shape);
+                }
+            }
+        }
         let step_index = steps.len();
         let input_layout = args.first().map(|a| buffers[buf_of[a]].layout);
         let mut add_buffer = |name: &str, layout: Layout| {
@@ -341,7 +370,7 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
         };
         let mut scratch = vec![];
         if let Op::Conv(c @ Conv { winograd: Some(w), .. }) = &node.op {
-            let (v, mm) = winograd_layouts(target, c, *w, node.shape);
+            let (v, mm) = winograd_layouts(target, &c.computed_by(Some(*w)), *w, node.shape);
             scratch.push(add_buffer(&format!("{}.wino_v", node.name), v));
             scratch.push(add_buffer(&format!("{}.wino_m", node.name), mm));
             if w.raw {

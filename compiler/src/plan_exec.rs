@@ -44,6 +44,49 @@ fn write(arena: &mut [f32], buf: &Buffer, data: &[f32]) {
     arena[buf.offset / 4..][..l.numel()].copy_from_slice(&image);
 }
 
+/// Writes NCHW `data` (`cin` channels of `h x w`) into `buf` as its four phases
+/// (`plan::phase_layout`): pixel `(y, x)` of phase channel `phase_channel(cin, c, a, b)`
+/// is input pixel `(2 y + a - 1, 2 x + b - 1)`; zero outside the input, in the halo and
+/// in the padded channels.
+fn write_phases(arena: &mut [f32], buf: &Buffer, data: &[f32], input: Shape) {
+    let l = &buf.layout;
+    let mut image = vec![0.0f32; l.numel()];
+    for c in 0..input.c {
+        for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+            let pc = resnetc_runtime::winograd::phase_channel(input.c, c, a, b);
+            for y in 0..l.h {
+                for x in 0..l.w {
+                    let (iy, ix) = ((2 * y + a).wrapping_sub(1), (2 * x + b).wrapping_sub(1));
+                    if iy < input.h && ix < input.w {
+                        image[l.index(pc, y, x)] = data[(c * input.h + iy) * input.w + ix];
+                    }
+                }
+            }
+        }
+    }
+    arena[buf.offset / 4..][..l.numel()].copy_from_slice(&image);
+}
+
+/// The NCHW input (`cin` channels of `h x w`) back from its phases in `buf`, with a border
+/// of `pad` zeros: what a conv over the plain input reads.
+fn read_phases(arena: &[f32], buf: &Buffer, input: Shape, pad: usize) -> Vec<f32> {
+    let l = &buf.layout;
+    let base = buf.offset / 4;
+    let (h, w) = (input.h + 2 * pad, input.w + 2 * pad);
+    let mut out = vec![0.0f32; input.c * h * w];
+    for c in 0..input.c {
+        for iy in 0..input.h {
+            for ix in 0..input.w {
+                // Input pixel (iy, ix) is phase ((iy + 1) % 2, (ix + 1) % 2)'s pixel ((iy + 1) / 2, (ix + 1) / 2).
+                let (a, b) = ((iy + 1) % 2, (ix + 1) % 2);
+                let pc = resnetc_runtime::winograd::phase_channel(input.c, c, a, b);
+                out[(c * h + iy + pad) * w + ix + pad] = arena[base + l.index(pc, (iy + 1) / 2, (ix + 1) / 2)];
+            }
+        }
+    }
+    out
+}
+
 /// Runs the plan on `input` (`[N, C, H, W]`) with folded weights (see `folded`).
 pub fn run(plan: &Plan, folded: &Tensors, input: &Tensor) -> Result<Tensor> {
     let s = plan.input;
@@ -56,9 +99,16 @@ pub fn run(plan: &Plan, folded: &Tensors, input: &Tensor) -> Result<Tensor> {
         for step in &plan.steps {
             let buf = |b: Option<usize>| &plan.buffers[b.expect("operand")];
             match &step.op {
+                StepOp::PackInput if buf(step.output).layout.cb > 1 => {
+                    write_phases(&mut arena, buf(step.output), x, step.out_shape)
+                }
                 StepOp::PackInput => write(&mut arena, buf(step.output), x),
                 StepOp::Conv(c) => {
-                    let xin = read_padded(&arena, buf(step.input), c.pad);
+                    let xin = if c.winograd.is_some_and(|w| w.phases) {
+                        read_phases(&arena, buf(step.input), step.in_shape, c.pad)
+                    } else {
+                        read_padded(&arena, buf(step.input), c.pad)
+                    };
                     let padded = Shape { c: c.cin, h: step.in_shape.h + 2 * c.pad, w: step.in_shape.w + 2 * c.pad };
                     let unpadded = crate::graph::Conv { pad: 0, ..c.clone() };
                     let w = get(format!("{}.weight", c.weight))?;

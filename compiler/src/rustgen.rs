@@ -154,10 +154,10 @@ fn recipe(r: &Recipe) -> String {
             p.cout, p.cin, p.kernel, p.groups, p.jl, p.tiles, p.icr, p.per_group, p.group_stride, p.tile_stride, p.offset, p.bias_offset, p.strassen
         ),
         Recipe::Winograd(p) => format!(
-            "Recipe::Winograd(WinogradPacking {{ weight: {}, bn: {}, cout: {}, cin: {}, m: {}, row: {}, stride: {}, raw: {}, jl: {}, ktiles: {}, cin_pad: {}, offset: {}, bias_offset: {} }})",
+            "Recipe::Winograd(WinogradPacking {{ weight: {}, bn: {}, cout: {}, cin: {}, m: {}, row: {}, stride: {}, raw: {}, phases: {}, jl: {}, ktiles: {}, cin_pad: {}, offset: {}, bias_offset: {} }})",
             cow(&p.weight),
             p.bn.as_ref().map_or("None".into(), |b| format!("Some({})", cow(b))),
-            p.cout, p.cin, p.m, p.row, p.stride, p.raw, p.jl, p.ktiles, p.cin_pad, p.offset, p.bias_offset
+            p.cout, p.cin, p.m, p.row, p.stride, p.raw, p.phases, p.jl, p.ktiles, p.cin_pad, p.offset, p.bias_offset
         ),
         Recipe::Linear(p) => format!(
             "Recipe::Linear(LinearPacking {{ param: {}, cin: {}, cout: {}, cinp: {}, coutp: {}, block: {}, offset: {}, bias_offset: {} }})",

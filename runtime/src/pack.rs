@@ -97,6 +97,9 @@ pub struct WinogradPacking {
     pub stride: usize,
     /// The raw filters are stored, for products that transform them (`Winograd::raw`).
     pub raw: bool,
+    /// The conv is the stem run over its input's phases (`Winograd::phases`): `cin`
+    /// counts the phases' channels, four per input channel of the 7x7 filters.
+    pub phases: bool,
     pub jl: usize,
     pub ktiles: usize,
     /// Input channels including padding.
@@ -108,7 +111,7 @@ pub struct WinogradPacking {
 impl WinogradPacking {
     /// The Winograd algorithm packed for.
     pub fn algorithm(&self) -> crate::winograd::Winograd {
-        crate::winograd::Winograd { m: self.m, row: self.row, stride: self.stride, raw: self.raw }
+        crate::winograd::Winograd { m: self.m, row: self.row, stride: self.stride, raw: self.raw, phases: self.phases }
     }
 
     pub fn weight_floats(&self) -> usize {
@@ -217,7 +220,8 @@ fn pack_strassen(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
 }
 
 /// Transforms one 3x3 conv's folded weights into the Winograd domain (or with `raw` lays
-/// them out for products that transform them), into `blob`.
+/// them out for products that transform them; with `phases` the stem's 7x7 filters, each
+/// phase's 4x4 taps), into `blob`.
 pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let (w, bias) = folded(&p.weight, &p.bn, p.cout, tensors)?;
     let tr = p.algorithm().transform().with_context(|| format!("{}: no Winograd {}", p.weight, p.algorithm()))?;
@@ -228,10 +232,23 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
     let slot = |xi: usize| if p.row { xi } else { slots[xi / tr.n] * distinct + slots[xi % tr.n] };
     let out = &mut blob[p.offset..p.offset + p.weight_floats()];
     out.fill(0.0);
+    // The stem's input channels, and its filter of phase channel `ic` (`phase_channel`).
+    let cin0 = p.cin / 4;
+    let phase_filter = |oc: usize, ic: usize| {
+        let (phase, c) = (ic / cin0, ic % cin0);
+        let k = crate::winograd::PHASE_STEM.0;
+        crate::winograd::phase_filter(&w[(oc * cin0 + c) * k * k..][..k * k], phase / 2, phase % 2)
+    };
     for oc in 0..p.cout {
         let (kt, lane) = (oc / p.jl, oc % p.jl);
         for ic in 0..p.cin {
-            let g = &w[(oc * p.cin + ic) * 9..][..9];
+            let phased;
+            let g = if p.phases {
+                phased = phase_filter(oc, ic);
+                &phased[..]
+            } else {
+                &w[(oc * p.cin + ic) * 9..][..9]
+            };
             if p.raw {
                 for (tap, &v) in g.iter().enumerate() {
                     out[p.raw_index(kt, ic, tap / 3, tap % 3) + lane] = v;
@@ -348,6 +365,7 @@ mod tests {
                 row: w.row,
                 stride: 1,
                 raw,
+                phases: false,
                 jl,
                 ktiles: 2,
                 cin_pad: 32,

@@ -33,20 +33,48 @@ pub struct Winograd {
     /// the matrix products transform them as they go, through a scratch of their own
     /// ([`Winograd::with_raw_weights`]); otherwise `G g G^T` is stored.
     pub raw: bool,
+    /// The conv is a 7x7 stride-2 pad-3 one over the model's input, run as the stride-1
+    /// 4x4 conv over its input's four phases (even and odd rows by even and odd columns,
+    /// `4 cin` channels) with F(3 x 3, 4 x 4) ([`Winograd::phases`]); `stride` is then 1,
+    /// the phases' stride.
+    pub phases: bool,
 }
 
 impl Winograd {
     pub const fn square(m: usize) -> Winograd {
-        Winograd { m, row: false, stride: 1, raw: false }
+        Winograd { m, row: false, stride: 1, raw: false, phases: false }
     }
 
     pub const fn row(m: usize) -> Winograd {
-        Winograd { m, row: true, stride: 1, raw: false }
+        Winograd { m, row: true, stride: 1, raw: false, phases: false }
     }
 
     /// F(2 x 2, 3 x 3) with stride 2, the one strided transform.
     pub const fn strided() -> Winograd {
-        Winograd { m: 2, row: false, stride: 2, raw: false }
+        Winograd { m: 2, row: false, stride: 2, raw: false, phases: false }
+    }
+
+    /// A ResNet stem, the 7x7 conv with stride 2 and padding 3 over the model's input, as
+    /// a stride-1 conv over the input's four phases: with `P[a, b][y][x] = x[2 y + a - 1][2 x
+    /// + b - 1]` (`a`, `b` the row's and the column's parity; zero outside the input), the
+    /// stem's output pixel `(y, x)` is the sum over the phases of a 4x4 conv with padding 1
+    /// of `P[a, b]`, whose tap `(u, v)` is the stem's tap `(2 u + a, 2 v + b)` (zero past
+    /// 6). Its 4 x 3 x 3 = 36 real taps of 64 become F(3 x 3, 4 x 4): 36 multiplies per
+    /// 3x3 outputs and `4 cin` channels, 2.3x fewer than the stem's 49 per output and
+    /// channel (the phases' fourth channel block lanes included, on 16 lanes: 12 of 16).
+    /// Its points are F(4,3)'s, and so is its error (the cost model counts it as one).
+    pub const fn phases() -> Winograd {
+        Winograd { m: 3, row: false, stride: 1, raw: false, phases: true }
+    }
+
+    /// Taps along each axis of the conv the transform computes: 4 for the stem's phases
+    /// ([`Winograd::phases`]), otherwise 3.
+    pub fn kernel(&self) -> usize {
+        if self.phases {
+            4
+        } else {
+            3
+        }
     }
 
     /// The same algorithm with its weights stored raw and transformed by the matrix
@@ -67,16 +95,20 @@ impl Winograd {
         }
     }
 
-    /// Input pixels of a tile along each transformed axis: `(m - 1) * stride + 3`.
+    /// Input pixels of a tile along each transformed axis: `(m - 1) * stride + 3` (`m + 3`
+    /// over the stem's phases).
     pub fn input_size(&self) -> usize {
-        (self.m - 1) * self.stride + 3
+        (self.m - 1) * self.stride + self.kernel()
     }
 
     /// Its transform matrices, if there is one for `m` and the stride.
     pub fn transform(&self) -> Option<Transform> {
         match self.stride {
+            1 if self.phases => {
+                (self.m == 3 && !self.row).then_some(Transform { m: 3, n: 6, r: 4, bt: &F4_BT, g: &F34_G, at: &F34_AT })
+            }
             1 => transform(self.m),
-            2 if self.m == 2 && !self.row => Some(Transform { m: 2, n: 5, bt: &S2_BT, g: &S2_G, at: &S2_AT }),
+            2 if self.m == 2 && !self.row => Some(Transform { m: 2, n: 5, r: 3, bt: &S2_BT, g: &S2_G, at: &S2_AT }),
             _ => None,
         }
     }
@@ -127,23 +159,28 @@ impl Winograd {
 }
 
 impl fmt::Display for Winograd {
-    /// `F(4x4,3x3)`, `F(1x2,3x3)`, `F(2x2,3x3,s2)`, with raw weights `F(1x3,3x3,raw)`.
+    /// `F(4x4,3x3)`, `F(1x2,3x3)`, `F(2x2,3x3,s2)`, with raw weights `F(1x3,3x3,raw)`, over
+    /// the stem's phases `F(3x3,4x4,phases)`.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let stride = if self.stride > 1 { format!(",s{}", self.stride) } else { String::new() };
         let raw = if self.raw { ",raw" } else { "" };
-        write!(f, "F({}x{},3x3{stride}{raw})", self.tile_rows(), self.m)
+        let phases = if self.phases { ",phases" } else { "" };
+        let r = self.kernel();
+        write!(f, "F({}x{},{r}x{r}{stride}{raw}{phases})", self.tile_rows(), self.m)
     }
 }
 
-/// The three matrices of one F(m, 3), row-major.
+/// The three matrices of one F(m, r), row-major (`r` = 3 but for the stem's phases).
 pub struct Transform {
     /// Output tile size.
     pub m: usize,
-    /// Input tile size, `m + 2` (`(m - 1) * stride + 3`).
+    /// Input tile size, `m + r - 1` (`(m - 1) * stride + 3`).
     pub n: usize,
+    /// Filter taps.
+    pub r: usize,
     /// `B^T`, `n x n`: input tile -> transformed domain.
     pub bt: &'static [f64],
-    /// `G`, `n x 3`: filter -> transformed domain.
+    /// `G`, `n x r`: filter -> transformed domain.
     pub g: &'static [f64],
     /// `A^T`, `m x n`: transformed domain -> output tile.
     pub at: &'static [f64],
@@ -234,6 +271,24 @@ const F4_AT: [f64; 24] = [
     0.0, 1.0, -1.0, 8.0, -8.0, 1.0,
 ];
 
+// F(3, 4) over F(4,3)'s points (0, +-1, +-2, infinity): the same `B^T`; `A^T` is F(4,3)'s
+// first three rows with the point at infinity in the last; `G` (6 x 4) holds the points'
+// powers over the products of their differences, as F(4,3)'s does for 3 taps.
+#[rustfmt::skip]
+const F34_G: [f64; 24] = [
+    1.0 / 4.0, 0.0, 0.0, 0.0,
+    -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0, -1.0 / 6.0,
+    -1.0 / 6.0, 1.0 / 6.0, -1.0 / 6.0, 1.0 / 6.0,
+    1.0 / 24.0, 1.0 / 12.0, 1.0 / 6.0, 1.0 / 3.0,
+    1.0 / 24.0, -1.0 / 12.0, 1.0 / 6.0, -1.0 / 3.0,
+    0.0, 0.0, 0.0, 1.0,
+];
+const F34_AT: [f64; 18] = [
+    1.0, 1.0, 1.0, 1.0, 1.0, 0.0, //
+    0.0, 1.0, -1.0, 2.0, -2.0, 0.0, //
+    0.0, 1.0, 1.0, 4.0, 4.0, 1.0,
+];
+
 // F(2, 3) with stride 2 over inputs x0..x4 (outputs y0 = w0 x0 + w1 x1 + w2 x2 and
 // y1 = w0 x2 + w1 x3 + w2 x4): m1 = (x0 - x2) w0, m2 = x2 (w0 + w2), m3 = (x4 - x2) w2
 // (F(2, 2) of the even taps over the even inputs), m4 = x1 w1, m5 = x3 w1 (the odd tap);
@@ -261,9 +316,9 @@ const S2_AT: [f64; 10] = [
 /// [`Winograd::transform`]).
 fn transform(m: usize) -> Option<Transform> {
     match m {
-        2 => Some(Transform { m: 2, n: 4, bt: &F2_BT, g: &F2_G, at: &F2_AT }),
-        3 => Some(Transform { m: 3, n: 5, bt: &F3_BT, g: &F3_G, at: &F3_AT }),
-        4 => Some(Transform { m: 4, n: 6, bt: &F4_BT, g: &F4_G, at: &F4_AT }),
+        2 => Some(Transform { m: 2, n: 4, r: 3, bt: &F2_BT, g: &F2_G, at: &F2_AT }),
+        3 => Some(Transform { m: 3, n: 5, r: 3, bt: &F3_BT, g: &F3_G, at: &F3_AT }),
+        4 => Some(Transform { m: 4, n: 6, r: 3, bt: &F4_BT, g: &F4_G, at: &F4_AT }),
         _ => None,
     }
 }
@@ -275,7 +330,8 @@ impl Transform {
     /// `slot[a] * distinct + slot[b]`. (Only the strided transform repeats rows: its odd
     /// tap reaches both odd inputs, rows 3 and 4.)
     pub fn weight_slots(&self) -> (Vec<usize>, usize) {
-        let row = |i: usize| &self.g[i * 3..i * 3 + 3];
+        let r = self.r;
+        let row = |i: usize| &self.g[i * r..(i + 1) * r];
         let mut slots: Vec<usize> = Vec::with_capacity(self.n);
         let mut distinct = 0;
         for i in 0..self.n {
@@ -290,21 +346,22 @@ impl Transform {
         (slots, distinct)
     }
 
-    /// `G g G^T` (`n x n`, row-major) of one 3x3 filter `g` (row-major), in f64.
+    /// `G g G^T` (`n x n`, row-major) of one `r x r` filter `g` (row-major), in f64.
     pub fn filter(&self, g: &[f32]) -> Vec<f64> {
-        let n = self.n;
-        // t = G g: n x 3.
-        let mut t = vec![0.0f64; n * 3];
+        let (n, r) = (self.n, self.r);
+        assert_eq!(g.len(), r * r, "a filter of the transform's taps");
+        // t = G g: n x r.
+        let mut t = vec![0.0f64; n * r];
         for i in 0..n {
-            for j in 0..3 {
-                t[i * 3 + j] = (0..3).map(|k| self.g[i * 3 + k] * g[k * 3 + j] as f64).sum();
+            for j in 0..r {
+                t[i * r + j] = (0..r).map(|k| self.g[i * r + k] * g[k * r + j] as f64).sum();
             }
         }
         // u = t G^T: n x n.
         let mut u = vec![0.0f64; n * n];
         for i in 0..n {
             for j in 0..n {
-                u[i * n + j] = (0..3).map(|k| t[i * 3 + k] * self.g[j * 3 + k]).sum();
+                u[i * n + j] = (0..r).map(|k| t[i * r + k] * self.g[j * r + k]).sum();
             }
         }
         u
@@ -313,6 +370,7 @@ impl Transform {
     /// `u[xi][r] = (G g_r)[xi]` for each row `g_r` of a 3x3 filter (row-major): the
     /// weights of F(1 x m, 3 x 3), `n x 3`.
     pub fn filter_rows(&self, g: &[f32]) -> Vec<f64> {
+        assert_eq!(self.r, 3, "tiles along rows are of 3x3 filters");
         let n = self.n;
         let mut u = vec![0.0f64; n * 3];
         for xi in 0..n {
@@ -324,6 +382,32 @@ impl Transform {
     }
 }
 
+/// The stem's phase geometry ([`Winograd::phases`]): its kernel, stride and padding.
+pub const PHASE_STEM: (usize, usize, usize) = (7, 2, 3);
+
+/// The channel of the stem's phases ([`Winograd::phases`]) that holds input channel `c`
+/// (of `cin`) at row parity `a` and column parity `b`: phase-major.
+pub fn phase_channel(cin: usize, c: usize, a: usize, b: usize) -> usize {
+    (2 * a + b) * cin + c
+}
+
+/// The 4x4 filter (row-major) of the phase `(a, b)` of a 7x7 filter `g` (row-major): tap
+/// `(u, v)` is `g`'s `(2 u + a, 2 v + b)`, zero past the filter's edge.
+pub fn phase_filter(g: &[f32], a: usize, b: usize) -> [f32; 16] {
+    let k = PHASE_STEM.0;
+    assert_eq!(g.len(), k * k, "a 7x7 filter");
+    let mut out = [0.0; 16];
+    for u in 0..4 {
+        for v in 0..4 {
+            let (ky, kx) = (2 * u + a, 2 * v + b);
+            if ky < k && kx < k {
+                out[u * 4 + v] = g[ky * k + kx];
+            }
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -332,12 +416,14 @@ mod tests {
     /// the stride's input step).
     #[test]
     fn tile_equals_direct_correlation() {
-        for w in [Winograd::square(2), Winograd::square(3), Winograd::square(4), Winograd::strided()] {
+        let all =
+            [Winograd::square(2), Winograd::square(3), Winograd::square(4), Winograd::strided(), Winograd::phases()];
+        for w in all {
             let tr = w.transform().unwrap();
-            let (n, m, s) = (tr.n, tr.m, w.stride);
-            assert_eq!(n, w.input_size());
+            let (n, m, s, r) = (tr.n, tr.m, w.stride, tr.r);
+            assert_eq!((n, r), (w.input_size(), w.kernel()));
             let d: Vec<f64> = (0..n * n).map(|i| ((i * 37 % 11) as f64 - 5.0) / 3.0).collect();
-            let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
+            let g: Vec<f32> = (0..r * r).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
             let u = tr.filter(&g);
             // v = B^T d B
             let mut v = vec![0.0; n * n];
@@ -349,17 +435,17 @@ mod tests {
                         .sum();
                 }
             }
-            for r in 0..m {
+            for row in 0..m {
                 for c in 0..m {
                     let y: f64 = (0..n)
                         .flat_map(|a| (0..n).map(move |b| (a, b)))
-                        .map(|(a, b)| tr.at[r * n + a] * u[a * n + b] * v[a * n + b] * tr.at[c * n + b])
+                        .map(|(a, b)| tr.at[row * n + a] * u[a * n + b] * v[a * n + b] * tr.at[c * n + b])
                         .sum();
-                    let want: f64 = (0..3)
-                        .flat_map(|a| (0..3).map(move |b| (a, b)))
-                        .map(|(a, b)| d[(s * r + a) * n + s * c + b] * g[a * 3 + b] as f64)
+                    let want: f64 = (0..tr.r)
+                        .flat_map(|a| (0..tr.r).map(move |b| (a, b)))
+                        .map(|(a, b)| d[(s * row + a) * n + s * c + b] * g[a * tr.r + b] as f64)
                         .sum();
-                    assert!((y - want).abs() < 1e-9, "{w} tile ({r},{c}): {y} vs {want}");
+                    assert!((y - want).abs() < 1e-9, "{w} tile ({row},{c}): {y} vs {want}");
                 }
             }
         }
@@ -369,9 +455,11 @@ mod tests {
     /// strided transform has such positions (16 distinct of 25).
     #[test]
     fn shared_weight_slots_hold_equal_weights() {
-        let g: Vec<f32> = (0..9).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
-        for w in [Winograd::square(2), Winograd::square(3), Winograd::square(4), Winograd::strided()] {
+        for w in
+            [Winograd::square(2), Winograd::square(3), Winograd::square(4), Winograd::strided(), Winograd::phases()]
+        {
             let tr = w.transform().unwrap();
+            let g: Vec<f32> = (0..tr.r * tr.r).map(|i| ((i * 5 % 7) as f32 - 3.0) / 2.0).collect();
             let (slots, distinct) = tr.weight_slots();
             let u = tr.filter(&g);
             let n = tr.n;
@@ -408,6 +496,50 @@ mod tests {
                     .map(|(a, b)| d[a * n + c + b] * g[a * 3 + b] as f64)
                     .sum();
                 assert!((y - want).abs() < 1e-9, "F(1x{m},3x3) column {c}: {y} vs {want}");
+            }
+        }
+    }
+
+    /// The stem (7x7, stride 2, padding 3) equals the sum over its input's four phases of
+    /// 4x4 convs with padding 1 of the phase filters ([`Winograd::phases`]), on odd and even
+    /// sizes.
+    #[test]
+    fn stem_equals_its_phases() {
+        let (k, stride, pad) = PHASE_STEM;
+        for (h, w) in [(9, 10), (12, 7)] {
+            let x: Vec<f32> = (0..h * w).map(|i| ((i * 29 % 13) as f32 - 6.0) / 4.0).collect();
+            let g: Vec<f32> = (0..k * k).map(|i| ((i * 11 % 9) as f32 - 4.0) / 3.0).collect();
+            let at = |y: i64, x_: i64| {
+                if (0..h as i64).contains(&y) && (0..w as i64).contains(&x_) {
+                    x[y as usize * w + x_ as usize]
+                } else {
+                    0.0
+                }
+            };
+            let (oh, ow) = ((h + 2 * pad - k) / stride + 1, (w + 2 * pad - k) / stride + 1);
+            for oy in 0..oh as i64 {
+                for ox in 0..ow as i64 {
+                    let mut want = 0.0f64;
+                    for ky in 0..k as i64 {
+                        for kx in 0..k as i64 {
+                            let tap = g[ky as usize * k + kx as usize] as f64;
+                            want += tap * at(2 * oy + ky - pad as i64, 2 * ox + kx - pad as i64) as f64;
+                        }
+                    }
+                    let mut got = 0.0f64;
+                    for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
+                        let f = phase_filter(&g, a, b);
+                        for u in 0..4i64 {
+                            for v in 0..4i64 {
+                                // P[a, b][i][j] = x[2 i + a - 1][2 j + b - 1], read at (oy + u - 1, ox + v - 1).
+                                let (i, j) = (oy + u - 1, ox + v - 1);
+                                let p = at(2 * i + a as i64 - 1, 2 * j + b as i64 - 1);
+                                got += f[(u * 4 + v) as usize] as f64 * p as f64;
+                            }
+                        }
+                    }
+                    assert!((got - want).abs() < 1e-9, "{h}x{w} ({oy},{ox}): {got} vs {want}");
+                }
             }
         }
     }

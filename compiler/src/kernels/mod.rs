@@ -115,8 +115,10 @@ pub fn lower(plan: &Plan) -> Result<Program> {
         // The order of a Winograd conv's last call (otherwise from its weights).
         let mut last_order = None;
         let (kernel, args, recipe) = match &step.op {
-            StepOp::Conv(c @ Conv { winograd: Some(wino), .. }) => {
+            StepOp::Conv(conv @ Conv { winograd: Some(wino), .. }) => {
                 let res = step.residual.map(|r| buf(Some(r)));
+                // The stem over its phases computes their 4x4 conv (`Winograd::phases`).
+                let c = &conv.computed_by(Some(*wino));
                 let g = winograd::generate(t, c, *wino, buf(step.input), buf(step.output), res, &mut weights);
                 let u_bytes = g.packing.weight_floats() * 4;
                 // A band's kernels write from its first output row on and read the input
@@ -178,7 +180,14 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 (k_out, args, Some(Recipe::Winograd(g.packing)))
             }
             StepOp::PackInput => {
-                (simple::pack_input(t, step, buf(step.output)), vec![arena(step.output), ArgRef::Input], None)
+                let out = buf(step.output);
+                // A channel-blocked input buffer holds the stem's phases (`plan::phase_layout`).
+                let k = if out.layout.cb > 1 {
+                    simple::pack_input_phases(t, step, out)
+                } else {
+                    simple::pack_input(t, step, out)
+                };
+                (k, vec![arena(step.output), ArgRef::Input], None)
             }
             StepOp::Conv(c) => {
                 let res = step.residual.map(|r| buf(Some(r)));

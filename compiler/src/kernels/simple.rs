@@ -108,6 +108,57 @@ pub fn pack_input(t: Target, step: &Step, out: &Buffer) -> Kernel {
     b.finish(format!("pack_input_{}x{}x{}_h{}", s.c, s.h, s.w, l.halo), vec!["out", "x"], t.lanes, vec![l.h, l.c])
 }
 
+/// External NCHW input -> its four phases, which the stem reads when it runs over them
+/// (`Winograd::phases`; the layout: `plan::phase_layout`). Tasks: rows of the phases,
+/// halo included. Each row is zeroed whole, then each phase channel's pixels are copied
+/// one float at a time (a broadcast load and a one-lane store: the kernel IR has no
+/// strided loads), over the columns and rows where the input has them; the rest stays
+/// zero (the stem's padding, the halo, the padded lanes).
+pub fn pack_input_phases(t: Target, step: &Step, out: &Buffer) -> Kernel {
+    let l = out.layout;
+    let s = step.out_shape;
+    assert_eq!(l.c, 4 * s.c, "four phases per input channel");
+    let (h, w, halo) = (s.h as i64, s.w as i64, l.halo as i64);
+    let mut b = Builder::new(1);
+    let yp = Index::var(0, 1); // row of the phases' padded rows
+    let v = b.vreg();
+    for cblock in 0..l.cblocks() {
+        let row = Index::constant((cblock * l.hp()) as i64).plus(&yp).scaled((l.wp() * l.cb) as i64);
+        zero_span(&mut b, t.lanes, 0, &row, l.wp() * l.cb);
+        for lane in 0..l.cb {
+            let pc = cblock * l.cb + lane;
+            if pc >= l.c {
+                break;
+            }
+            let (phase, ch) = (pc / s.c, pc % s.c);
+            let (a, bp) = ((phase / 2) as i64, (phase % 2) as i64);
+            // Pixel (y, x) holds input (2 y + a - 1, 2 x + b - 1): rows and columns from
+            // the first whose input index is at least 0 to the last below the size.
+            let first = |p: i64| if p == 0 { 1 } else { 0 };
+            let end = |p: i64, size: i64| (size - p) / 2 + 1;
+            let (y0, y1) = (first(a) + halo, end(a, h).min(l.h as i64) + halo);
+            let (x0, x1) = (first(bp), end(bp, w).min(l.w as i64));
+            // yp >= y0, as -yp < 1 - y0; and yp < y1.
+            b.when(Cond::lt(yp.scaled(-1), 1 - y0), |b| {
+                b.when(Cond::lt(yp.clone(), y1), |b| {
+                    b.for_loop((x1 - x0) as usize, |b, i| {
+                        let x = i.offset(x0);
+                        let src = yp
+                            .offset(-halo)
+                            .scaled(2 * w)
+                            .plus(&x.scaled(2))
+                            .offset((ch as i64) * h * w + (a - 1) * w + bp - 1);
+                        b.set(v, Expr::Src(Src::Bcast(Addr { arg: 1, index: src })));
+                        let dst = row.plus(&x.offset(halo).scaled(l.cb as i64)).offset(lane as i64);
+                        b.push(Stmt::StorePartial { addr: Addr { arg: 0, index: dst }, src: v, n: 1 });
+                    });
+                });
+            });
+        }
+    }
+    b.finish(format!("pack_input_phases_{}x{}x{}_h{}", s.c, s.h, s.w, l.halo), vec!["out", "x"], t.lanes, vec![l.hp()])
+}
+
 /// Max-pool over channel blocks; tasks: (output row, channel block). Rows outside channel
 /// blocks: split across threads, each thread's share is then a block of rows of every
 /// channel, as are its shares of the stem before and of the convs after (whose tasks take

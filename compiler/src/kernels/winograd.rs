@@ -167,6 +167,8 @@ struct Tiles {
     /// Tiles of this band's transformed input, in `V` (`plan::winograd_tiles`).
     v_tiles: usize,
     lanes: usize,
+    /// The conv's input channels, without the padding to whole channel blocks.
+    cin: usize,
     /// The output rows this band writes (`th` tile rows from `rows.start`; all rows
     /// unless the conv runs in bands).
     rows: std::ops::Range<usize>,
@@ -205,7 +207,7 @@ pub fn generate(
         let y0 = ty0 * wino.tile_rows();
         let rows_px = y0..lo.h.min(y0 + rows * wino.tile_rows());
         let (g, at) = if wino.raw { split_g(&tr) } else { (tr.g.to_vec(), tr.at.to_vec()) };
-        Tiles { tr, g, at, wino, tw, th: rows, v_tiles, lanes: t.lanes, rows: rows_px }
+        Tiles { tr, g, at, wino, tw, th: rows, v_tiles, lanes: t.lanes, cin: c.cin, rows: rows_px }
     };
     // Row products are one output vector wide (`products_row`). Every band has the same
     // weights, so the first band's register tile decides their packing.
@@ -221,6 +223,7 @@ pub fn generate(
         row: wino.row,
         stride: wino.stride,
         raw: wino.raw,
+        phases: wino.phases,
         jl,
         ktiles,
         cin_pad: li.cpad(),
@@ -280,9 +283,12 @@ pub fn generate(
     Generated { bands, packing }
 }
 
-/// Kernel name prefix: `wino2`, `wino1x2` along rows, `wino2s2` with stride 2.
+/// Kernel name prefix: `wino2`, `wino1x2` along rows, `wino2s2` with stride 2, `wino3ph`
+/// over the stem's phases.
 fn prefix(g: &Tiles) -> String {
-    if g.wino.row {
+    if g.wino.phases {
+        format!("wino{}ph", g.tr.m)
+    } else if g.wino.row {
         format!("wino1x{}", g.tr.m)
     } else if g.wino.stride > 1 {
         format!("wino{}s{}", g.tr.m, g.wino.stride)
@@ -492,6 +498,9 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, clai
         (0..sets).map(|_| (0..p_max).map(|_| (0..j).map(|_| b.vreg()).collect()).collect()).collect();
     let wreg: Vec<VReg> = (0..j).map(|_| b.vreg()).collect();
     let block_unroll = blocks_per_iteration(t, cbi);
+    // One channel block of fewer channels (the stem's 12 phase channels of 16 lanes)
+    // reduces over its channels only: the padded ones hold zeros.
+    let steps = if cbi == 1 { g.cin.min(lanes).div_ceil(unroll) } else { lanes / unroll };
     // One register tile of position `xi`, its weights at slot `ws`; `first`: the first
     // position to read them, which prefetches them.
     let emit = |b: &mut Builder, xi: &Index, ws: &Index, first: bool, kt: &Index, p0: &Index, p: usize| {
@@ -503,7 +512,7 @@ fn products(t: Target, g: &Tiles, pt: &ProductTile, cbi: usize, cbo: usize, clai
             }
         }
         b.for_loop_unrolled(cbi, block_unroll, |b, icb| {
-            b.for_loop(lanes / unroll, |b, step| {
+            b.for_loop(steps, |b, step| {
                 for u in 0..unroll {
                     let icl = step.scaled(unroll as i64).offset(u as i64);
                     let acc = &accs[u % sets];
