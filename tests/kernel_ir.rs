@@ -453,8 +453,8 @@ fn strided_winograd_matches_reference() {
 /// (`Winograd::phases`, F(3x3,4x4)), forced, for both targets, against the reference: one
 /// to four input channels (12 phase channels fill no vector on 16 lanes; 3 of them fill
 /// three blocks on 4), stem widths that do fill whole vectors and that do not, odd and
-/// even input sides down to 5 (a 3x3 output, one tile), with and without the max-pool
-/// after it; and in bands of tile rows forced by small band budgets, run in order and
+/// even input sides down to 5 (a 3x3 output, one tile), either max-pool after it
+/// (torchvision's, Caffe's); and in bands of tile rows forced by small band budgets, run in order and
 /// interleaved.
 #[test]
 fn phased_stem_matches_reference() {

@@ -11,7 +11,8 @@ use std::fmt::Write;
 /// Strassen (`Conv::strassen`) in `strassen`.
 pub fn op_name(step: &Step) -> String {
     let name = match &step.op {
-        StepOp::PackInput => "pack_input".into(),
+        StepOp::PackInput { phases: false } => "pack_input".into(),
+        StepOp::PackInput { phases: true } => "pack_input phases".into(),
         StepOp::Conv(c) if c.groups > 1 => format!("conv{k}x{k}/{} g{}", c.stride, c.groups, k = c.kernel),
         StepOp::Conv(Conv { winograd: Some(w), .. }) if w.row => format!("conv3x3/1 F(1x{},3)", w.m),
         StepOp::Conv(c @ Conv { winograd: Some(w), .. }) if w.phases => {

@@ -66,12 +66,23 @@ impl Conv {
         self.weight_shape().iter().product()
     }
 
+    /// Whether this conv has the stem's shape that may run over its input's phases
+    /// (`Winograd::phases`): 7x7, stride 2, padding 3, ungrouped.
+    pub fn phase_stem(&self) -> bool {
+        let (k, stride, pad) = resnetc_runtime::winograd::PHASE_STEM;
+        (self.kernel, self.stride, self.pad, self.groups) == (k, stride, pad, 1)
+    }
+
     /// The conv that algorithm `w` computes: this one, or over the stem's phases
     /// (`Winograd::phases`) the stride-1 4x4 conv with padding 1 over its input's four
     /// phases, `4 cin` channels.
     pub fn computed_by(&self, w: Option<Winograd>) -> Conv {
         match w {
-            Some(w) if w.phases => Conv { cin: 4 * self.cin, kernel: 4, stride: 1, pad: 1, ..self.clone() },
+            Some(w) if w.phases => {
+                assert!(self.phase_stem(), "{}: phases of a conv other than a 7x7 stride-2 stem", self.weight);
+                let (k, _, pad) = resnetc_runtime::winograd::PHASE_STEM;
+                Conv { cin: 4 * self.cin, kernel: k.div_ceil(2), stride: 1, pad: pad / 2, ..self.clone() }
+            }
             _ => self.clone(),
         }
     }
@@ -174,6 +185,12 @@ impl Graph {
         u.sort();
         u.dedup();
         u
+    }
+
+    /// Whether `n` reads the model input and is its only reader (the stem, which may then
+    /// read the input in a layout of its own: `Winograd::phases`).
+    pub fn reads_only_the_input(&self, n: NodeIndex) -> bool {
+        self.inputs(n).first().is_some_and(|&i| self.node(i).op == Op::Input && self.users(i) == [n])
     }
 
     /// The node that produces the model's logits (the one without users).

@@ -137,7 +137,7 @@ pub const MAX_F4_LAYERS: usize = 16;
 /// Error units of one Winograd conv (F(4,3) = 2), against a budget of
 /// `2 * MAX_F4_LAYERS`. Along rows only one dimension is transformed, which errs less;
 /// counted as the square tile all the same. The stem's F(3x3, 4x4) over its phases
-/// interpolates at F(4,3)'s six points: counted as one.
+/// interpolates at F(4,3)'s six points: counted as an F(4,3), 2 units.
 fn error_units(w: Winograd) -> usize {
     if w.phases {
         return 2;
@@ -186,7 +186,10 @@ fn env_flag(name: &str) -> bool {
 /// 25 positions are distinct): it pays where its weights stay small (ResNet-50's 28x28 and 14x14
 /// outputs), not where they stream from memory (its 7x7x512 conv: when all 25 positions were
 /// stored, 26 MB against 9.4, measured 1.15x the direct conv's time; 16.8 MB now). Sizes that
-/// do not tile evenly compute whole tiles and store the valid part. The constants in [`Target`]
+/// do not tile evenly compute whole tiles and store the valid part. A 7x7 stride-2 stem that is
+/// the model input's only reader may run as F(3 x 3, 4 x 4) over its input's four phases
+/// (`Winograd::phases`: 3.1x fewer multiplies, its weights 2.9x larger; on ResNet's stem
+/// 1.44 against 2.19 ms with the input's copy, Rust, 1 thread). The constants in [`Target`]
 /// were calibrated on the per-kernel times of ResNet-18 and ResNet-50 (`RESNETC_PROFILE`).
 pub struct ChooseAlgorithm {
     pub target: Target,
@@ -215,8 +218,10 @@ const RAW_TIME_SHARE: f64 = 0.01;
 const RAW_SQUARE_STORE_GBYTES: f64 = 160.0;
 
 /// Estimated seconds of one image's conv, direct (`None`) or Winograd.
+/// `c` is the graph's conv; over the stem's phases the estimate is of the 4x4 conv the
+/// algorithm computes (`Conv::computed_by`), its weights those `weight_bytes` counts.
 pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>) -> f64 {
-    let (cin, cout) = (c.cin as f64, c.cout as f64);
+    let (cin, cout) = (c.computed_by(algorithm).cin as f64, c.cout as f64);
     let compute = |macs: f64| 2.0 * macs / (t.gflops as f64 * 1e9);
     let memory = |bytes: f64| bytes / (t.weight_gbytes as f64 * 1e9);
     // Re-reads of `bytes` of weights, `times` over, when a tile's share misses L1.
@@ -295,14 +300,14 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
 /// 28x28, both chosen, and 1.18x on 7x7x512, not chosen.)
 ///
 /// A stem (`stem`: the model input's only reader) of 7x7 with stride 2 and padding 3 may
-/// run over its input's phases (`Winograd::phases`), estimated as the 4x4 conv it computes.
+/// run over its input's phases (`Winograd::phases`, `Conv::phase_stem`), estimated as the
+/// 4x4 conv it computes.
 fn algorithms(t: Target, c: &Conv, out: Shape, stem: bool) -> Vec<(Option<Winograd>, f64)> {
     let direct = conv_seconds(t, c, out, None);
     let mut options = vec![(None, direct)];
-    let (k, stride, pad) = resnetc_runtime::winograd::PHASE_STEM;
-    if stem && (c.kernel, c.stride, c.pad, c.groups) == (k, stride, pad, 1) {
+    if stem && c.phase_stem() {
         let w = Winograd::phases();
-        let cost = conv_seconds(t, &c.computed_by(Some(w)), out, Some(w));
+        let cost = conv_seconds(t, c, out, Some(w));
         if cost < WINOGRAD_MARGIN * direct {
             options.push((Some(w), cost));
         }
@@ -372,8 +377,7 @@ impl Pass for ChooseAlgorithm {
         let mut convs: Vec<Choice> = vec![];
         for n in graph.schedule() {
             let Op::Conv(c) = &graph.node(n).op else { continue };
-            let input = graph.inputs(n)[0];
-            let stem = graph.node(input).op == Op::Input && graph.users(input).len() == 1;
+            let stem = graph.reads_only_the_input(n);
             let options =
                 if disabled { vec![(None, 0.0)] } else { algorithms(self.target, c, graph.node(n).shape, stem) };
             // Speed picks among stored weights; raw ones come after (see below).

@@ -102,8 +102,11 @@ impl Buffer {
 /// What one step computes.
 #[derive(Clone, Debug, PartialEq)]
 pub enum StepOp {
-    /// Copies the external NCHW input into its padded arena buffer.
-    PackInput,
+    /// Copies the external NCHW input into its padded arena buffer, or with `phases` into
+    /// its four phases, which the stem reads ([`phase_layout`]).
+    PackInput {
+        phases: bool,
+    },
     Conv(Conv),
     MaxPool(MaxPool),
     GlobalAvgPool,
@@ -304,9 +307,11 @@ fn halo_needed(op: &Op, input: Shape, output: Shape) -> usize {
 /// The layout of the model input's four phases, which the stem reads when it runs over
 /// them (`Winograd::phases`, `c` the stem, `out` its output): phase channel
 /// `resnetc_runtime::winograd::phase_channel(cin, ch, a, b)` holds input channel `ch` at
-/// row parity `a` and column parity `b`, and pixel `(y, x)` input pixel `(2 y + a - 1, 2 x
-/// + b - 1)`, zero outside the input. One more row and column than the output: the
-/// phases' 4x4 conv with padding 1 reads rows `y - 1 ..= y + 2` for output row `y`.
+/// row parity `a` and column parity `b`, and pixel `(y, x)` input pixel
+/// `(phase_source(y, a), phase_source(x, b))`, zero outside the input. One more row and
+/// column than the output, so that its 4x4 conv with padding 1 has the output's size;
+/// output row `y` reads rows `y - 1 ..= y + 2`, and row `oh + 1` (past the layout's rows)
+/// would hold only input rows at or past the input's end: the zero halo stands for it.
 /// Channel-blocked (the input is otherwise not), with the halo the phases' Winograd tiles
 /// read.
 pub fn phase_layout(t: Target, c: &Conv, out: Shape) -> Layout {
@@ -341,17 +346,19 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
             .unwrap_or(0);
         let cb = if node.op == Op::Input { 1 } else { target.lanes };
         let mut layout = Layout { c: node.shape.c, cb, h: node.shape.h, w: node.shape.w, halo };
+        let mut phases = false;
         // The stem over the input's phases reads them instead (its only reader, as
         // `ChooseAlgorithm` picks it).
         for &u in &fused.users(n) {
             if let Op::Conv(c @ Conv { winograd: Some(w), .. }) = &fused.node(u).op {
                 if w.phases {
                     anyhow::ensure!(
-                        node.op == Op::Input && fused.users(n).len() == 1,
-                        "{}: phases of other than the model input's only reader",
+                        fused.reads_only_the_input(u) && c.phase_stem(),
+                        "{}: phases are for a 7x7 stride-2 stem that is the model input's only reader",
                         fused.node(u).name
                     );
                     layout = phase_layout(target, c, fused.node(u).shape);
+                    phases = true;
                 }
             }
         }
@@ -384,7 +391,7 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
         let mut new_buffer = |name: &str| add_buffer(name, layout);
         let in_shape = args.first().map_or(node.shape, |&a| fused.node(a).shape);
         let (op, output) = match &node.op {
-            Op::Input => (StepOp::PackInput, Some(new_buffer("input"))),
+            Op::Input => (StepOp::PackInput { phases }, Some(new_buffer("input"))),
             Op::Conv(c) => (StepOp::Conv(c.clone()), Some(new_buffer(&node.name))),
             Op::MaxPool(p) => {
                 let producer_relu = matches!(&fused.node(args[0]).op, Op::Conv(c) if c.relu);

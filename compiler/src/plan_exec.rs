@@ -46,20 +46,19 @@ fn write(arena: &mut [f32], buf: &Buffer, data: &[f32]) {
 
 /// Writes NCHW `data` (`cin` channels of `h x w`) into `buf` as its four phases
 /// (`plan::phase_layout`): pixel `(y, x)` of phase channel `phase_channel(cin, c, a, b)`
-/// is input pixel `(2 y + a - 1, 2 x + b - 1)`; zero outside the input, in the halo and
-/// in the padded channels.
+/// is input pixel `(phase_source(y, a), phase_source(x, b))`; zero outside the input, in
+/// the halo and in the padded channels.
 fn write_phases(arena: &mut [f32], buf: &Buffer, data: &[f32], input: Shape) {
+    use resnetc_runtime::winograd::{phase_of, phase_source};
     let l = &buf.layout;
     let mut image = vec![0.0f32; l.numel()];
-    for c in 0..input.c {
-        for (a, b) in [(0, 0), (0, 1), (1, 0), (1, 1)] {
-            let pc = resnetc_runtime::winograd::phase_channel(input.c, c, a, b);
-            for y in 0..l.h {
-                for x in 0..l.w {
-                    let (iy, ix) = ((2 * y + a).wrapping_sub(1), (2 * x + b).wrapping_sub(1));
-                    if iy < input.h && ix < input.w {
-                        image[l.index(pc, y, x)] = data[(c * input.h + iy) * input.w + ix];
-                    }
+    for pc in 0..l.c {
+        let (c, a, b) = phase_of(input.c, pc);
+        for y in 0..l.h {
+            for x in 0..l.w {
+                let (iy, ix) = (phase_source(y, a), phase_source(x, b));
+                if (0..input.h as isize).contains(&iy) && (0..input.w as isize).contains(&ix) {
+                    image[l.index(pc, y, x)] = data[(c * input.h + iy as usize) * input.w + ix as usize];
                 }
             }
         }
@@ -77,7 +76,8 @@ fn read_phases(arena: &[f32], buf: &Buffer, input: Shape, pad: usize) -> Vec<f32
     for c in 0..input.c {
         for iy in 0..input.h {
             for ix in 0..input.w {
-                // Input pixel (iy, ix) is phase ((iy + 1) % 2, (ix + 1) % 2)'s pixel ((iy + 1) / 2, (ix + 1) / 2).
+                // Input pixel (iy, ix) is phase ((iy + 1) % 2, (ix + 1) % 2)'s pixel ((iy + 1) / 2,
+                // (ix + 1) / 2): the inverse of `phase_source`.
                 let (a, b) = ((iy + 1) % 2, (ix + 1) % 2);
                 let pc = resnetc_runtime::winograd::phase_channel(input.c, c, a, b);
                 out[(c * h + iy + pad) * w + ix + pad] = arena[base + l.index(pc, (iy + 1) / 2, (ix + 1) / 2)];
@@ -99,10 +99,8 @@ pub fn run(plan: &Plan, folded: &Tensors, input: &Tensor) -> Result<Tensor> {
         for step in &plan.steps {
             let buf = |b: Option<usize>| &plan.buffers[b.expect("operand")];
             match &step.op {
-                StepOp::PackInput if buf(step.output).layout.cb > 1 => {
-                    write_phases(&mut arena, buf(step.output), x, step.out_shape)
-                }
-                StepOp::PackInput => write(&mut arena, buf(step.output), x),
+                StepOp::PackInput { phases: true } => write_phases(&mut arena, buf(step.output), x, step.out_shape),
+                StepOp::PackInput { phases: false } => write(&mut arena, buf(step.output), x),
                 StepOp::Conv(c) => {
                     let xin = if c.winograd.is_some_and(|w| w.phases) {
                         read_phases(&arena, buf(step.input), step.in_shape, c.pad)

@@ -169,7 +169,8 @@ impl Aligned {
             // pages the floats fill: the rest of the last one stays on base pages, resident
             // only as far as it is written (advised whole, it was resident whole: ResNet-50's
             // weights then cost up to 2 MB more peak RSS, as their size crossed a multiple
-            // of 2 MB).
+            // of 2 MB). Where the system gives every process huge pages (`always`), the
+            // kernel may still back the tail with one.
             hugepages::advise(ptr, (len * 4) / hugepages::SIZE * hugepages::SIZE);
         }
         Ok(Aligned { ptr: ptr as *mut f32, len, skew, huge })

@@ -16,8 +16,10 @@ pub const SIZE: usize = 2 << 20;
 /// The base page size.
 const PAGE: usize = 4096;
 
-/// Buffers of at least this many bytes get huge pages (where [`available`]): the unused
-/// tail of their last huge page then costs at most a quarter of the buffer.
+/// Buffers of at least this many bytes get huge pages (where [`available`]): the huge
+/// pages they fill; the tail past the last stays on base pages (`exec::Aligned`), except
+/// where the system backs all memory with huge pages (`always`), where it may cost up to
+/// one huge page, at most a quarter of the buffer.
 pub const MIN_BYTES: usize = 4 * SIZE;
 
 /// Whether a buffer of `bytes` gets huge pages.

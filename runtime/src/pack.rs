@@ -235,9 +235,9 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
     // The stem's input channels, and its filter of phase channel `ic` (`phase_channel`).
     let cin0 = p.cin / 4;
     let phase_filter = |oc: usize, ic: usize| {
-        let (phase, c) = (ic / cin0, ic % cin0);
+        let (c, a, b) = crate::winograd::phase_of(cin0, ic);
         let k = crate::winograd::PHASE_STEM.0;
-        crate::winograd::phase_filter(&w[(oc * cin0 + c) * k * k..][..k * k], phase / 2, phase % 2)
+        crate::winograd::phase_filter(&w[(oc * cin0 + c) * k * k..][..k * k], a, b)
     };
     for oc in 0..p.cout {
         let (kt, lane) = (oc / p.jl, oc % p.jl);

@@ -15,6 +15,9 @@
 //! 2 x 2 tile instead of 36 (0.69x). Its matrices hold only 0 and +-1 (`G` only 0 and 1):
 //! its rounding error is of F(2, 3)'s order (the rounded `x0 - x2` and `w0 + w2` cancel
 //! against `x2 w0`), so it spends no error budget.
+//!
+//! The 7x7 stride-2 stem has F(3 x 3, 4 x 4) over its input's four phases
+//! ([`Winograd::phases`]): a 4x4 stride-1 conv, whose `G` here is `6 x 4`.
 
 use std::fmt;
 
@@ -56,13 +59,14 @@ impl Winograd {
 
     /// A ResNet stem, the 7x7 conv with stride 2 and padding 3 over the model's input, as
     /// a stride-1 conv over the input's four phases: with `P[a, b][y][x] = x[2 y + a - 1][2 x
-    /// + b - 1]` (`a`, `b` the row's and the column's parity; zero outside the input), the
-    /// stem's output pixel `(y, x)` is the sum over the phases of a 4x4 conv with padding 1
-    /// of `P[a, b]`, whose tap `(u, v)` is the stem's tap `(2 u + a, 2 v + b)` (zero past
-    /// 6). Its 4 x 3 x 3 = 36 real taps of 64 become F(3 x 3, 4 x 4): 36 multiplies per
-    /// 3x3 outputs and `4 cin` channels, 2.3x fewer than the stem's 49 per output and
-    /// channel (the phases' fourth channel block lanes included, on 16 lanes: 12 of 16).
-    /// Its points are F(4,3)'s, and so is its error (the cost model counts it as one).
+    /// + b - 1]` (`a`, `b` the row's and the column's parity, [`phase_source`]; zero
+    /// outside the input), the stem's output pixel `(y, x)` is the sum over the phases of a
+    /// 4x4 conv with padding 1 of `P[a, b]`, whose tap `(u, v)` is the stem's tap `(2 u + a,
+    /// 2 v + b)` (zero past 6: 49 of the four filters' 64 taps are real). So one 4x4 conv of
+    /// `4 cin` channels, which F(3 x 3, 4 x 4) computes with 36 multiplies per 3x3 outputs
+    /// and phase channel: 4 per output and phase channel, 16 per output and input channel
+    /// against the stem's 49 direct, 3.1x fewer. Its points are F(4,3)'s, and so is its error
+    /// (the cost model counts it as an F(4,3)).
     pub const fn phases() -> Winograd {
         Winograd { m: 3, row: false, stride: 1, raw: false, phases: true }
     }
@@ -71,7 +75,7 @@ impl Winograd {
     /// ([`Winograd::phases`]), otherwise 3.
     pub fn kernel(&self) -> usize {
         if self.phases {
-            4
+            PHASE_TAPS
         } else {
             3
         }
@@ -174,7 +178,7 @@ impl fmt::Display for Winograd {
 pub struct Transform {
     /// Output tile size.
     pub m: usize,
-    /// Input tile size, `m + r - 1` (`(m - 1) * stride + 3`).
+    /// Input tile size, `(m - 1) * stride + r`.
     pub n: usize,
     /// Filter taps.
     pub r: usize,
@@ -382,8 +386,12 @@ impl Transform {
     }
 }
 
-/// The stem's phase geometry ([`Winograd::phases`]): its kernel, stride and padding.
+/// The stem that may run over its input's phases ([`Winograd::phases`]): its kernel,
+/// stride and padding.
 pub const PHASE_STEM: (usize, usize, usize) = (7, 2, 3);
+
+/// Taps along each axis of a phase's filter: half the stem's kernel, rounded up.
+pub const PHASE_TAPS: usize = PHASE_STEM.0.div_ceil(2);
 
 /// The channel of the stem's phases ([`Winograd::phases`]) that holds input channel `c`
 /// (of `cin`) at row parity `a` and column parity `b`: phase-major.
@@ -391,17 +399,30 @@ pub fn phase_channel(cin: usize, c: usize, a: usize, b: usize) -> usize {
     (2 * a + b) * cin + c
 }
 
+/// The input channel, row parity and column parity of phase channel `pc`: the inverse
+/// of [`phase_channel`].
+pub fn phase_of(cin: usize, pc: usize) -> (usize, usize, usize) {
+    let phase = pc / cin;
+    (pc % cin, phase / 2, phase % 2)
+}
+
+/// The input row (column) of the phases' row (column) `i` at parity `a`: `2 i + a - 1`,
+/// which the stem's padding of 3 makes `2 (i - 1) + a + 1` (out of the input below 0).
+pub fn phase_source(i: usize, a: usize) -> isize {
+    2 * i as isize + a as isize - 1
+}
+
 /// The 4x4 filter (row-major) of the phase `(a, b)` of a 7x7 filter `g` (row-major): tap
 /// `(u, v)` is `g`'s `(2 u + a, 2 v + b)`, zero past the filter's edge.
-pub fn phase_filter(g: &[f32], a: usize, b: usize) -> [f32; 16] {
-    let k = PHASE_STEM.0;
+pub fn phase_filter(g: &[f32], a: usize, b: usize) -> [f32; PHASE_TAPS * PHASE_TAPS] {
+    let (k, r) = (PHASE_STEM.0, PHASE_TAPS);
     assert_eq!(g.len(), k * k, "a 7x7 filter");
-    let mut out = [0.0; 16];
-    for u in 0..4 {
-        for v in 0..4 {
+    let mut out = [0.0; PHASE_TAPS * PHASE_TAPS];
+    for u in 0..r {
+        for v in 0..r {
             let (ky, kx) = (2 * u + a, 2 * v + b);
             if ky < k && kx < k {
-                out[u * 4 + v] = g[ky * k + kx];
+                out[u * r + v] = g[ky * k + kx];
             }
         }
     }

@@ -179,14 +179,10 @@ pub fn lower(plan: &Plan) -> Result<Program> {
                 last_order = Some(last);
                 (k_out, args, Some(Recipe::Winograd(g.packing)))
             }
-            StepOp::PackInput => {
+            StepOp::PackInput { phases } => {
                 let out = buf(step.output);
-                // A channel-blocked input buffer holds the stem's phases (`plan::phase_layout`).
-                let k = if out.layout.cb > 1 {
-                    simple::pack_input_phases(t, step, out)
-                } else {
-                    simple::pack_input(t, step, out)
-                };
+                let k =
+                    if *phases { simple::pack_input_phases(t, step, out) } else { simple::pack_input(t, step, out) };
                 (k, vec![arena(step.output), ArgRef::Input], None)
             }
             StepOp::Conv(c) => {

@@ -130,10 +130,11 @@ pub fn pack_input_phases(t: Target, step: &Step, out: &Buffer) -> Kernel {
             if pc >= l.c {
                 break;
             }
-            let (phase, ch) = (pc / s.c, pc % s.c);
-            let (a, bp) = ((phase / 2) as i64, (phase % 2) as i64);
-            // Pixel (y, x) holds input (2 y + a - 1, 2 x + b - 1): rows and columns from
-            // the first whose input index is at least 0 to the last below the size.
+            let (ch, a, bp) = resnetc_runtime::winograd::phase_of(s.c, pc);
+            let (a, bp) = (a as i64, bp as i64);
+            // Pixel (y, x) holds input (2 y + a - 1, 2 x + b - 1) (`phase_source`): rows
+            // and columns from the first whose input index is at least 0 to the last below
+            // the size.
             let first = |p: i64| if p == 0 { 1 } else { 0 };
             let end = |p: i64, size: i64| (size - p) / 2 + 1;
             let (y0, y1) = (first(a) + halo, end(a, h).min(l.h as i64) + halo);

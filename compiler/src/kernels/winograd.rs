@@ -1,6 +1,8 @@
 //! Winograd F(m x m, 3 x 3) for 3x3 convolutions (stride 1, or the strided F(2 x 2, 3 x 3)
-//! of stride-2 ones, whose input tiles start `2 m` pixels apart), as three kernels over the
-//! step's two scratch buffers (see `plan::winograd_layouts`):
+//! of stride-2 ones, whose input tiles start `2 m` pixels apart), and F(3 x 3, 4 x 4) for
+//! the 7x7 stem over its input's phases (`Winograd::phases`: a 4x4 stride-1 conv, generated
+//! from `Conv::computed_by`), as three kernels over the step's two scratch buffers (see
+//! `plan::winograd_layouts`):
 //!
 //! 1. `wino_in`:   `V[xi] = (B^T d B)[xi]` for every `n x n` input tile `d` (read through
 //!    the input's zero halo, so no border branches) and input channel block;
@@ -197,6 +199,7 @@ pub fn generate(
     w: &mut WeightAlloc,
 ) -> Generated {
     let m = wino.m;
+    assert!(!(wino.raw && wino.phases), "{}: raw weights are 3x3 filters, not the stem's phases", c.weight);
     let (li, lo) = (input.layout, out.layout);
     let out_shape = crate::graph::Shape { c: lo.c, h: lo.h, w: lo.w };
     let (tw, th) = wino.grid(lo.h, lo.w);
