@@ -13,13 +13,21 @@ use support::random_spec::{random_spec, random_toml_sized, Rng};
 
 /// Winograd convs of `graph` on the Cranelift target: F(2,3), F(3,3), F(4,3), and any
 /// tile along rows; then 1x1 convs run as Strassen.
-fn algorithm_counts(graph: &resnetc::graph::Graph) -> [usize; 5] {
+fn algorithm_counts(graph: &resnetc::graph::Graph) -> [usize; 6] {
     let mut fused = passes::fuse(graph).0;
     passes::ChooseAlgorithm { target: Target::CRANELIFT_X64 }.run(&mut fused);
-    let mut counts = [0; 5];
+    let mut counts = [0; 6];
     for n in fused.g.node_weights() {
         match n.op {
-            Op::Conv(Conv { winograd: Some(w), .. }) => counts[if w.row { 3 } else { w.m - 2 }] += 1,
+            Op::Conv(Conv { winograd: Some(w), .. }) => {
+                counts[if w.phases {
+                    5
+                } else if w.row {
+                    3
+                } else {
+                    w.m - 2
+                }] += 1
+            }
             Op::Conv(Conv { strassen: true, .. }) => counts[4] += 1,
             _ => {}
         }
@@ -30,7 +38,7 @@ fn algorithm_counts(graph: &resnetc::graph::Graph) -> [usize; 5] {
 #[test]
 fn jit_matches_every_golden() {
     let mut failures = vec![];
-    let mut algorithms = [0usize; 5];
+    let mut algorithms = [0usize; 6];
     for g in support::goldens() {
         let graph = g.graph();
         for (total, c) in algorithms.iter_mut().zip(algorithm_counts(&graph)) {
@@ -47,10 +55,12 @@ fn jit_matches_every_golden() {
     // Every square Winograd tile size meets a PyTorch golden (F(2,3): ResNet-34's 7x7
     // convs). Tiles along rows meet them through the Rust backend (`macro_models.rs`:
     // ResNet-18 and ResNet-50 at F(1x3)) and every size in `kernel_ir.rs`.
-    eprintln!("Winograd convs, then Strassen ones, in the goldens: {algorithms:?}");
+    eprintln!("Winograd convs, then Strassen ones, then stems over their phases, in the goldens: {algorithms:?}");
     assert!(algorithms[..3].iter().all(|&c| c >= 3), "a Winograd tile size no golden covers: {algorithms:?}");
     // ResNet-50, 101 and 152 run most of their 1x1 convs as Strassen.
     assert!(algorithms[4] >= 50, "too few Strassen convs in the goldens: {algorithms:?}");
+    // ResNet-18 to 152's stems run over their input's phases.
+    assert!(algorithms[5] >= 5, "too few stems over their phases in the goldens: {algorithms:?}");
 }
 
 #[test]
@@ -70,7 +80,7 @@ fn jit_matches_reference_on_presets_not_in_goldens() {
 #[test]
 fn jit_matches_reference_on_200_random_specs() {
     let mut rng = Rng::new(0xc1f);
-    let mut winograd = [0usize; 5];
+    let mut winograd = [0usize; 6];
     // Convs that read their input from a panel: 1x1 and k x k.
     let mut panels = [0usize; 2];
     // Direct convs with flat register tiles, reading their input in place and from a
@@ -115,13 +125,18 @@ fn jit_matches_reference_on_200_random_specs() {
         "too few flat / two-row tiles: {flat:?} {two_row_panels}"
     );
     // The differential test covers every Winograd tile size, not only direct convolution.
-    let [f2, f3, f4, row, _] = winograd;
-    eprintln!("Winograd convs: {f2} F(2,3), {f3} F(3,3), {f4} F(4,3), {row} along rows");
+    let [f2, f3, f4, row, _, phases] = winograd;
+    eprintln!(
+        "Winograd convs: {f2} F(2,3), {f3} F(3,3), {f4} F(4,3), {row} along rows, {phases} stems over their phases"
+    );
     // F(2,3) and tiles along rows win only where weights dominate (large channel counts
     // on small outputs, which small random specs rarely have: 2 of 200 since the direct
     // convs got faster, along rows since there is that choice); the goldens cover F(2,3)
     // (`jit_matches_every_golden`), `tests/kernel_ir.rs` every tile along rows.
-    assert!(f2 + row >= 1 && f3 >= 5 && f4 >= 5, "too few Winograd convs in the random specs: {winograd:?}");
+    assert!(
+        f2 + row >= 1 && f3 >= 5 && f4 >= 5 && phases >= 5,
+        "too few Winograd convs in the random specs: {winograd:?}"
+    );
 }
 
 /// A longer differential run on larger random specs (widths up to 128, sides up to 96,
@@ -133,7 +148,7 @@ fn jit_matches_reference_on_200_random_specs() {
 fn jit_matches_reference_on_larger_random_specs() {
     let count = support::env_usize("RESNETC_STRESS_SPECS", 40);
     let mut rng = Rng::new(support::env_usize("RESNETC_STRESS_SEED", 0x57e55) as u64);
-    let mut algorithms = [0usize; 5];
+    let mut algorithms = [0usize; 6];
     for i in 0..count {
         let text = random_toml_sized(&mut rng, 128, 96);
         let s = spec::parse(&text, &format!("large{i}")).unwrap_or_else(|e| panic!("invalid spec: {e:#}\n{text}"));
@@ -150,7 +165,9 @@ fn jit_matches_reference_on_larger_random_specs() {
             .unwrap_or_else(|e| panic!("large spec {i} (batch {batch}, {threads} threads): {e}\n{text}"));
         eprintln!("large spec {i}: rel err {rel:.2e}, {share:.1e} of the features (batch {batch}, {threads} threads)");
     }
-    eprintln!("Winograd convs F(2,3) (strided ones too), F(3,3), F(4,3), along rows; Strassen: {algorithms:?}");
+    eprintln!(
+        "Winograd convs F(2,3) (strided ones too), F(3,3), F(4,3), along rows; Strassen; stems over their phases: {algorithms:?}"
+    );
 }
 
 /// Batches run weight-heavy calls task-major (every image per task, see

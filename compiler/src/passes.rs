@@ -301,11 +301,11 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
 ///
 /// A stem (`stem`: the model input's only reader) of 7x7 with stride 2 and padding 3 may
 /// run over its input's phases (`Winograd::phases`, `Conv::phase_stem`), estimated as the
-/// 4x4 conv it computes.
+/// 4x4 conv it computes; `RESNETC_NO_PHASES` turns that off, for measurements.
 fn algorithms(t: Target, c: &Conv, out: Shape, stem: bool) -> Vec<(Option<Winograd>, f64)> {
     let direct = conv_seconds(t, c, out, None);
     let mut options = vec![(None, direct)];
-    if stem && c.phase_stem() {
+    if stem && c.phase_stem() && !env_flag("RESNETC_NO_PHASES") {
         let w = Winograd::phases();
         let cost = conv_seconds(t, c, out, Some(w));
         if cost < WINOGRAD_MARGIN * direct {
