@@ -80,8 +80,9 @@ impl Conv {
         match w {
             Some(w) if w.phases => {
                 assert!(self.phase_stem(), "{}: phases of a conv other than a 7x7 stride-2 stem", self.weight);
-                let (k, _, pad) = resnetc_runtime::winograd::PHASE_STEM;
-                Conv { cin: 4 * self.cin, kernel: k.div_ceil(2), stride: 1, pad: pad / 2, ..self.clone() }
+                let (_, _, pad) = resnetc_runtime::winograd::PHASE_STEM;
+                let kernel = resnetc_runtime::winograd::PHASE_TAPS;
+                Conv { cin: 4 * self.cin, kernel, stride: 1, pad: pad / 2, ..self.clone() }
             }
             _ => self.clone(),
         }

@@ -67,20 +67,22 @@ fn write_phases(arena: &mut [f32], buf: &Buffer, data: &[f32], input: Shape) {
 }
 
 /// The NCHW input (`cin` channels of `h x w`) back from its phases in `buf`, with a border
-/// of `pad` zeros: what a conv over the plain input reads.
+/// of `pad` zeros: what a conv over the plain input reads. Each input pixel is in one
+/// phase pixel ([`write_phases`]'s mapping, read the other way).
 fn read_phases(arena: &[f32], buf: &Buffer, input: Shape, pad: usize) -> Vec<f32> {
+    use resnetc_runtime::winograd::{phase_of, phase_source};
     let l = &buf.layout;
     let base = buf.offset / 4;
     let (h, w) = (input.h + 2 * pad, input.w + 2 * pad);
     let mut out = vec![0.0f32; input.c * h * w];
-    for c in 0..input.c {
-        for iy in 0..input.h {
-            for ix in 0..input.w {
-                // Input pixel (iy, ix) is phase ((iy + 1) % 2, (ix + 1) % 2)'s pixel ((iy + 1) / 2,
-                // (ix + 1) / 2): the inverse of `phase_source`.
-                let (a, b) = ((iy + 1) % 2, (ix + 1) % 2);
-                let pc = resnetc_runtime::winograd::phase_channel(input.c, c, a, b);
-                out[(c * h + iy + pad) * w + ix + pad] = arena[base + l.index(pc, (iy + 1) / 2, (ix + 1) / 2)];
+    for pc in 0..l.c {
+        let (c, a, b) = phase_of(input.c, pc);
+        for y in 0..l.h {
+            for x in 0..l.w {
+                let (iy, ix) = (phase_source(y, a), phase_source(x, b));
+                if (0..input.h as isize).contains(&iy) && (0..input.w as isize).contains(&ix) {
+                    out[(c * h + iy as usize + pad) * w + ix as usize + pad] = arena[base + l.index(pc, y, x)];
+                }
             }
         }
     }

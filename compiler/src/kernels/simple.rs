@@ -8,6 +8,7 @@ use crate::kir::{Addr, Builder, Cond, Expr, Index, Kernel, Src, Stmt};
 use crate::plan::{Buffer, Layout, Step};
 use crate::target::Target;
 use resnetc_runtime::pack::LinearPacking;
+use resnetc_runtime::winograd::phase_source;
 
 /// Float index of the vector at channel block `cblock`, row `y`, column `x` (unpadded
 /// coordinates, so the halo is added here) of a channel-blocked layout.
@@ -131,24 +132,26 @@ pub fn pack_input_phases(t: Target, step: &Step, out: &Buffer) -> Kernel {
                 break;
             }
             let (ch, a, bp) = resnetc_runtime::winograd::phase_of(s.c, pc);
-            let (a, bp) = (a as i64, bp as i64);
-            // Pixel (y, x) holds input (2 y + a - 1, 2 x + b - 1) (`phase_source`): rows
-            // and columns from the first whose input index is at least 0 to the last below
-            // the size.
-            let first = |p: i64| if p == 0 { 1 } else { 0 };
-            let end = |p: i64, size: i64| (size - p) / 2 + 1;
-            let (y0, y1) = (first(a) + halo, end(a, h).min(l.h as i64) + halo);
-            let (x0, x1) = (first(bp), end(bp, w).min(l.w as i64));
+            // Pixel (y, x) holds input (phase_source(y, a), phase_source(x, b)), `2 y + a -
+            // 1` (rising with y): the rows and columns `from..to` whose input index lies
+            // inside the input.
+            let inside = |p: usize, size: usize, len: usize| {
+                let from = (0..len).find(|&i| phase_source(i, p) >= 0).unwrap_or(len);
+                let to = (from..len).find(|&i| phase_source(i, p) >= size as isize).unwrap_or(len);
+                (from as i64, to as i64)
+            };
+            let (y0, y1) = inside(a, s.h, l.h);
+            let (y0, y1) = (y0 + halo, y1 + halo);
+            let (x0, x1) = inside(bp, s.w, l.w);
             // yp >= y0, as -yp < 1 - y0; and yp < y1.
             b.when(Cond::lt(yp.scaled(-1), 1 - y0), |b| {
                 b.when(Cond::lt(yp.clone(), y1), |b| {
                     b.for_loop((x1 - x0) as usize, |b, i| {
                         let x = i.offset(x0);
-                        let src = yp
-                            .offset(-halo)
-                            .scaled(2 * w)
-                            .plus(&x.scaled(2))
-                            .offset((ch as i64) * h * w + (a - 1) * w + bp - 1);
+                        // Input pixel (2 y + a - 1, 2 x + b - 1), y = yp - halo.
+                        let (sy, sx) = (phase_source(0, a) as i64, phase_source(0, bp) as i64);
+                        let src =
+                            yp.offset(-halo).scaled(2 * w).plus(&x.scaled(2)).offset((ch as i64) * h * w + sy * w + sx);
                         b.set(v, Expr::Src(Src::Bcast(Addr { arg: 1, index: src })));
                         let dst = row.plus(&x.offset(halo).scaled(l.cb as i64)).offset(lane as i64);
                         b.push(Stmt::StorePartial { addr: Addr { arg: 0, index: dst }, src: v, n: 1 });
