@@ -257,9 +257,10 @@ pub fn conv_seconds(t: Target, c: &Conv, out: Shape, algorithm: Option<Winograd>
             let (nn, taps) = (w.positions() as f64, w.taps() as f64);
             let (tiles, v_tiles) = crate::plan::winograd_tiles(w, out);
             // As `kernels::winograd` blocks the products: (output vectors, tile blocks). A
-            // conv is estimated whole: bands (`plan::winograd_band_rows`) only split convs
-            // whose weights fit L2, and keep their transforms' scratch in cache, which the
-            // estimate does not count (it errs towards direct convolution).
+            // conv is estimated whole: bands (`plan::winograd_band_rows`) split convs whose
+            // weights fit the band budget, and strided ones whose scratch outweighs their
+            // weights, and keep their transforms' scratch in cache, which the estimate does
+            // not count (it errs towards direct convolution).
             let (j, blocks) = if w.row {
                 let (tw, th) = w.grid(out.h, out.w);
                 let (rows, cols) = crate::kernels::winograd_row_block(t, tw, th);
