@@ -18,7 +18,8 @@
 //! time (9.77 against 10.15 ms, eight alternating runs each), the same with one (8.35
 //! against 8.37); ResNet-50 unchanged. The cost, in the AVX-512 plans: ResNet-18's arena
 //! 8.1 MB instead of 5.7 (6.7 since its strided conv runs in bands), ResNet-50's 11.8
-//! instead of 8.9 (its peak RSS 128.6 MB instead of 126.6).
+//! instead of 8.9 (its peak RSS 128.6 MB instead of 126.6; 9.1 since its strided conv
+//! runs in bands).
 //!
 //! **Architecture Invariant:** two buffers whose intervals `[first, last]` intersect never
 //! share bytes, except a buffer and the residual operand it `reuses` in place: each output

@@ -189,16 +189,18 @@ pub fn winograd_tiles(w: Winograd, out: Shape) -> (usize, usize) {
 /// Cranelift (its scratch peak was that conv's whole `V` and `M`).
 ///
 /// A strided conv whose weights alone fill the budget still runs in bands, of one tile
-/// row, when its whole `V` and `M` outweigh its weights: its 25 positions per 2x2
-/// outputs make them large (ResNet-50's 128x56x56 to 28x28: 2.6 MB each against 1 MB of
-/// weights), so re-reading the weights per band costs less than passing them through L3,
-/// and they were the arena's largest scratch. Per-call means, ResNet-50 at 2 threads
-/// (Rust, Zen 4, three profiled runs each): that conv 0.76 against 0.94 ms with a shared
-/// cache, 0.90 against 1.22 without one (the next conv's input transforms, which then
-/// read rows the other thread wrote, 0.35 against 0.31 there); 1 thread neutral; the
-/// arena 9.1 MB instead of 11.8, peak RSS 126.3 MB instead of 129.6. One tile row per
-/// band: an even count of them splits evenly between two threads' slots (bands of two
-/// rows, seven of them, ran the conv at 0.80 and 0.92 ms).
+/// row, when its whole `V` and `M` outweigh its weights and those are at most an L2
+/// (`Target::l2_bytes`, each band re-reads them): its 25 positions per 2x2 outputs make
+/// `V` and `M` large (ResNet-50's 128x56x56 to 28x28: 2.6 MB each against 1 MB of
+/// weights), and they were the arena's largest scratch. Per-call means, ResNet-50 at 2
+/// threads (Rust, Zen 4, three profiled runs each): that conv 0.76 against 0.94 ms with a
+/// shared cache, 0.90 against 1.22 without one; 1 thread neutral; the arena 9.1 MB
+/// instead of 11.8 (Cranelift 10.0, its time not measured apart from the whole JIT's,
+/// the same within the noise), peak RSS 126.3-126.4 MB instead of 129.2-129.6. One tile
+/// row per band: an even count of them splits evenly between two threads' slots (bands
+/// of two rows, seven of them, ran the conv at 0.80 and 0.92 ms). Its 256x28x28 sibling
+/// (4.2 MB of weights, 2.6 MB of scratch) stays whole, and so do the wide ResNets'
+/// 256x56x56 ones (4 MB of weights against 10 MB of scratch: not measured in bands).
 pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize {
     let (tw, th) = w.grid(out.h, out.w);
     // (Tiles along rows are not generated in bands.)
@@ -209,7 +211,7 @@ pub fn winograd_band_rows(t: Target, c: &Conv, w: Winograd, out: Shape) -> usize
     let u = 4 * w.weight_positions() * cin * cout;
     let row = 4 * w.positions() * tw * (cin + cout);
     let rows = t.band_bytes.saturating_sub(u) / row;
-    if rows == 0 && w.stride > 1 && row * th > u && th > 1 {
+    if rows == 0 && w.stride > 1 && row * th > u && u <= t.l2_bytes {
         return 1;
     }
     if rows == 0 || rows >= th {
@@ -478,7 +480,8 @@ mod tests {
     /// Bands of a Winograd conv (`winograd_band_rows`): the largest that fits the budget;
     /// none when the weights alone fill it; but bands of one tile row for a strided conv
     /// whose `V` and `M` outweigh its weights (ResNet-50's 128x56x56 to 28x28), and still
-    /// none for one whose weights outweigh them (its 256x28x28 to 14x14) or a stride-1 one.
+    /// none for one whose weights outweigh them (its 256x28x28 to 14x14) or exceed an L2,
+    /// or a stride-1 one.
     #[test]
     fn strided_convs_whose_scratch_outweighs_their_weights_run_in_one_row_bands() {
         let conv = |cin: usize, cout: usize, stride: usize| Conv {
@@ -509,6 +512,11 @@ mod tests {
         assert_eq!(rows(128, 128, Winograd::strided(), 28), (1, 14));
         // Strided 256 -> 256 to 14x14: 4.2 MB of weights, 2.6 MB of V and M.
         assert_eq!(rows(256, 256, Winograd::strided(), 14), (7, 7));
+        // Stride 1, 128x56x56 at F(4,3): 7.2 MB of V and M against 2.4 MB of weights, whole.
+        assert_eq!(rows(128, 128, Winograd::square(4), 56), (14, 14));
+        // Strided 256 -> 256 to 28x28 (the wide ResNets'): 10 MB of V and M, but 4 MB of
+        // weights, more than an L2, for each band to read again: whole.
+        assert_eq!(rows(256, 256, Winograd::strided(), 28), (14, 14));
         // Strided 64 -> 128 to 28x28 (ResNet-18): its weights fit beside bands.
         let (r, th) = rows(64, 128, Winograd::strided(), 28);
         assert!(r < th, "{r} of {th}");
