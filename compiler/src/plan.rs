@@ -477,14 +477,9 @@ pub fn build_chosen(fused: &Graph, target: Target) -> Result<Plan> {
 mod tests {
     use super::*;
 
-    /// Bands of a Winograd conv (`winograd_band_rows`): the largest that fits the budget;
-    /// none when the weights alone fill it; but bands of one tile row for a strided conv
-    /// whose `V` and `M` outweigh its weights (ResNet-50's 128x56x56 to 28x28), and still
-    /// none for one whose weights outweigh them (its 256x28x28 to 14x14) or exceed an L2,
-    /// or a stride-1 one.
-    #[test]
-    fn strided_convs_whose_scratch_outweighs_their_weights_run_in_one_row_bands() {
-        let conv = |cin: usize, cout: usize, stride: usize| Conv {
+    /// A 3x3 conv with padding 1, `cin` to `cout` channels.
+    fn conv3x3(cin: usize, cout: usize, stride: usize, winograd: Option<Winograd>) -> Conv {
+        Conv {
             weight: "c".into(),
             cin,
             cout,
@@ -494,14 +489,23 @@ mod tests {
             groups: 1,
             folded_bn: None,
             residual: false,
-            relu: true,
-            winograd: None,
+            relu: false,
+            winograd,
             strassen: false,
-        };
+        }
+    }
+
+    /// Bands of a Winograd conv (`winograd_band_rows`): the largest that fits the budget;
+    /// none when the weights alone fill it; but bands of one tile row for a strided conv
+    /// whose `V` and `M` outweigh its weights (ResNet-50's 128x56x56 to 28x28), and still
+    /// none for one whose weights outweigh them (its 256x28x28 to 14x14) or exceed an L2,
+    /// or a stride-1 one.
+    #[test]
+    fn strided_convs_whose_scratch_outweighs_their_weights_run_in_one_row_bands() {
         let t = Target::AVX512;
         let rows = |cin: usize, cout: usize, w: Winograd, side: usize| {
             let out = Shape { c: cout, h: side, w: side };
-            (winograd_band_rows(t, &conv(cin, cout, w.stride), w, out), w.grid(side, side).1)
+            (winograd_band_rows(t, &conv3x3(cin, cout, w.stride, Some(w)), w, out), w.grid(side, side).1)
         };
         // 64x56x56 at F(4,3): 0.6 MB of weights, bands of tile rows that fit beside them.
         let (r, th) = rows(64, 64, Winograd::square(4), 56);
@@ -527,23 +531,7 @@ mod tests {
     /// only discarded outputs).
     #[test]
     fn winograd_halo_covers_the_last_tile() {
-        let conv = |stride: usize, w: Winograd| {
-            let c = Conv {
-                weight: "c".into(),
-                cin: 16,
-                cout: 16,
-                kernel: 3,
-                stride,
-                pad: 1,
-                groups: 1,
-                folded_bn: None,
-                residual: false,
-                relu: false,
-                winograd: Some(w),
-                strassen: false,
-            };
-            Op::Conv(c)
-        };
+        let conv = |stride: usize, w: Winograd| Op::Conv(conv3x3(16, 16, stride, Some(w)));
         let shape = |h: usize, w: usize| Shape { c: 16, h, w };
         // (stride, algorithm, input h x w, output h x w, halo): strided tiles of 2 outputs
         // read 5 inputs 4 apart from -1, so T tiles read up to 4 T - 1.
