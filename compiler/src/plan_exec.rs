@@ -5,7 +5,7 @@
 //! the memory plan (a wrong offset or an illegal in-place reuse corrupts the logits).
 
 use crate::graph::Shape;
-use crate::plan::{Buffer, Plan, StepOp};
+use crate::plan::{Buffer, Layout, Plan, StepOp};
 use crate::reference;
 use anyhow::{Context, Result};
 use resnetc_runtime::safetensors::Tensors;
@@ -44,47 +44,44 @@ fn write(arena: &mut [f32], buf: &Buffer, data: &[f32]) {
     arena[buf.offset / 4..][..l.numel()].copy_from_slice(&image);
 }
 
-/// Writes NCHW `data` (`cin` channels of `h x w`) into `buf` as its four phases
-/// (`plan::phase_layout`): pixel `(y, x)` of phase channel `phase_channel(cin, c, a, b)`
-/// is input pixel `(phase_source(y, a), phase_source(x, b))`; zero outside the input, in
-/// the halo and in the padded channels.
-fn write_phases(arena: &mut [f32], buf: &Buffer, data: &[f32], input: Shape) {
+/// Every pixel of the phase layout `l` that holds an input pixel: its index in `l` and
+/// its input channel, row and column. Pixel `(y, x)` of phase channel
+/// `phase_channel(cin, c, a, b)` is input pixel `(phase_source(y, a), phase_source(x, b))`;
+/// the others (outside the input, the halo, the padded channels) hold zeros.
+fn phase_pixels(l: Layout, input: Shape) -> impl Iterator<Item = (usize, usize, usize, usize)> {
     use resnetc_runtime::winograd::{phase_of, phase_source};
-    let l = &buf.layout;
-    let mut image = vec![0.0f32; l.numel()];
-    for pc in 0..l.c {
+    let inside = |i: isize, size: usize| (0..size as isize).contains(&i).then_some(i as usize);
+    (0..l.c).flat_map(move |pc| {
         let (c, a, b) = phase_of(input.c, pc);
-        for y in 0..l.h {
-            for x in 0..l.w {
-                let (iy, ix) = (phase_source(y, a), phase_source(x, b));
-                if (0..input.h as isize).contains(&iy) && (0..input.w as isize).contains(&ix) {
-                    image[l.index(pc, y, x)] = data[(c * input.h + iy as usize) * input.w + ix as usize];
-                }
-            }
-        }
+        (0..l.h).flat_map(move |y| {
+            (0..l.w).filter_map(move |x| {
+                let (iy, ix) = (inside(phase_source(y, a), input.h)?, inside(phase_source(x, b), input.w)?);
+                Some((l.index(pc, y, x), c, iy, ix))
+            })
+        })
+    })
+}
+
+/// Writes NCHW `data` (`cin` channels of `h x w`) into `buf` as its four phases
+/// (`plan::phase_layout`, [`phase_pixels`]).
+fn write_phases(arena: &mut [f32], buf: &Buffer, data: &[f32], input: Shape) {
+    let l = buf.layout;
+    let mut image = vec![0.0f32; l.numel()];
+    for (at, c, iy, ix) in phase_pixels(l, input) {
+        image[at] = data[(c * input.h + iy) * input.w + ix];
     }
     arena[buf.offset / 4..][..l.numel()].copy_from_slice(&image);
 }
 
 /// The NCHW input (`cin` channels of `h x w`) back from its phases in `buf`, with a border
 /// of `pad` zeros: what a conv over the plain input reads. Each input pixel is in one
-/// phase pixel ([`write_phases`]'s mapping, read the other way).
+/// phase pixel ([`phase_pixels`]).
 fn read_phases(arena: &[f32], buf: &Buffer, input: Shape, pad: usize) -> Vec<f32> {
-    use resnetc_runtime::winograd::{phase_of, phase_source};
-    let l = &buf.layout;
     let base = buf.offset / 4;
     let (h, w) = (input.h + 2 * pad, input.w + 2 * pad);
     let mut out = vec![0.0f32; input.c * h * w];
-    for pc in 0..l.c {
-        let (c, a, b) = phase_of(input.c, pc);
-        for y in 0..l.h {
-            for x in 0..l.w {
-                let (iy, ix) = (phase_source(y, a), phase_source(x, b));
-                if (0..input.h as isize).contains(&iy) && (0..input.w as isize).contains(&ix) {
-                    out[(c * h + iy as usize + pad) * w + ix as usize + pad] = arena[base + l.index(pc, y, x)];
-                }
-            }
-        }
+    for (at, c, iy, ix) in phase_pixels(buf.layout, input) {
+        out[(c * h + iy + pad) * w + ix + pad] = arena[base + at];
     }
     out
 }
