@@ -1,12 +1,15 @@
 // One core's load latency from a buffer of N MiB (argument, default 400): a chase through
 // the buffer's 64-byte lines in one random cycle, each load's address the value the last
 // one read, so no two loads overlap and the prefetchers cannot guess the next line.
-// Prints nanoseconds per load. Swept over sizes, it shows how much cache a core can use:
-// on the 2-vCPU Zen 4 VM of the twenty-eighth session, 9-24 ns up to 4 MiB, then 17-136
-// ns from 5 to 8 MiB depending on the run, and 100 ns or more from 16 MiB, though `lscpu`
-// reports a 32 MB L3 (the host's other tenants hold the rest). A second argument `huge` asks
-// for transparent huge pages (madvise, Linux), so that the figures are not TLB misses.
+// Prints nanoseconds per load. Swept over sizes, it shows how much cache a core can use
+// (on the 2-vCPU Zen 4 VM of the twenty-eighth session: about 8 MiB in most runs, less
+// in some, though `lscpu` reports a 32 MB L3; BENCHMARKS.md). A second argument `huge`
+// asks for transparent huge pages (madvise, Linux; the buffer is rounded up to whole
+// 2 MiB pages), so that the loads do not also miss the TLB; the output says whether the
+// advice was taken, not whether the kernel gave huge pages (AnonHugePages in
+// /proc/PID/smaps).
 // Build: gcc -O2 -o /tmp/load_latency bench/load_latency.c
+#define _GNU_SOURCE // clock_gettime and, on Linux, MADV_HUGEPAGE under -std=c11 too
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -33,22 +36,34 @@ static uint64_t next(uint64_t *s) {
 int main(int argc, char **argv) {
     char *end = 0;
     unsigned long mib = argc > 1 ? strtoul(argv[1], &end, 10) : 400;
-    if ((argc > 1 && (*end != '\0' || argv[1][0] == '-')) || mib == 0 || mib > (1ul << 20)) {
+    if ((argc > 1 && (*end != '\0' || argv[1][0] == '-')) || mib == 0 || mib > (1ul << 20) ||
+        mib > SIZE_MAX >> 21 || (argc > 2 && strcmp(argv[2], "huge") != 0) || argc > 3) {
         fprintf(stderr, "usage: load_latency MIB [huge]   (MIB from 1 to 1048576)\n");
         return 1;
     }
-    int huge = argc > 2 && strcmp(argv[2], "huge") == 0;
-    const size_t align = 2u << 20; // a huge page
+    int huge = argc > 2;
+    const size_t page = 2u << 20; // a huge page
     size_t lines = (size_t)mib << 14; // 64-byte lines
-    uint64_t *buf = aligned_alloc(align, lines * 64);
+    size_t bytes = (lines * 64 + page - 1) / page * page; // a multiple of the alignment
+    uint64_t *buf = aligned_alloc(page, bytes);
     size_t *order = malloc(lines * sizeof *order);
     if (!buf || !order) {
         fprintf(stderr, "cannot allocate %lu MiB\n", mib);
         return 1;
     }
+    const char *pages = "";
+    if (huge) {
 #ifdef MADV_HUGEPAGE
-    if (huge && madvise(buf, lines * 64, MADV_HUGEPAGE) != 0) perror("madvise(MADV_HUGEPAGE)");
+        if (madvise(buf, bytes, MADV_HUGEPAGE) == 0) {
+            pages = " (huge pages advised)";
+        } else {
+            perror("madvise(MADV_HUGEPAGE)");
+            pages = " (huge pages refused)";
+        }
+#else
+        pages = " (no huge pages on this system)";
 #endif
+    }
     // A random order of the lines (Fisher-Yates); each line holds the index (in words) of
     // the next line of the cycle in its first word.
     uint64_t seed = 0x9e3779b97f4a7c15u;
@@ -69,7 +84,7 @@ int main(int argc, char **argv) {
     for (size_t i = 0; i < loads; i++) at = buf[at];
     double t1 = now();
     // `at` is printed so that the chase is not optimized away.
-    printf("%lu MiB%s: %.1f ns per load (end %llu)\n", mib, huge ? " (huge pages)" : "",
+    printf("%lu MiB%s: %.1f ns per load (end %llu)\n", mib, pages,
            (t1 - t0) / loads * 1e9, (unsigned long long)at);
     free(buf);
     return 0;
