@@ -137,6 +137,10 @@ fn bad_specs_name_the_key() {
             &["too small", "stem (maxpool)"],
         ),
         ("block = \"basic\"\nlayers = [1]\ninput = [3, 100000, 100000]\n", &["too large", "GiB"]),
+        // The key that makes a layer too large is named, not only `input`.
+        ("block = \"bottleneck\"\nlayers = [1]\nwidths = [64]\ngroups = 100000\n", &["`groups`", "GiB"]),
+        ("block = \"basic\"\nlayers = [1]\nwidths = [32768]\ninput = [3, 8, 8]\n", &["key `widths`", "weight"]),
+        ("block = \"basic\"\nlayers = [16777216]\n", &["key `layers`", "blocks"]),
     ];
     for (i, (text, needles)) in cases.iter().enumerate() {
         let p = write_spec(&dir, &format!("bad{i}.toml"), text);
@@ -146,6 +150,34 @@ fn bad_specs_name_the_key() {
     }
     fails(&["inspect", s(&dir.join("absent.toml"))], &["absent.toml", "cannot read"]);
     fails(&["inspect", "resnet9000"], &["unknown model `resnet9000`"]);
+}
+
+/// Weights through a pipe (`--weights <(...)`, `/dev/stdin`) load like the file they
+/// come from, though a pipe has no length to read tensor by tensor.
+#[test]
+fn weights_from_a_pipe() {
+    use std::io::Write;
+    use std::process::Stdio;
+    let dir = scratch("pipe");
+    let spec = write_spec(&dir, "tiny.toml", TINY);
+    let (w, x, y_file, y_pipe) = (dir.join("w.safetensors"), dir.join("x.npy"), dir.join("a.npy"), dir.join("b.npy"));
+    ok(&["seed", s(&spec), "weights", "-o", s(&w)]);
+    ok(&["seed", s(&spec), "input", "-o", s(&x)]);
+    ok(&["run", s(&spec), "--weights", s(&w), "--input", s(&x), "--output", s(&y_file), "--backend", "reference"]);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_resnetc"))
+        .args(["run", s(&spec), "--weights", "/dev/stdin", "--input", s(&x), "--output", s(&y_pipe)])
+        .args(["--backend", "reference"])
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let bytes = std::fs::read(&w).unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || stdin.write_all(&bytes));
+    let out = child.wait_with_output().unwrap();
+    let _ = feeder.join();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(std::fs::read(&y_pipe).unwrap(), std::fs::read(&y_file).unwrap());
 }
 
 #[test]
@@ -261,6 +293,11 @@ fn cli_misuse_is_one_line() {
     fails(&["inspect", "--compare-blocks", "2"], &["--compare-blocks"]);
     fails(&["emit", "resnet18", "fused", "--max-weight-mb", "50"], &["--max-weight-mb", "--backend rust"]);
     fails(&["emit", "resnet18", "fused", "--backend", "rust", "--max-weight-mb", "0"], &["--max-weight-mb 0"]);
+    fails(&["emit", "resnet18", "fused", "--kernel", "linear_512x1000"], &["--kernel", "kernels, clif and asm"]);
+    fails(&["emit", "resnet18", "kernels", "--backend", "reference"], &["reference backend", "graph and dot"]);
+    fails(&["bench", "resnet18", "--runs", "0"], &["--runs"]);
+    let big = write_spec(&scratch("misuse"), "big.toml", "block = \"basic\"\nlayers = [1]\ninput = [3, 2048, 2048]\n");
+    fails(&["seed", s(&big), "input", "--batch", "4096", "-o", "x.npy"], &["--batch 4096", "GiB"]);
     let help = ok(&["run", "--help"]);
     assert!(help.contains("--weights") && help.contains("--backend"), "{help}");
     // Output cut short (`resnetc inspect resnet152 | head -c 0`) ends quietly, not with a panic.

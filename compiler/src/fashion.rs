@@ -43,6 +43,12 @@ pub fn test_set(dir: &Path) -> Result<(Tensor, Vec<u8>)> {
         (a, b) => bail!("{}: unexpected image dimensions {a:?} / label dimensions {b:?}", dir.display()),
     }
     let n = labels.dims[0];
+    if n == 0 {
+        bail!("{}: the test set has no images", dir.display());
+    }
+    if let Some(i) = labels.data.iter().position(|&l| l as usize >= CLASSES.len()) {
+        bail!("{}: label {} of image {i} is not a class (0-9)", dir.display(), labels.data[i]);
+    }
     let x = images.data.iter().map(|&b| b as f32 / 255.0).collect();
     Ok((Tensor::new(vec![n, 1, 28, 28], x), labels.data))
 }
@@ -63,8 +69,9 @@ fn check_model(spec: &Spec) -> Result<()> {
 pub type Say<'a> = &'a dyn Fn(&str) -> Result<()>;
 
 /// Runs the whole test set; reports (`say`) accuracy, the confusion matrix and, given
-/// PyTorch's predictions (one class per line), how many predictions agree. Returns
-/// (accuracy, agreements) for tests.
+/// PyTorch's predictions (one class per line), how many predictions agree, failing when
+/// any differs (the contract's same argmax for every row). Returns (accuracy,
+/// agreements) for tests.
 pub fn eval(
     model: &JitModel,
     dir: &Path,
@@ -118,7 +125,12 @@ pub fn eval(
                 .lines()
                 .enumerate()
                 .map(|(i, l)| {
-                    l.trim().parse().with_context(|| format!("{}: line {}: not a class index", path.display(), i + 1))
+                    let bad = || format!("{}: line {}: not a class index (0-9)", path.display(), i + 1);
+                    let class: usize = l.trim().parse().with_context(bad)?;
+                    if class >= CLASSES.len() {
+                        bail!(bad());
+                    }
+                    Ok(class)
                 })
                 .collect::<Result<_>>()?;
             if theirs.len() != n {
@@ -126,6 +138,15 @@ pub fn eval(
             }
             let same = preds.iter().zip(&theirs).filter(|(a, b)| a == b).count();
             say(&format!("agrees with PyTorch on {same}/{n} predictions\n"))?;
+            if let Some(i) = preds.iter().zip(&theirs).position(|(a, b)| a != b) {
+                bail!(
+                    "{}: {} of {n} predictions differ from PyTorch's (the first: image {i}, class {} here, {} there)",
+                    path.display(),
+                    n - same,
+                    preds[i],
+                    theirs[i]
+                );
+            }
             Some(same)
         }
     };
@@ -210,4 +231,44 @@ pub fn demo(threads: usize, say: Say) -> Result<Vec<Classified>> {
     let stats = bench::measure(5, 50, 2000, 0.5, || model.forward_into(x.data(), &mut y, 1))?;
     say(&format!("latency per image: median {:.3} ms (min {:.3}) on {threads} thread(s)\n", stats.median, stats.min))?;
     Ok(results)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An IDX file of unsigned bytes with dimensions `dims` and bytes `data`.
+    fn idx_bytes(dims: &[u32], data: &[u8]) -> Vec<u8> {
+        let mut b = vec![0, 0, 8, dims.len() as u8];
+        for d in dims {
+            b.extend(d.to_be_bytes());
+        }
+        b.extend_from_slice(data);
+        b
+    }
+
+    /// A test-set directory of `labels.len()` blank images with those labels.
+    fn test_dir(name: &str, labels: &[u8]) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("resnetc-fashion-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let n = labels.len() as u32;
+        let images = vec![0u8; labels.len() * 28 * 28];
+        std::fs::write(dir.join("t10k-images-idx3-ubyte"), idx_bytes(&[n, 28, 28], &images)).unwrap();
+        std::fs::write(dir.join("t10k-labels-idx1-ubyte"), idx_bytes(&[n], labels)).unwrap();
+        dir
+    }
+
+    #[test]
+    fn test_sets_without_images_or_with_labels_past_the_classes_are_refused() {
+        let good = test_dir("good", &[0, 9, 3]);
+        let (x, labels) = test_set(&good).unwrap();
+        assert_eq!((x.shape(), labels), (&[3, 1, 28, 28][..], vec![0, 9, 3]));
+        let empty = test_dir("empty", &[]);
+        assert!(format!("{:#}", test_set(&empty).unwrap_err()).contains("no images"));
+        let past = test_dir("past", &[1, 10]);
+        assert!(format!("{:#}", test_set(&past).unwrap_err()).contains("label 10 of image 1 is not a class"));
+        for d in [good, empty, past] {
+            std::fs::remove_dir_all(d).unwrap();
+        }
+    }
 }

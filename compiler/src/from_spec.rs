@@ -12,6 +12,11 @@ use petgraph::stable_graph::NodeIndex;
 /// Largest activation of one image, in bytes, that a model may have.
 pub const MAX_ACTIVATION_BYTES: usize = 8 << 30;
 
+/// Most weight bytes (float32) a model may have, in one tensor or in all. Loading, seeding
+/// and packing hold them in memory at least once; torchvision's largest ResNet
+/// (`wide_resnet101_2`) has 0.5 GB.
+pub const MAX_WEIGHT_BYTES: u128 = 4 << 30;
+
 /// Output size of a sliding window over `size` with PyTorch's formula (floor or ceil mode).
 fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, ceil_mode: bool) -> Option<usize> {
     let s = stride as i64;
@@ -27,6 +32,9 @@ fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, ceil_mode: 
 struct Builder<'a> {
     spec: &'a Spec,
     graph: Graph,
+    /// Weight bytes of the layers added so far, and the largest layer's bytes and name.
+    weight_bytes: u128,
+    largest: (u128, String),
 }
 
 impl Builder<'_> {
@@ -55,6 +63,8 @@ impl Builder<'_> {
         };
         let shape = Shape { c: cout, h, w };
         self.check_size(at, name, shape)?;
+        let weights = [cout, s.c / groups, kernel, kernel];
+        self.add_weights(name, &weights)?;
         let op = Op::Conv(Conv {
             weight: name.to_string(),
             cin: s.c,
@@ -73,17 +83,64 @@ impl Builder<'_> {
     }
 
     fn check_size(&self, at: &str, name: &str, shape: Shape) -> Result<()> {
-        let bytes = shape.numel().checked_mul(4).filter(|&b| b <= MAX_ACTIVATION_BYTES);
-        if bytes.is_none() {
-            let what = if name == "input" {
-                format!("the input itself ({shape})")
-            } else {
-                format!("the output {shape} of {name} ({at})")
-            };
+        // In u128: channels and sizes up to 2^26 and 2^24 would overflow `numel`.
+        let bytes = 4 * shape.c as u128 * shape.h as u128 * shape.w as u128;
+        if bytes <= MAX_ACTIVATION_BYTES as u128 {
+            return Ok(());
+        }
+        let limit = MAX_ACTIVATION_BYTES >> 30;
+        if name == "input" {
             bail!(
-                "key `input`: {:?} is too large: {what} needs more than {} GiB per image",
-                self.spec.input,
-                MAX_ACTIVATION_BYTES >> 30
+                "key `input`: {:?} is too large: the input itself ({shape}) needs more than {limit} GiB per image",
+                self.spec.input
+            );
+        }
+        // The spatial size comes from `input`, the channels from the layer's width key.
+        bail!(
+            "keys `input` and `{}`: the output {shape} of {name} ({at}) needs more than {limit} GiB per image",
+            self.width_key(name)
+        );
+    }
+
+    /// The spec key that sets the output channels of the layer `name` (a conv's or the
+    /// classifier's torchvision name).
+    fn width_key(&self, name: &str) -> &'static str {
+        let spec = self.spec;
+        let inner = spec.block == BlockKind::Bottleneck && (name.ends_with(".conv1") || name.ends_with(".conv2"));
+        match name {
+            "conv1" => "stem_width",
+            "fc" => "num_classes",
+            _ if inner && spec.width_per_group != 64 => "width_per_group",
+            _ if inner && spec.groups != 1 => "groups",
+            _ => "widths",
+        }
+    }
+
+    /// Counts the float32 weight tensor `shape` of layer `name` against
+    /// [`MAX_WEIGHT_BYTES`], alone and with the layers before it.
+    fn add_weights(&mut self, name: &str, shape: &[usize]) -> Result<()> {
+        let bytes = shape.iter().fold(4u128, |a, &d| a * d as u128);
+        let gib = |b: u128| b as f64 / (1u64 << 30) as f64;
+        let limit = MAX_WEIGHT_BYTES >> 30;
+        if bytes > MAX_WEIGHT_BYTES {
+            bail!(
+                "key `{}`: {name}'s weight {shape:?} needs {:.1} GiB, more than the {limit} GiB of weights resnetc compiles",
+                self.width_key(name),
+                gib(bytes)
+            );
+        }
+        self.weight_bytes += bytes;
+        if bytes > self.largest.0 {
+            self.largest = (bytes, name.to_string());
+        }
+        if self.weight_bytes > MAX_WEIGHT_BYTES {
+            let (big, big_name) = &self.largest;
+            bail!(
+                "keys `layers` and `{}`: the weights up to {name} need {:.1} GiB, more than the {limit} GiB \
+                 resnetc compiles (the largest, {big_name}'s, {:.2} GiB)",
+                self.width_key(big_name),
+                gib(self.weight_bytes),
+                gib(*big)
             );
         }
         Ok(())
@@ -181,10 +238,10 @@ impl Builder<'_> {
     }
 }
 
-/// Builds the graph of `spec`; fails, naming the stage, when the input is too small or
-/// an activation too large.
+/// Builds the graph of `spec`; fails, naming the stage and the spec key, when the input
+/// is too small or an activation or the weights too large.
 pub fn build(spec: &Spec) -> Result<Graph> {
-    let mut b = Builder { spec, graph: Graph::default() };
+    let mut b = Builder { spec, graph: Graph::default(), weight_bytes: 0, largest: (0, String::new()) };
     let [c, h, w] = spec.input;
     let input = Shape { c, h, w };
     b.check_size("the input", "input", input)?;
@@ -199,6 +256,7 @@ pub fn build(spec: &Spec) -> Result<Graph> {
     let s = b.shape(x);
     let pooled = b.graph.add("avgpool", Op::GlobalAvgPool, Shape { c: s.c, h: 1, w: 1 }, &[x]);
     let classes = spec.num_classes;
+    b.add_weights("fc", &[classes, s.c])?;
     let linear = Op::Linear { param: "fc".into(), cin: s.c, cout: classes };
     b.graph.add("fc", linear, Shape { c: classes, h: 1, w: 1 }, &[pooled]);
     Ok(b.graph)

@@ -123,10 +123,9 @@ enum Command {
         /// Also time every kernel.
         #[arg(long)]
         per_layer: bool,
-        /// Minimum timed runs (at most 100000), after 3 warm-up runs; the timing lasts
-        /// at least 2 s.
-        #[arg(long, default_value_t = 10)]
-        runs: usize,
+        /// Minimum timed runs, after 3 warm-up runs; the timing lasts at least 2 s.
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+        runs: u64,
         /// Print JSON: {"median_ms", "gflops", "compile_ms", ...}.
         #[arg(long)]
         json: bool,
@@ -149,7 +148,8 @@ enum Command {
         dataset: Dataset,
         /// Directory with the IDX files (default: Debian's /usr/share/datasets/fashion-mnist).
         dir: Option<PathBuf>,
-        /// PyTorch's predictions, one class index per line, to compare with.
+        /// PyTorch's predictions, one class index per line, to compare with: any that
+        /// differs is an error.
         #[arg(long, value_name = "PREDICTIONS.txt")]
         compare: Option<PathBuf>,
         /// Worker threads.
@@ -370,6 +370,12 @@ fn execute(command: Command) -> Result<()> {
         }
         Command::Emit { model: name, stage, json, backend, kernel, max_weight_mb } => {
             let budget = weight_budget(max_weight_mb, backend)?;
+            if kernel.is_some() && !matches!(stage, Stage::Kernels | Stage::Clif | Stage::Asm) {
+                bail!("--kernel: only the kernels, clif and asm stages show one kernel");
+            }
+            if backend == Backend::Reference && !matches!(stage, Stage::Graph | Stage::Dot) {
+                bail!("emit: the reference backend runs the graph as it is (stages graph and dot); use --backend cranelift or rust");
+            }
             let (spec, graph) = model(&name)?;
             let target = target_of(backend).with_weight_budget(budget);
             let plan = || -> Result<plan::Plan> { plan::build(&passes::fuse(&graph).0, target) };
@@ -416,9 +422,11 @@ fn execute(command: Command) -> Result<()> {
                 None => weights::seeded(&graph, 0),
             };
             let report = match backend {
-                Backend::Cranelift => bench_jit(&spec, &tensors, threads as usize, batch as usize, per_layer, runs)?,
+                Backend::Cranelift => {
+                    bench_jit(&spec, &tensors, threads as usize, batch as usize, per_layer, runs as usize)?
+                }
                 Backend::Reference => bail!("bench: the reference executor is an oracle, not a benchmark target"),
-                Backend::Rust => bench_rust(&spec, &tensors, threads as usize, batch as usize, runs)?,
+                Backend::Rust => bench_rust(&spec, &tensors, threads as usize, batch as usize, runs as usize)?,
             };
             if json {
                 stdout::write(&(serde_json::to_string_pretty(&report.json())? + "\n"))?;
@@ -440,7 +448,19 @@ fn execute(command: Command) -> Result<()> {
             let (spec, graph) = model(&name)?;
             match what {
                 SeedWhat::Weights => safetensors::write(&output, &weights::seeded(&graph, seed))?,
-                SeedWhat::Input => npy::write(&output, &weights::seeded_input(spec.input, batch as usize, seed))?,
+                SeedWhat::Input => {
+                    let [c, h, w] = spec.input;
+                    let bytes = 4 * batch as u128 * (c * h * w) as u128;
+                    if bytes > from_spec::MAX_ACTIVATION_BYTES as u128 {
+                        bail!(
+                            "--batch {batch}: {batch} images of {:?} take {:.1} GiB, more than {} GiB",
+                            spec.input,
+                            bytes as f64 / (1u64 << 30) as f64,
+                            from_spec::MAX_ACTIVATION_BYTES >> 30
+                        );
+                    }
+                    npy::write(&output, &weights::seeded_input(spec.input, batch as usize, seed))?
+                }
             }
         }
     }

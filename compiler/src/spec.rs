@@ -319,8 +319,21 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
         num_classes,
         input,
     };
+    let blocks: usize = spec.layers.iter().sum();
+    if blocks > MAX_BLOCKS {
+        bail!("key `layers`: {blocks} blocks in all, more than the {MAX_BLOCKS} resnetc builds");
+    }
     if block == BlockKind::Bottleneck {
         for (i, &planes) in spec.widths.iter().enumerate() {
+            // Checked before `inner_width`, whose product would overflow.
+            let inner = planes as u128 * width_per_group as u128 / 64 * groups as u128;
+            if inner > MAX_SIZE as u128 {
+                let key = if width_per_group != 64 { "width_per_group" } else { "groups" };
+                bail!(
+                    "key `{key}`: stage {i} (width {planes}) gets bottleneck inner width \
+                     int({planes} * {width_per_group} / 64) * {groups} = {inner}, more than {MAX_SIZE} channels"
+                );
+            }
             if spec.inner_width(planes) == 0 {
                 bail!(
                     "key `width_per_group`: stage {i} (width {planes}) gets bottleneck inner width \
@@ -347,8 +360,14 @@ fn type_name(v: &Value) -> &'static str {
     }
 }
 
-/// Largest size accepted for any single spec number: keeps arithmetic far from overflow.
+/// Largest size accepted for any single spec number (and for a bottleneck's inner width):
+/// keeps arithmetic far from overflow.
 const MAX_SIZE: i64 = 1 << 24;
+
+/// Most blocks a spec may have over all its stages (ResNet-1202 has 600): the graph and
+/// the generated code grow with each, so a mistyped count should fail here, not after
+/// minutes and gigabytes.
+const MAX_BLOCKS: usize = 10_000;
 
 fn to_size(key: &str, v: &Value) -> Result<usize> {
     match v {

@@ -59,23 +59,49 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// Writes `bytes` to `path` through a temporary file in the same directory and a rename,
 /// so that a failure never leaves a partial output file behind. A path that exists and is
 /// not a regular file (`/dev/null`, a FIFO) is written in place: the rename would replace
-/// the device with a file.
+/// the device with a file. A symbolic link is followed, so the file it names is replaced
+/// and the link stays; a replaced file keeps its permissions.
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if std::fs::metadata(path).is_ok_and(|m| !m.is_file() && !m.is_dir()) {
+    let meta = std::fs::metadata(path);
+    if meta.as_ref().is_ok_and(|m| !m.is_file() && !m.is_dir()) {
         return std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()));
     }
+    let resolved = resolve_links(path);
+    let path = resolved.as_path();
     let dir = match path.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
     let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let result = std::fs::write(&tmp, bytes).and_then(|_| std::fs::rename(&tmp, path));
+    let result = std::fs::write(&tmp, bytes)
+        .and_then(|_| match &meta {
+            Ok(m) => std::fs::set_permissions(&tmp, m.permissions()),
+            Err(_) => Ok(()),
+        })
+        .and_then(|_| std::fs::rename(&tmp, path));
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
         return Err(e).with_context(|| format!("{}: cannot write", path.display()));
     }
     Ok(())
+}
+
+/// `path` with symbolic links at its end followed (a bounded number of them), also to a
+/// file that does not exist yet; a relative link is relative to its own directory.
+fn resolve_links(path: &Path) -> std::path::PathBuf {
+    let mut p = path.to_path_buf();
+    for _ in 0..40 {
+        let is_link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
+        let Some(target) = is_link.then(|| std::fs::read_link(&p).ok()).flatten() else {
+            break;
+        };
+        p = match p.parent() {
+            Some(dir) if target.is_relative() => dir.join(target),
+            _ => target,
+        };
+    }
+    p
 }
 
 // Linux: the test opens the FIFO with O_NONBLOCK's Linux value.
@@ -107,6 +133,29 @@ mod tests {
         let _ = reader.read_to_end(&mut got);
         assert_eq!(got, b"abc");
         assert!(std::fs::metadata(&fifo).unwrap().file_type().is_fifo(), "the FIFO was replaced");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Writing through a symbolic link replaces the file it names and keeps the link; a
+    /// replaced file keeps its permissions.
+    #[test]
+    fn writing_through_a_link_keeps_it_and_the_mode() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = std::env::temp_dir().join(format!("resnetc-link-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (target, link) = (dir.join("target.npy"), dir.join("link.npy"));
+        std::fs::write(&target, b"old").unwrap();
+        std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o640)).unwrap();
+        let _ = std::fs::remove_file(&link);
+        std::os::unix::fs::symlink("target.npy", &link).unwrap();
+        write_file_atomic(&link, b"new").unwrap();
+        assert!(std::fs::symlink_metadata(&link).unwrap().file_type().is_symlink(), "the link was replaced");
+        assert_eq!(std::fs::read(&target).unwrap(), b"new");
+        assert_eq!(std::fs::metadata(&target).unwrap().permissions().mode() & 0o777, 0o640);
+        // A dangling link: the file it names is created.
+        std::fs::remove_file(&target).unwrap();
+        write_file_atomic(&link, b"fresh").unwrap();
+        assert_eq!(std::fs::read(&target).unwrap(), b"fresh");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

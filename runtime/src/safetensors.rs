@@ -2,7 +2,9 @@
 //! maps tensor names to dtype, shape and byte range, then the raw bytes.
 //!
 //! Only float32 tensors are loaded; `num_batches_tracked` (any dtype) is skipped, as the
-//! contract says. Every structural fault names the file and the tensor.
+//! contract says. As in the format's reference reader, the tensors' byte ranges must
+//! cover the data section exactly (no overlap, no gap, nothing after) and `__metadata__`
+//! must map strings to strings. Every structural fault names the file and the tensor.
 
 use crate::tensor::Tensor;
 use anyhow::{bail, Context, Result};
@@ -17,11 +19,19 @@ const MAX_HEADER: u64 = 100 << 20;
 pub type Tensors = BTreeMap<String, Tensor>;
 
 /// Reads a safetensors file. Each tensor is read from the file into its own buffer, so
-/// the file is never held in memory whole beside the tensors.
+/// the file is never held in memory whole beside the tensors; a pipe, which cannot seek,
+/// is read whole first.
 pub fn read(path: &Path) -> Result<Tensors> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = crate::open_file(path)?;
-    let len = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?.len();
+    let meta = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?;
+    if !meta.is_file() {
+        // A pipe or device has no length to seek within: read it whole.
+        drop(file);
+        let bytes = crate::read_file(path)?;
+        return parse(&bytes).with_context(|| path.display().to_string());
+    }
+    let len = meta.len();
     // Messages below get the path as context, like `parse`'s.
     let parsed = (|| -> Result<Tensors> {
         let mut prefix = [0u8; 8];
@@ -91,8 +101,14 @@ fn entries(header: &[u8], body_len: u64) -> Result<Vec<Entry>> {
     let header: Map<String, Value> =
         serde_json::from_slice(header).map_err(|e| anyhow::anyhow!("safetensors header is not a JSON object: {e}"))?;
     let mut out = vec![];
+    // Every tensor's byte range, to check that they tile the data section.
+    let mut ranges: Vec<(u64, u64, &str)> = vec![];
     for (name, info) in &header {
         if name == "__metadata__" {
+            let strings = info.as_object().is_some_and(|m| m.values().all(Value::is_string));
+            if !strings {
+                bail!("safetensors header: `__metadata__` is not a map of strings to strings");
+            }
             continue;
         }
         let field = |k: &str| info.get(k).with_context(|| format!("tensor `{name}`: header entry has no `{k}`"));
@@ -120,6 +136,7 @@ fn entries(header: &[u8], body_len: u64) -> Result<Vec<Entry>> {
                 end - begin
             );
         }
+        ranges.push((begin, end, name));
         if name.ends_with("num_batches_tracked") {
             continue;
         }
@@ -128,7 +145,37 @@ fn entries(header: &[u8], body_len: u64) -> Result<Vec<Entry>> {
         }
         out.push(Entry { name: name.clone(), shape, begin: begin as usize, end: end as usize });
     }
+    check_tiling(ranges, body_len)?;
     Ok(out)
+}
+
+/// The format's rule that the tensors' byte ranges cover the data section exactly, with
+/// no overlap and no gap: overlapping tensors would alias each other's values, and bytes
+/// no tensor owns are how one file is made to parse as two different things.
+fn check_tiling(mut ranges: Vec<(u64, u64, &str)>, body_len: u64) -> Result<()> {
+    ranges.sort();
+    let mut covered = 0u64;
+    let mut last: Option<&str> = None;
+    for &(begin, end, name) in &ranges {
+        if begin < covered {
+            bail!(
+                "tensor `{name}`: data_offsets [{begin}, {end}] overlap tensor `{}`, which ends at {covered}",
+                last.unwrap_or("")
+            );
+        }
+        if begin > covered {
+            bail!("tensor `{name}`: data_offsets [{begin}, {end}] leave bytes {covered}..{begin} of the data section to no tensor");
+        }
+        covered = end;
+        last = Some(name);
+    }
+    if covered != body_len {
+        bail!(
+            "the data section has {body_len} bytes but the tensors end at byte {covered}: {} trailing bytes",
+            body_len - covered
+        );
+    }
+    Ok(())
 }
 
 fn floats(raw: &[u8]) -> Vec<f32> {
@@ -240,5 +287,23 @@ mod tests {
         assert!(err(&with_header(f16, &[0; 4])).contains("dtype F16"));
         let wrong = r#"{"w":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#;
         assert!(err(&with_header(wrong, &[0; 8])).contains("needs 12 bytes"));
+    }
+
+    #[test]
+    fn refuses_data_sections_the_tensors_do_not_tile() {
+        let err = |h: &str, body: &[u8]| format!("{:#}", parse(&with_header(h, body)).unwrap_err());
+        let overlap = r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#;
+        assert!(err(overlap, &[0; 8]).contains("tensor `b`: data_offsets [4, 8] overlap tensor `a`, which ends at 8"));
+        let gap = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[1,5]}}"#;
+        assert!(err(gap, &[0; 5]).contains("leave bytes 0..1 of the data section to no tensor"));
+        let tail = r#"{"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        assert!(err(tail, &[0; 20]).contains("16 trailing bytes"));
+        let meta = r#"{"__metadata__":{"format":1},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        assert!(err(meta, &[0; 4]).contains("`__metadata__` is not a map of strings"));
+        // Empty tensors take no bytes and may sit anywhere, as the reference writer puts them.
+        let empty = r#"{"a":{"dtype":"F32","shape":[0],"data_offsets":[0,0]},"b":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        assert_eq!(parse(&with_header(empty, &[0; 4])).unwrap().len(), 2);
+        let named = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        assert_eq!(parse(&with_header(named, &[0; 4])).unwrap().len(), 1);
     }
 }

@@ -43,6 +43,16 @@ def edited(edit):
     return safetensors(header, bytes(data))
 
 
+def contiguous(header, data):
+    """The tensors of `header` over `data`, laid out again one after another (no gaps)."""
+    out_header, out = {}, b""
+    for key in sorted(header, key=lambda k: header[k]["data_offsets"]):
+        a, b = header[key]["data_offsets"]
+        out_header[key] = dict(header[key], data_offsets=[len(out), len(out) + b - a])
+        out += bytes(data[a:b])
+    return safetensors(out_header, out)
+
+
 def set_float(header, data, name, index, value):
     start = header[name]["data_offsets"][0] + 4 * index
     data[start : start + 4] = struct.pack("<f", value)
@@ -96,15 +106,23 @@ def main():
     write("nan.safetensors", edited(lambda h, d: set_float(h, d, "conv1.weight", 5, float("nan"))))
     write("inf.safetensors", edited(lambda h, d: set_float(h, d, "fc.bias", 1, float("inf"))))
 
-    def missing(header, data):
-        del header["layer2.0.bn1.running_var"]
-
-    write("missing_tensor.safetensors", edited(missing))
+    header, data = safetensors_parts()
+    del header["layer2.0.bn1.running_var"]
+    write("missing_tensor.safetensors", contiguous(header, data))
 
     def extra(header, data):
-        header["layer3.0.conv1.weight"] = {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}
+        header["layer3.0.conv1.weight"] = {"dtype": "F32", "shape": [1], "data_offsets": [len(data), len(data) + 4]}
+        data.extend(b"\0" * 4)
 
     write("extra_tensor.safetensors", edited(extra))
+
+    def overlapping(header, data):
+        # fc.bias's offsets moved onto the first tensor's bytes: two names, one storage.
+        a, b = header["fc.bias"]["data_offsets"]
+        header["fc.bias"]["data_offsets"] = [0, b - a]
+
+    write("overlapping_tensors.safetensors", edited(overlapping))
+    write("trailing_bytes.safetensors", good + b"\0" * 16)
 
     def transposed(header, data):
         header["fc.weight"]["shape"] = list(reversed(header["fc.weight"]["shape"]))
@@ -156,6 +174,11 @@ def main():
     write("invalid.toml", base.replace("layers = [1, 1]", "layers = [1, 1"))
     write("empty.toml", "")
     write("zero_classes.toml", base.replace("num_classes = 3", "num_classes = 0"))
+    write("too_many_blocks.toml", base.replace("layers = [1, 1]", "layers = [6000, 6000]"))
+    write("huge_weights.toml", base.replace("widths = [4, 8]", "widths = [4, 40000]"))
+    bottleneck = base.replace('"basic"', '"bottleneck"')
+    write("huge_groups.toml", bottleneck + "groups = 1000000\n")
+    write("overflowing_inner_width.toml", bottleneck + "groups = 16777216\nwidth_per_group = 16777216\n")
     os.makedirs(os.path.join(BAD, "a_directory.toml"), exist_ok=True)
     os.makedirs(os.path.join(BAD, "a_directory.safetensors"), exist_ok=True)
     for d in ("a_directory.toml", "a_directory.safetensors"):
