@@ -3,7 +3,7 @@
 //!
 //! Rewrite rules, one per pass:
 //! - `fold_bn`:        `bn(conv(x, W))         = conv(x, W * s) + (beta - mean * s)`,
-//!                     with `s = gamma / sqrt(var + eps)` per output channel.
+//!   with `s = gamma / sqrt(var + eps)` per output channel.
 //! - `fuse_residual`:  `add(conv(x) + b, r)    = conv(x) with epilogue (+ b + r)`
 //! - `fuse_relu`:      `relu(conv(x) + e)      = conv(x) with epilogue (+ e, max 0)`
 //!

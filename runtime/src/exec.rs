@@ -270,6 +270,7 @@ unsafe impl Sync for Frame {}
 /// # Safety
 /// The kernels must be valid functions of the ABI above, generated for these sizes: they
 /// access memory only within the regions described by `sizes`.
+#[allow(clippy::too_many_arguments)]
 pub unsafe fn run(
     calls: &[Call],
     sizes: Sizes,
@@ -566,7 +567,8 @@ mod tests {
     /// What test kernels ran, one entry per task: (image, call, task, sequence number).
     /// Images may share an arena, so the kernels log instead of writing their arena; an
     /// image is known by its input, which holds its index.
-    type Log = std::sync::Mutex<Vec<(usize, usize, usize, u64)>>;
+    type Entry = (usize, usize, usize, u64);
+    type Log = std::sync::Mutex<Vec<Entry>>;
 
     /// Logs each task of call `K` (argument 0: the image's input) in `L`.
     unsafe extern "C" fn log_tasks<const K: usize, const L: usize>(args: *const *mut f32, begin: i64, end: i64) {
@@ -588,7 +590,7 @@ mod tests {
 
     /// Runs `calls` on `n` images at `threads` threads, each image's input its index;
     /// takes the log `l` (cleared first) and the calls' timings.
-    fn run_logged(calls: &[Call], l: usize, n: usize, pool: &Pool) -> (Vec<(usize, usize, usize, u64)>, Vec<f64>) {
+    fn run_logged(calls: &[Call], l: usize, n: usize, pool: &Pool) -> (Vec<Entry>, Vec<f64>) {
         LOGS[l].lock().unwrap_or_else(|e| e.into_inner()).clear();
         let sizes = Sizes { arena_floats: 8, input_floats: 1, output_floats: 1 };
         let mut arena = Aligned::zeroed(n * sizes.arena_floats).unwrap();
@@ -715,7 +717,7 @@ mod tests {
                 let share = if threads > 1 { n / threads } else { 0 };
                 for image in 0..n {
                     let mine: Vec<_> = ranges.iter().filter(|r| r.0 == image).collect();
-                    let mut covered = vec![0; TASKS];
+                    let mut covered = [0; TASKS];
                     for r in &mine {
                         assert!(r.1 % per == 0 && r.2 % per == 0 && r.1 < r.2, "a partial share: {r:?}");
                         (r.1..r.2).for_each(|t| covered[t] += 1);

@@ -21,7 +21,7 @@ impl Weights {
     /// Uses `blob` in place when it is 64-byte aligned (as resnetc lays out embedded
     /// blobs), else copies it into an aligned buffer.
     pub fn from_static(blob: &'static [f32]) -> Result<Weights> {
-        Ok(if blob.as_ptr() as usize % 64 == 0 {
+        Ok(if (blob.as_ptr() as usize).is_multiple_of(64) {
             Weights::Static(blob)
         } else {
             Weights::Owned(Aligned::from_slice(blob)?)

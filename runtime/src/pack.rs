@@ -197,7 +197,7 @@ fn pack_direct(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
 /// product's sum of blocks is made in f64 and rounded once.
 fn pack_strassen(p: &ConvPacking, w: &[f32], out: &mut [f32]) {
     assert!(p.kernel == 1 && p.groups == 1 && p.cout == p.tiles * p.jl && p.cin == p.icr, "an unpadded 1x1 conv");
-    assert!(p.tiles % 2 == 0 && p.icr % 2 == 0, "channels in halves");
+    assert!(p.tiles.is_multiple_of(2) && p.icr.is_multiple_of(2), "channels in halves");
     let (half_tiles, half_in, jl) = (p.tiles / 2, p.icr / 2, p.jl);
     let half_out = half_tiles * jl;
     for t in 0..half_tiles {
@@ -275,7 +275,7 @@ pub fn pack_winograd(p: &WinogradPacking, tensors: &Tensors, blob: &mut [f32]) -
 pub fn pack_linear(p: &LinearPacking, tensors: &Tensors, blob: &mut [f32]) -> Result<()> {
     let w = get(tensors, &format!("{}.weight", p.param))?;
     let b = get(tensors, &format!("{}.bias", p.param))?;
-    if p.block == 0 || p.coutp % p.block != 0 {
+    if p.block == 0 || !p.coutp.is_multiple_of(p.block) {
         bail!("{}: classifier recipe with {} outputs in blocks of {}", p.param, p.coutp, p.block);
     }
     let out = &mut blob[p.offset..p.offset + p.cinp * p.coutp];

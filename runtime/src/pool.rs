@@ -209,7 +209,7 @@ impl Pool {
     /// carry state from task to task within a share (`exec::Order::Pipelined`). With
     /// fewer participants than shares, the caller runs them all in one call.
     pub fn shares(&self, tasks: usize, shares: usize, f: &(dyn Fn(usize, usize) + Sync)) {
-        assert!(shares > 0 && tasks % shares == 0, "{tasks} tasks in {shares} shares");
+        assert!(shares > 0 && tasks.is_multiple_of(shares), "{tasks} tasks in {shares} shares");
         if tasks == 0 {
             return;
         }

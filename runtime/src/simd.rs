@@ -8,18 +8,22 @@ pub const LANES: usize = 16;
 
 pub type V = [f32; LANES];
 
-/// # Safety (all functions)
-/// Pointers are valid for the lanes they access.
+/// # Safety
+/// `p` is valid for reading `LANES` floats.
 #[inline(always)]
 pub unsafe fn load(p: *const f32) -> V {
     std::ptr::read_unaligned(p as *const V)
 }
 
+/// # Safety
+/// `p` is valid for reading one float.
 #[inline(always)]
 pub unsafe fn bcast(p: *const f32) -> V {
     [*p; LANES]
 }
 
+/// # Safety
+/// `p` is valid for reading `n.min(LANES)` floats.
 #[inline(always)]
 pub unsafe fn load_partial(p: *const f32, n: usize) -> V {
     let mut v = [0.0; LANES];
@@ -29,11 +33,15 @@ pub unsafe fn load_partial(p: *const f32, n: usize) -> V {
     v
 }
 
+/// # Safety
+/// `p` is valid for writing `LANES` floats.
 #[inline(always)]
 pub unsafe fn store(p: *mut f32, v: V) {
     std::ptr::write_unaligned(p as *mut V, v)
 }
 
+/// # Safety
+/// `p` is valid for writing `n.min(LANES)` floats.
 #[inline(always)]
 pub unsafe fn store_partial(p: *mut f32, v: V, n: usize) {
     for (i, x) in v.iter().enumerate().take(n) {

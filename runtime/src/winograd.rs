@@ -58,11 +58,12 @@ impl Winograd {
     }
 
     /// A ResNet stem, the 7x7 conv with stride 2 and padding 3 over the model's input, as
-    /// a stride-1 conv over the input's four phases: with `P[a, b][y][x] = x[2 y + a - 1][2 x
-    /// + b - 1]` (`a`, `b` the row's and the column's parity, [`phase_source`]; zero
-    /// outside the input), the stem's output pixel `(y, x)` is the sum over the phases of a
-    /// 4x4 conv with padding 1 of `P[a, b]`, whose tap `(u, v)` is the stem's tap `(2 u + a,
-    /// 2 v + b)` (zero past 6: 49 of the four filters' 64 taps are real). So one 4x4 conv of
+    /// a stride-1 conv over the input's four phases: with
+    /// `P[a, b][y][x] = x[2 y + a - 1][2 x + b - 1]` (`a`, `b` the row's and the column's
+    /// parity, [`phase_source`]; zero outside the input), the stem's output pixel `(y, x)`
+    /// is the sum over the phases of a 4x4 conv with padding 1 of `P[a, b]`, whose tap
+    /// `(u, v)` is the stem's tap `(2 u + a, 2 v + b)` (zero past 6: 49 of the four
+    /// filters' 64 taps are real). So one 4x4 conv of
     /// `4 cin` channels, which F(3 x 3, 4 x 4) computes with 36 multiplies per 3x3 outputs
     /// and phase channel: 4 per output and phase channel, 16 per output and input channel
     /// against the stem's 49 direct, 3.1x fewer. Its points are F(4,3)'s, and so is its error

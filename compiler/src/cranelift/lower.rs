@@ -32,6 +32,10 @@ pub fn signature(call_conv: CallConv) -> Signature {
     sig
 }
 
+/// One memory stream of a kernel: an argument and the variable terms of its index (those
+/// over bound variables, [`Lowerer::restricted`]).
+type StreamKey = (usize, Vec<(usize, i64)>);
+
 struct Lowerer<'a> {
     b: FunctionBuilder<'a>,
     features: Features,
@@ -43,7 +47,7 @@ struct Lowerer<'a> {
     /// Strength-reduced pointers: `arg + 4 * sum(terms)` for terms over bound variables.
     /// Each is a variable bumped at the end of the loop iteration that changes it, so
     /// inner loops address memory as `[pointer + constant]` without recomputing indices.
-    ptrs: HashMap<(usize, Vec<(usize, i64)>), Variable>,
+    ptrs: HashMap<StreamKey, Variable>,
     /// The prefetch helper ([`super::prefetch_helper`]), when the kernel prefetches.
     prefetch: Option<FuncRef>,
 }
@@ -68,7 +72,7 @@ impl Lowerer<'_> {
         (self.b.use_var(var), offset)
     }
 
-    fn restricted(&self, a: &Addr, extra: Option<usize>) -> (usize, Vec<(usize, i64)>) {
+    fn restricted(&self, a: &Addr, extra: Option<usize>) -> StreamKey {
         let terms = a.index.terms.iter().copied().filter(|&(v, _)| self.bound[v] || Some(v) == extra).collect();
         (a.arg, terms)
     }
@@ -156,7 +160,7 @@ impl Lowerer<'_> {
             .map(|a| self.restricted(a, None))
             .collect();
         // (key inside the loop, variable, bytes per iteration, rewind afterwards?)
-        let mut bumped: Vec<((usize, Vec<(usize, i64)>), Variable, i64, bool)> = vec![];
+        let mut bumped: Vec<(StreamKey, Variable, i64, bool)> = vec![];
         for a in &addrs {
             let Some(&(_, coef)) = a.index.terms.iter().find(|&&(v, _)| v == var) else { continue };
             let key = self.restricted(a, Some(var));

@@ -57,16 +57,16 @@ fn tiling(t: Target, c: &Conv, cblocks_out: usize, cin_pad: usize, cb_in: usize,
     let (cin_g, cout_g) = (c.cin / c.groups, c.cout / c.groups);
     let dense =
         |j: usize| Tiling { j, icr: cin_pad, groups: 1, per_group: cblocks_out / j, group_stride: 0, tile_stride: 0 };
-    let js: Vec<usize> = j_candidates(t).into_iter().filter(|j| cblocks_out % j == 0).collect();
+    let js: Vec<usize> = j_candidates(t).into_iter().filter(|j| cblocks_out.is_multiple_of(*j)).collect();
     if c.groups == 1 {
         return dense(if wide { WIDE_TILE.1 } else { js[0] });
     }
     for &j in &js {
         let jl = j * lanes;
         // Several whole groups per tile: the tile reads their input channels.
-        if jl % cout_g == 0 && c.cout % jl == 0 {
+        if jl.is_multiple_of(cout_g) && c.cout.is_multiple_of(jl) {
             let icr = jl / cout_g * cin_g;
-            if icr % cb_in == 0 {
+            if icr.is_multiple_of(cb_in) {
                 return Tiling { j, icr, groups: 1, per_group: c.cout / jl, group_stride: 0, tile_stride: icr };
             }
         }
@@ -115,7 +115,7 @@ pub(super) fn channel_unroll(t: Target, cb_in: usize) -> usize {
 /// the Winograd products, whose loops had each spilled an accumulator, 24.3 -> 22.5 ms
 /// (per-layer minima; the strided ones 0.82x, F(4,3) over 28x28 0.87x).
 pub(super) fn blocks_per_iteration(t: Target, blocks: usize) -> usize {
-    if t.vregs < 32 && blocks % 2 == 0 {
+    if t.vregs < 32 && blocks.is_multiple_of(2) {
         2
     } else {
         1
@@ -153,8 +153,8 @@ pub(super) const WIDE_TILE: (usize, usize) = (14, 2);
 fn wide_tile(t: Target, c: &Conv, width: usize, cblocks_out: usize) -> bool {
     t.vregs >= 32
         && c.groups == 1
-        && (width % WIDE_TILE.0 == 0 || width * 2 == WIDE_TILE.0)
-        && cblocks_out % WIDE_TILE.1 == 0
+        && (width.is_multiple_of(WIDE_TILE.0) || width * 2 == WIDE_TILE.0)
+        && cblocks_out.is_multiple_of(WIDE_TILE.1)
 }
 
 /// Output pixels per register tile of `j` output vectors, for a reduction whose inner
@@ -169,7 +169,7 @@ pub(crate) fn tile_pixels(t: Target, j: usize, width: usize, unroll: usize) -> u
     }
     // With 32 registers one more pixel fits (the broadcast folds into the FMA): take it when
     // it divides the row, so no narrow remainder tile is left (7, 14, 28, 56, 112 wide rows).
-    if width % (p + 1) == 0 && (p + 1) * j <= 28 {
+    if width.is_multiple_of(p + 1) && (p + 1) * j <= 28 {
         return p + 1;
     }
     p
@@ -568,7 +568,7 @@ fn reduction_chunks(t: Target, c: &Conv, tl: &Tiling, cb_in: usize, row_tasks: u
         && tl.icr >= 1024
         && tl.icr * jl * 4 >= 4 * t.l1_tile_weight_bytes
         && per_chunk > 0
-        && tl.icr % per_chunk == 0;
+        && tl.icr.is_multiple_of(per_chunk);
     if chunked {
         tl.icr / per_chunk
     } else {

@@ -29,7 +29,7 @@ pub(crate) fn zero_span(b: &mut Builder, lanes: usize, arg: usize, index: &Index
     b.for_loop(full, |b, i| {
         b.push(Stmt::Store { addr: Addr { arg, index: index.plus(&i.scaled(lanes as i64)) }, src: z })
     });
-    if n % lanes > 0 {
+    if !n.is_multiple_of(lanes) {
         let at = index.offset((full * lanes) as i64);
         b.push(Stmt::StorePartial { addr: Addr { arg, index: at }, src: z, n: n % lanes });
     }
@@ -44,7 +44,7 @@ fn copy_span(b: &mut Builder, lanes: usize, dst: (usize, &Index), src: (usize, &
         b.set(v, Expr::Src(Src::Load(Addr { arg: src.0, index: src.1.plus(&off) })));
         b.push(Stmt::Store { addr: Addr { arg: dst.0, index: dst.1.plus(&off) }, src: v });
     });
-    if n % lanes > 0 {
+    if !n.is_multiple_of(lanes) {
         let off = (full * lanes) as i64;
         b.set(v, Expr::LoadPartial(Addr { arg: src.0, index: src.1.offset(off) }, n % lanes));
         b.push(Stmt::StorePartial { addr: Addr { arg: dst.0, index: dst.1.offset(off) }, src: v, n: n % lanes });

@@ -98,9 +98,9 @@ pub fn possible(t: Target, c: &Conv, out: Shape) -> bool {
         && c.pad == 0
         && c.groups == 1
         && c.winograd.is_none()
-        && c.cin % (2 * t.lanes) == 0
-        && c.cout % (2 * t.lanes) == 0
-        && (out.h % 2 == 0 || half_pixels(out.h, out.w) <= FLAT_HALF_PIXELS)
+        && c.cin.is_multiple_of(2 * t.lanes)
+        && c.cout.is_multiple_of(2 * t.lanes)
+        && (out.h.is_multiple_of(2) || half_pixels(out.h, out.w) <= FLAT_HALF_PIXELS)
 }
 
 /// Pixels of the first half of a `h` x `w` output (flat tiles).

@@ -424,7 +424,7 @@ pub(crate) fn product_tile(t: Target, cblocks_out: usize, count: usize, banded: 
         return ProductTile { j: 1, tiles: count };
     }
     let (wide_tiles, wide_j) = WIDE_TILE;
-    if t.vregs >= 32 && cblocks_out % wide_j == 0 {
+    if t.vregs >= 32 && cblocks_out.is_multiple_of(wide_j) {
         // Blocks as even as their count allows: none more than one tile shorter.
         return ProductTile { j: wide_j, tiles: count.div_ceil(count.div_ceil(wide_tiles)) };
     }
@@ -685,6 +685,7 @@ struct RowBlock<'a> {
 /// reduced over the `cbi` input channel blocks (`dims`: `cbi`, `cbo` and the channel
 /// unroll): `weights(b, ic)` sets the taps' weight registers of input channel `ic`, then
 /// each broadcast of `V` feeds the (up to) three rows of the block that read it.
+#[allow(clippy::too_many_arguments)]
 fn row_products(
     b: &mut Builder,
     g: &Tiles,
@@ -793,7 +794,7 @@ pub(crate) fn raw_scratch_floats(wino: Winograd, cin: usize, lanes: usize) -> us
 /// `1 / lanes` of the next block's channels).
 pub fn raw_fits(t: Target, c: &Conv, wino: Winograd, out: crate::graph::Shape) -> bool {
     let units = c.cout.div_ceil(t.lanes) * if raw_halves(wino, c.cin, t.lanes) { 2 } else { 1 };
-    if !t.raw_winograd || units % (2 * BAND_SLOTS) != 0 || wino.transform().is_none() {
+    if !t.raw_winograd || !units.is_multiple_of(2 * BAND_SLOTS) || wino.transform().is_none() {
         return false;
     }
     if wino.row {
@@ -854,14 +855,14 @@ struct RawPipeline {
 /// Whether a conv's products with raw weights run in halves of its input channels
 /// ([`RawPipeline`]): square tiles with an even number of input channel blocks.
 fn raw_halves(wino: Winograd, cin: usize, lanes: usize) -> bool {
-    !wino.row && cin.div_ceil(lanes) % 2 == 0
+    !wino.row && cin.div_ceil(lanes).is_multiple_of(2)
 }
 
 impl RawPipeline {
     fn new(wino: Winograd, cbo: usize, cin_pad: usize, lanes: usize) -> RawPipeline {
         let halves = raw_halves(wino, cin_pad, lanes);
         let units = cbo * if halves { 2 } else { 1 };
-        assert!(units % (2 * BAND_SLOTS) == 0, "raw Winograd weights need units in shares of pairs");
+        assert!(units.is_multiple_of(2 * BAND_SLOTS), "raw Winograd weights need units in shares of pairs");
         let (positions, taps) = (wino.positions(), wino.taps());
         let per_share = units / BAND_SLOTS;
         let (share, pair, odd, xi) = (Index::var(0, 1), Index::var(1, 1), Index::var(2, 1), Index::var(3, 1));
