@@ -141,6 +141,8 @@ fn bad_specs_name_the_key() {
         ("block = \"bottleneck\"\nlayers = [1]\nwidths = [64]\ngroups = 100000\n", &["`groups`", "GiB"]),
         ("block = \"basic\"\nlayers = [1]\nwidths = [32768]\ninput = [3, 8, 8]\n", &["key `widths`", "weight"]),
         ("block = \"basic\"\nlayers = [16777216]\n", &["key `layers`", "blocks"]),
+        // A weight names the keys of both its channel counts.
+        ("block = \"basic\"\nlayers = [1]\nstem_width = 2000000\ninput = [3, 8, 8]\n", &["`widths` and `stem_width`"]),
     ];
     for (i, (text, needles)) in cases.iter().enumerate() {
         let p = write_spec(&dir, &format!("bad{i}.toml"), text);

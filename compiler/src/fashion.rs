@@ -120,37 +120,48 @@ pub fn eval(
     let agree = match compare {
         None => None,
         Some(path) => {
-            let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
-            let theirs: Vec<usize> = text
-                .lines()
-                .enumerate()
-                .map(|(i, l)| {
-                    let bad = || format!("{}: line {}: not a class index (0-9)", path.display(), i + 1);
-                    let class: usize = l.trim().parse().with_context(bad)?;
-                    if class >= CLASSES.len() {
-                        bail!(bad());
-                    }
-                    Ok(class)
-                })
-                .collect::<Result<_>>()?;
-            if theirs.len() != n {
-                bail!("{}: {} predictions for {n} test images", path.display(), theirs.len());
-            }
-            let same = preds.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+            let (same, first) = agreements(&preds, path)?;
             say(&format!("agrees with PyTorch on {same}/{n} predictions\n"))?;
-            if let Some(i) = preds.iter().zip(&theirs).position(|(a, b)| a != b) {
+            if let Some((i, theirs)) = first {
                 bail!(
-                    "{}: {} of {n} predictions differ from PyTorch's (the first: image {i}, class {} here, {} there)",
+                    "{}: {} of {n} predictions differ from PyTorch's (the first: image {i}, class {} here, {theirs} there)",
                     path.display(),
                     n - same,
-                    preds[i],
-                    theirs[i]
+                    preds[i]
                 );
             }
             Some(same)
         }
     };
     Ok((accuracy, agree))
+}
+
+/// PyTorch's predictions: one class index (0-9) per line.
+fn compared(path: &Path) -> Result<Vec<usize>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("{}: cannot read", path.display()))?;
+    text.lines()
+        .enumerate()
+        .map(|(i, l)| {
+            let bad = || format!("{}: line {}: not a class index (0-9)", path.display(), i + 1);
+            let class: usize = l.trim().parse().with_context(bad)?;
+            if class >= CLASSES.len() {
+                bail!(bad());
+            }
+            Ok(class)
+        })
+        .collect()
+}
+
+/// How many of `preds` equal PyTorch's predictions in `path`, which must hold one per
+/// image, and the first that differs (image, PyTorch's class).
+fn agreements(preds: &[usize], path: &Path) -> Result<(usize, Option<(usize, usize)>)> {
+    let theirs = compared(path)?;
+    if theirs.len() != preds.len() {
+        bail!("{}: {} predictions for {} test images", path.display(), theirs.len(), preds.len());
+    }
+    let same = preds.iter().zip(&theirs).filter(|(a, b)| a == b).count();
+    let first = preds.iter().zip(&theirs).position(|(a, b)| a != b).map(|i| (i, theirs[i]));
+    Ok((same, first))
 }
 
 fn argmax(row: &[f32]) -> usize {
@@ -270,5 +281,24 @@ mod tests {
         for d in [good, empty, past] {
             std::fs::remove_dir_all(d).unwrap();
         }
+    }
+
+    #[test]
+    fn predictions_to_compare_are_classes_one_per_image() {
+        let dir = std::env::temp_dir().join(format!("resnetc-fashion-{}-preds", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let file = |name: &str, text: &str| {
+            let p = dir.join(name);
+            std::fs::write(&p, text).unwrap();
+            p
+        };
+        let preds = [3, 9, 0];
+        assert_eq!(agreements(&preds, &file("same.txt", "3\n9\n0\n")).unwrap(), (3, None));
+        assert_eq!(agreements(&preds, &file("one_off.txt", "3\n8\n0\n")).unwrap(), (2, Some((1, 8))));
+        let err = |name: &str, text: &str| format!("{:#}", agreements(&preds, &file(name, text)).unwrap_err());
+        assert!(err("past.txt", "3\n10\n0\n").contains("line 2: not a class index (0-9)"));
+        assert!(err("word.txt", "3\ncat\n0\n").contains("line 2: not a class index"));
+        assert!(err("short.txt", "3\n9\n").contains("2 predictions for 3 test images"));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

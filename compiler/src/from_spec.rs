@@ -29,6 +29,24 @@ fn window_out(size: usize, kernel: usize, stride: usize, pad: usize, ceil_mode: 
     (out > 0).then_some(out as usize)
 }
 
+/// Which channels of a layer [`Builder::channel_keys`] names the keys of.
+#[derive(Clone, Copy)]
+enum Side {
+    Output,
+    /// Output and input: a weight's size.
+    Both,
+}
+
+/// `key `a``, `keys `a` and `b``, `keys `a`, `b` and `c``.
+fn keys_text(keys: &[&str]) -> String {
+    let quoted: Vec<String> = keys.iter().map(|k| format!("`{k}`")).collect();
+    match quoted.split_last() {
+        Some((last, [])) => format!("key {last}"),
+        Some((last, rest)) => format!("keys {} and {last}", rest.join(", ")),
+        None => String::new(),
+    }
+}
+
 struct Builder<'a> {
     spec: &'a Spec,
     graph: Graph,
@@ -95,24 +113,49 @@ impl Builder<'_> {
                 self.spec.input
             );
         }
-        // The spatial size comes from `input`, the channels from the layer's width key.
-        bail!(
-            "keys `input` and `{}`: the output {shape} of {name} ({at}) needs more than {limit} GiB per image",
-            self.width_key(name)
-        );
+        // The spatial size comes from `input`, the channels from the layer's width keys.
+        let mut keys = vec!["input"];
+        keys.extend(self.channel_keys(name, Side::Output));
+        bail!("{}: the output {shape} of {name} ({at}) needs more than {limit} GiB per image", keys_text(&keys));
     }
 
-    /// The spec key that sets the output channels of the layer `name` (a conv's or the
-    /// classifier's torchvision name).
-    fn width_key(&self, name: &str) -> &'static str {
+    /// The spec keys that set the output or input channels of layer `name` (a conv's or
+    /// the classifier's torchvision name), for errors.
+    fn channel_keys(&self, name: &str, side: Side) -> Vec<&'static str> {
         let spec = self.spec;
-        let inner = spec.block == BlockKind::Bottleneck && (name.ends_with(".conv1") || name.ends_with(".conv2"));
-        match name {
-            "conv1" => "stem_width",
-            "fc" => "num_classes",
-            _ if inner && spec.width_per_group != 64 => "width_per_group",
-            _ if inner && spec.groups != 1 => "groups",
-            _ => "widths",
+        // The bottleneck's inner width: int(planes * width_per_group / 64) * groups.
+        let inner = match (spec.groups != 1, spec.width_per_group != 64) {
+            (true, true) => vec!["groups", "width_per_group"],
+            (true, false) => vec!["groups"],
+            (false, true) => vec!["width_per_group"],
+            (false, false) => vec!["widths"],
+        };
+        // The cifar stem's width defaults to the first stage's.
+        let stem = if spec.stem == Stem::Cifar && spec.stem_width == spec.widths[0] { "widths" } else { "stem_width" };
+        let (out, input) = match name {
+            "conv1" => (vec![stem], vec!["input"]),
+            "fc" => (vec!["num_classes"], vec!["widths"]),
+            _ => {
+                // `layer{S}.{B}.{conv}`: a block's first convs read the block's input, the
+                // stem's output in the first block of all.
+                let block_input = if name.starts_with("layer1.0.") { vec![stem] } else { vec!["widths"] };
+                let bottleneck = spec.block == BlockKind::Bottleneck;
+                match name.rsplit_once('.').map_or("", |(_, conv)| conv) {
+                    "conv1" if bottleneck => (inner, block_input),
+                    "conv2" if bottleneck => (inner.clone(), inner),
+                    "conv3" => (vec!["widths"], inner),
+                    "conv2" => (vec!["widths"], vec!["widths"]),
+                    _ => (vec!["widths"], block_input),
+                }
+            }
+        };
+        match side {
+            Side::Output => out,
+            Side::Both => {
+                let mut keys = out;
+                keys.extend(input.into_iter().filter(|k| !keys.contains(k)).collect::<Vec<_>>());
+                keys
+            }
         }
     }
 
@@ -124,8 +167,8 @@ impl Builder<'_> {
         let limit = MAX_WEIGHT_BYTES >> 30;
         if bytes > MAX_WEIGHT_BYTES {
             bail!(
-                "key `{}`: {name}'s weight {shape:?} needs {:.1} GiB, more than the {limit} GiB of weights resnetc compiles",
-                self.width_key(name),
+                "{}: {name}'s weight {shape:?} needs {:.2} GiB, more than the {limit} GiB of weights resnetc compiles",
+                keys_text(&self.channel_keys(name, Side::Both)),
                 gib(bytes)
             );
         }
@@ -135,10 +178,12 @@ impl Builder<'_> {
         }
         if self.weight_bytes > MAX_WEIGHT_BYTES {
             let (big, big_name) = &self.largest;
+            let mut keys = vec!["layers"];
+            keys.extend(self.channel_keys(big_name, Side::Both));
             bail!(
-                "keys `layers` and `{}`: the weights up to {name} need {:.1} GiB, more than the {limit} GiB \
-                 resnetc compiles (the largest, {big_name}'s, {:.2} GiB)",
-                self.width_key(big_name),
+                "{}: the weights up to {name} need {:.2} GiB, more than the {limit} GiB resnetc compiles \
+                 (the largest, {big_name}'s, {:.2} GiB)",
+                keys_text(&keys),
                 gib(self.weight_bytes),
                 gib(*big)
             );

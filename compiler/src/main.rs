@@ -123,7 +123,8 @@ enum Command {
         /// Also time every kernel.
         #[arg(long)]
         per_layer: bool,
-        /// Minimum timed runs, after 3 warm-up runs; the timing lasts at least 2 s.
+        /// Minimum timed runs (at most 100000), after 3 warm-up runs; the timing lasts
+        /// at least 2 s.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=100_000))]
         runs: u64,
         /// Print JSON: {"median_ms", "gflops", "compile_ms", ...}.

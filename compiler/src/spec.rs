@@ -328,9 +328,13 @@ pub fn parse(text: &str, name: &str) -> Result<Spec> {
             // Checked before `inner_width`, whose product would overflow.
             let inner = planes as u128 * width_per_group as u128 / 64 * groups as u128;
             if inner > MAX_SIZE as u128 {
-                let key = if width_per_group != 64 { "width_per_group" } else { "groups" };
+                let keys = match (groups != 1, width_per_group != 64) {
+                    (true, true) => "keys `groups` and `width_per_group`",
+                    (false, true) => "key `width_per_group`",
+                    _ => "key `groups`",
+                };
                 bail!(
-                    "key `{key}`: stage {i} (width {planes}) gets bottleneck inner width \
+                    "{keys}: stage {i} (width {planes}) gets bottleneck inner width \
                      int({planes} * {width_per_group} / 64) * {groups} = {inner}, more than {MAX_SIZE} channels"
                 );
             }

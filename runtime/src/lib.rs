@@ -60,48 +60,52 @@ pub fn read_file(path: &Path) -> Result<Vec<u8>> {
 /// so that a failure never leaves a partial output file behind. A path that exists and is
 /// not a regular file (`/dev/null`, a FIFO) is written in place: the rename would replace
 /// the device with a file. A symbolic link is followed, so the file it names is replaced
-/// and the link stays; a replaced file keeps its permissions.
+/// and the link stays; a replaced file keeps its permissions where the file system lets
+/// it (errors name the path as given).
 pub fn write_file_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
+    let cannot = || format!("{}: cannot write", path.display());
     let meta = std::fs::metadata(path);
     if meta.as_ref().is_ok_and(|m| !m.is_file() && !m.is_dir()) {
-        return std::fs::write(path, bytes).with_context(|| format!("{}: cannot write", path.display()));
+        return std::fs::write(path, bytes).with_context(cannot);
     }
-    let resolved = resolve_links(path);
-    let path = resolved.as_path();
-    let dir = match path.parent() {
+    let target = resolve_links(path).with_context(cannot)?;
+    let dir = match target.parent() {
         Some(d) if !d.as_os_str().is_empty() => d,
         _ => Path::new("."),
     };
-    let name = path.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
+    let name = target.file_name().with_context(|| format!("{}: not a file path", path.display()))?;
     let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
-    let result = std::fs::write(&tmp, bytes)
-        .and_then(|_| match &meta {
-            Ok(m) => std::fs::set_permissions(&tmp, m.permissions()),
-            Err(_) => Ok(()),
-        })
-        .and_then(|_| std::fs::rename(&tmp, path));
+    let result = std::fs::write(&tmp, bytes).and_then(|_| {
+        if let Ok(m) = &meta {
+            // Best effort: some file systems (vfat, some network mounts) refuse modes.
+            let _ = std::fs::set_permissions(&tmp, m.permissions());
+        }
+        std::fs::rename(&tmp, &target)
+    });
     if let Err(e) = result {
         let _ = std::fs::remove_file(&tmp);
-        return Err(e).with_context(|| format!("{}: cannot write", path.display()));
+        return Err(e).with_context(cannot);
     }
     Ok(())
 }
 
-/// `path` with symbolic links at its end followed (a bounded number of them), also to a
-/// file that does not exist yet; a relative link is relative to its own directory.
-fn resolve_links(path: &Path) -> std::path::PathBuf {
+/// `path` with the symbolic links at its end followed, also to a file that does not
+/// exist yet; a relative link is relative to its own directory. Fails on a loop.
+fn resolve_links(path: &Path) -> Result<std::path::PathBuf> {
     let mut p = path.to_path_buf();
+    // Linux's own limit on links followed in one lookup.
     for _ in 0..40 {
         let is_link = std::fs::symlink_metadata(&p).is_ok_and(|m| m.file_type().is_symlink());
-        let Some(target) = is_link.then(|| std::fs::read_link(&p).ok()).flatten() else {
-            break;
-        };
+        if !is_link {
+            return Ok(p);
+        }
+        let target = std::fs::read_link(&p)?;
         p = match p.parent() {
             Some(dir) if target.is_relative() => dir.join(target),
             _ => target,
         };
     }
-    p
+    bail!("too many levels of symbolic links")
 }
 
 // Linux: the test opens the FIFO with O_NONBLOCK's Linux value.
@@ -156,6 +160,13 @@ mod tests {
         std::fs::remove_file(&target).unwrap();
         write_file_atomic(&link, b"fresh").unwrap();
         assert_eq!(std::fs::read(&target).unwrap(), b"fresh");
+        // A loop of links is an error, and both links stay.
+        let (a, b) = (dir.join("a.npy"), dir.join("b.npy"));
+        std::os::unix::fs::symlink("b.npy", &a).unwrap();
+        std::os::unix::fs::symlink("a.npy", &b).unwrap();
+        let err = format!("{:#}", write_file_atomic(&a, b"x").unwrap_err());
+        assert!(err.contains("a.npy: cannot write") && err.contains("symbolic links"), "{err}");
+        assert!(std::fs::symlink_metadata(&a).unwrap().file_type().is_symlink());
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

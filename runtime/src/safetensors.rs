@@ -26,9 +26,9 @@ pub fn read(path: &Path) -> Result<Tensors> {
     let mut file = crate::open_file(path)?;
     let meta = file.metadata().with_context(|| format!("{}: cannot read", path.display()))?;
     if !meta.is_file() {
-        // A pipe or device has no length to seek within: read it whole.
-        drop(file);
-        let bytes = crate::read_file(path)?;
+        // A pipe or device has no length to seek within: read it through the handle
+        // already open (a named FIFO loses its writer's data when its only reader closes).
+        let bytes = read_stream(&mut file).with_context(|| format!("{}: cannot read", path.display()))?;
         return parse(&bytes).with_context(|| path.display().to_string());
     }
     let len = meta.len();
@@ -59,6 +59,32 @@ pub fn read(path: &Path) -> Result<Tensors> {
         Ok(out)
     })();
     parsed.with_context(|| path.display().to_string())
+}
+
+/// The bytes of a safetensors stream, read no further than its header says: the 8-byte
+/// length, a header of at most [`MAX_HEADER`] bytes, then the data section up to the
+/// largest end the header declares, and one byte more to show trailing bytes. A stream
+/// without a usable header stops there (so `/dev/zero` or `/dev/urandom` fail at once);
+/// `parse` then gives the fault, as for a file.
+fn read_stream(stream: &mut impl std::io::Read) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut bytes = vec![];
+    stream.by_ref().take(8).read_to_end(&mut bytes)?;
+    if bytes.len() < 8 {
+        return Ok(bytes);
+    }
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap());
+    if header_len > MAX_HEADER {
+        return Ok(bytes);
+    }
+    stream.by_ref().take(header_len).read_to_end(&mut bytes)?;
+    let declared_end = serde_json::from_slice::<Map<String, Value>>(&bytes[8..])
+        .ok()
+        .and_then(|h| h.values().filter_map(|info| info.get("data_offsets")?.get(1)?.as_u64()).max());
+    if bytes.len() as u64 == 8 + header_len {
+        stream.take(declared_end.unwrap_or(0).saturating_add(1)).read_to_end(&mut bytes)?;
+    }
+    Ok(bytes)
 }
 
 fn dtype_size(dtype: &str) -> Option<usize> {
@@ -105,7 +131,8 @@ fn entries(header: &[u8], body_len: u64) -> Result<Vec<Entry>> {
     let mut ranges: Vec<(u64, u64, &str)> = vec![];
     for (name, info) in &header {
         if name == "__metadata__" {
-            let strings = info.as_object().is_some_and(|m| m.values().all(Value::is_string));
+            // The reference reader takes a map of strings, or null.
+            let strings = info.is_null() || info.as_object().is_some_and(|m| m.values().all(Value::is_string));
             if !strings {
                 bail!("safetensors header: `__metadata__` is not a map of strings to strings");
             }
@@ -268,6 +295,36 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
+    /// A named FIFO is read through the one handle opened on it, like a file; a stream is
+    /// read no further than its header declares.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn reads_a_fifo_and_bounded_streams() {
+        let dir = std::env::temp_dir().join(format!("resnetc-st-fifo-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("w.safetensors");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if !made.is_ok_and(|s| s.success()) {
+            eprintln!("no mkfifo here: skipped");
+            return;
+        }
+        let good = to_bytes(&sample());
+        let bytes = good.clone();
+        let path = fifo.clone();
+        let writer = std::thread::spawn(move || std::fs::write(path, bytes));
+        assert_eq!(read(&fifo).unwrap(), sample());
+        writer.join().unwrap().unwrap();
+        // An endless stream of zeros: a zero-length header, which is no JSON object.
+        let zeros = read_stream(&mut std::io::repeat(0)).unwrap();
+        assert!(format!("{:#}", parse(&zeros).unwrap_err()).contains("not a JSON object"));
+        // A good header then endless data: one byte past the declared end, then trailing bytes.
+        let mut endless = std::io::Read::chain(&good[..], std::io::repeat(7));
+        let got = read_stream(&mut endless).unwrap();
+        assert_eq!(got.len(), good.len() + 1);
+        assert!(format!("{:#}", parse(&got).unwrap_err()).contains("1 trailing bytes"));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
     #[test]
     fn skips_num_batches_tracked_of_any_dtype() {
         let h = r#"{"bn.num_batches_tracked":{"dtype":"I64","shape":[],"data_offsets":[0,8]}}"#;
@@ -305,5 +362,7 @@ mod tests {
         assert_eq!(parse(&with_header(empty, &[0; 4])).unwrap().len(), 2);
         let named = r#"{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
         assert_eq!(parse(&with_header(named, &[0; 4])).unwrap().len(), 1);
+        let null = r#"{"__metadata__":null,"a":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#;
+        assert_eq!(parse(&with_header(null, &[0; 4])).unwrap().len(), 1);
     }
 }
