@@ -20,7 +20,7 @@ pub type Tensors = BTreeMap<String, Tensor>;
 
 /// Reads a safetensors file. Each tensor is read from the file into its own buffer, so
 /// the file is never held in memory whole beside the tensors; a pipe, which cannot seek,
-/// is read into memory first, no further than its header declares ([`read_stream`]).
+/// is read into memory first, no further than its header declares (`read_stream`).
 pub fn read(path: &Path) -> Result<Tensors> {
     use std::io::{Read, Seek, SeekFrom};
     let mut file = crate::open_file(path)?;
